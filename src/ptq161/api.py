@@ -1,0 +1,47 @@
+"""Public entry points: load models, evaluate perplexity (quantize arrives with the methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from .data import default_eval_corpus, eval_tokens
+from .data.corpora import check_eval_name
+from .eval.perplexity import PerplexityResult, perplexity
+from .models import load_model
+
+__all__ = ["evaluate_perplexity", "load_model"]
+
+
+def evaluate_perplexity(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    datasets: list[str] | None = None,
+    *,
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[PerplexityResult]:
+    """Perplexity of ``model`` on each named dataset (default: WikiText-2 test, else the Wikipedia sample)."""
+    names = datasets or [default_eval_corpus(data_dir)]
+    for name in names:
+        check_eval_name(name)
+    results = []
+    for name in names:
+        ts = eval_tokens(name, tokenizer, seqlen=seqlen, data_dir=data_dir)
+        results.append(
+            perplexity(
+                model,
+                ts.tokens,
+                seqlen=seqlen,
+                max_windows=max_windows,
+                dataset=name,
+                source=ts.source,
+                note=ts.note,
+                progress=progress,
+            )
+        )
+    return results

@@ -1,0 +1,143 @@
+"""Command-line interface: thin subcommands that parse options and call ``ptq161.api``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from .errors import PTQ161Error
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def csv_list(text: str) -> list[str]:
+    """argparse type: comma-separated names."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory laid out like shared/data (default: $PTQ161_DATA)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)"
+    )
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    """``ptq161 ppl``: perplexity of a model on named datasets."""
+    from .api import evaluate_perplexity, load_model
+    from .data.corpora import check_eval_name
+    from .eval.report import markdown_table, run_metadata
+    from .utils import atomic_write_json
+
+    for name in args.datasets or []:
+        check_eval_name(name)
+    model, tok = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+    results = evaluate_perplexity(
+        model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
+    )
+    rows = [(r.dataset, r.ppl, r.windows, r.seqlen, r.tokens, round(r.tokens_per_s), r.source) for r in results]
+    print(f"model: {args.model}")
+    print(markdown_table(["dataset", "ppl", "windows", "seqlen", "tokens", "tok/s", "data"], rows))
+    if args.json:
+        meta = run_metadata(model=args.model, seqlen=args.seqlen, max_windows=args.max_windows, dtype=args.dtype)
+        atomic_write_json(args.json, {**meta, "results": {r.dataset: r.to_dict() for r in results}})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``ptq161 demo``: the main job on the embedded model and default data, as a table."""
+    from .demo import run_demo
+
+    return run_demo(data_dir=args.data_dir, windows=args.windows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ptq161`` argument parser with all subcommands."""
+    from .data.corpora import EVAL_CORPORA
+
+    parser = _Parser(
+        prog="ptq161",
+        description="Extremely low-bit post-training quantization (PTQ1.61) of LLaMA-family models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "ppl",
+        help="perplexity on WikiText-2 / C4 / a text file",
+        description="Perplexity with the GPTQ protocol: non-overlapping seqlen windows, remainder dropped.",
+    )
+    p.add_argument("model", help="smollm2-135m, a local model directory (FP or ptq161 output) or a hub id")
+    p.add_argument(
+        "--datasets",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated: {', '.join(EVAL_CORPORA)} (default: wikitext2 if in the data dir, else wiki-sample)",
+    )
+    p.add_argument("--seqlen", type=positive_int, default=2048, help="window length in tokens (default: 2048)")
+    p.add_argument("--max-windows", type=positive_int, default=None, help="evaluate only the first K windows")
+    p.add_argument("--json", help="write results and settings to this JSON file")
+    _add_common(p)
+    p.set_defaults(func=cmd_ppl)
+
+    p = sub.add_parser("demo", help="quantize smollm2-135m and compare with FP (what `make demo` runs)")
+    p.add_argument("--windows", type=positive_int, default=4, help="evaluation windows of 2048 tokens (default: 4)")
+    p.add_argument("--data-dir", help="data directory laid out like shared/data (default: $PTQ161_DATA)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ptq161`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PTQ161Error as e:
+        print(f"ptq161: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ptq161: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Architecture adapters: where the decoder layers, norms and linears of a model live.
+
+An adapter is data, not code: a handful of attribute paths. Every method and the
+block-wise driver reach into a model only through an adapter, so a new architecture
+that shares the LLaMA layout needs one line in ``ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where the parts of a decoder-only causal LM are.
+
+    ``linear_groups`` lists the block's linear layers (paths relative to a decoder
+    layer) grouped by shared input: layers in one group see the same activations, so
+    they share activation statistics.
+    """
+
+    name: str
+    architectures: tuple[str, ...]
+    layers: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    rotary: str | None = "model.rotary_emb"
+    linear_groups: tuple[tuple[str, ...], ...] = (
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("self_attn.o_proj",),
+        ("mlp.gate_proj", "mlp.up_proj"),
+        ("mlp.down_proj",),
+    )
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        """All linear paths of one decoder layer, in execution order."""
+        return tuple(n for group in self.linear_groups for n in group)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The model's list of decoder layers."""
+        return model.get_submodule(self.layers)  # type: ignore[return-value]
+
+    def block_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """The linear layers of one decoder layer, keyed by their path in the layer."""
+        return {n: block.get_submodule(n) for n in self.linear_names}  # type: ignore[misc]
+
+
+LLAMA_LIKE = Adapter(
+    name="llama",
+    architectures=("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (LLAMA_LIKE,)
+
+
+def supported_architectures() -> list[str]:
+    """Names of the architectures with an explicit adapter."""
+    return sorted(a for ad in ADAPTERS for a in ad.architectures)
+
+
+def _matches(adapter: Adapter, model: nn.Module) -> bool:
+    try:
+        layers = adapter.decoder_layers(model)
+        if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+            return False
+        return all(isinstance(m, nn.Linear) for m in adapter.block_linears(layers[0]).values())
+    except AttributeError:
+        return False
+
+
+def discover_adapter(model: nn.Module) -> Adapter | None:
+    """Generic fallback: find the decoder-layer list and the linears of its first layer.
+
+    The decoder-layer class is taken from ``model._no_split_modules`` (as transformers
+    declares it); each linear becomes its own group (statistics are then computed per
+    layer, which is correct, just not shared).
+    """
+    classes = set(getattr(model, "_no_split_modules", None) or [])
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) and type(mod[0]).__name__ in classes:
+            linears = tuple(n for n, m in mod[0].named_modules() if isinstance(m, nn.Linear))
+            if not linears:
+                return None
+            prefix = path.rsplit(".", 1)[0] if "." in path else ""
+
+            return Adapter(
+                name="discovered",
+                architectures=tuple(getattr(model.config, "architectures", None) or ()),
+                layers=path,
+                embed=f"{prefix}.embed_tokens" if prefix else "embed_tokens",
+                final_norm=f"{prefix}.norm" if prefix else "norm",
+                linear_groups=tuple((n,) for n in linears),
+            )
+    return None
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for ``model``; raises ``UnsupportedModelError`` listing what is supported."""
+    archs = set(getattr(getattr(model, "config", None), "architectures", None) or ())
+    archs.add(type(model).__name__)
+    for adapter in ADAPTERS:
+        if archs & set(adapter.architectures) and _matches(adapter, model):
+            return adapter
+    found = discover_adapter(model)
+    if found is not None and _matches(found, model):
+        return found
+    raise UnsupportedModelError(
+        f"unsupported model architecture {sorted(archs)}; supported: "
+        + ", ".join(supported_architectures())
+        + " (and decoder-only models whose layers transformers lists in _no_split_modules)"
+    )

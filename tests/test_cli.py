@@ -1,0 +1,60 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptq161.cli import main
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptq161", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["ppl", "/no/such/model"], "no such model"),
+        (["ppl", "x", "--seqlen", "0"], "--seqlen"),
+        (["ppl", "x", "--max-windows", "abc"], "--max-windows"),
+        (["ppl", "x", "--datasets", "bogus"], "unknown dataset"),
+        (["nosuchcommand"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):
+    p = run_cli(*args)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_ppl_on_tiny_model_dir_writes_json(tiny_model_dir: Path, tmp_path: Path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    out = tmp_path / "res" / "ppl.json"
+    rc = main(["ppl", str(tiny_model_dir), "--datasets", f"text:{text}", "--seqlen", "128", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    r = data["results"][f"text:{text}"]
+    assert r["windows"] == (len(text.read_text()) // 128) and r["seqlen"] == 128 and r["tokens"] == r["windows"] * 128
+    assert r["source"] == str(text) and r["ppl"] > 1
+    assert data["settings"]["seqlen"] == 128 and "date" in data and "versions" in data
+    assert f"{r['ppl']:.4g}" in printed
+
+
+def test_text_shorter_than_a_window_fails_cleanly(tiny_model_dir: Path, tmp_path: Path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("too short")
+    out = tmp_path / "ppl.json"
+    rc = main(["ppl", str(tiny_model_dir), "--datasets", f"text:{text}", "--seqlen", "64", "--json", str(out)])
+    assert rc == 2
+    assert "fewer than one window" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help_lists_subcommands():
+    p = run_cli("--help")
+    assert p.returncode == 0 and "ppl" in p.stdout
