@@ -78,3 +78,17 @@ def smollm2():
     from ptq161.models import load_model
 
     return load_model("smollm2-135m")
+
+
+SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+    "Quantization maps weights to few bits; calibration data guides the choice of scales. "
+) * 40
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """A small English text file usable as calibration or evaluation corpus."""
+    f = tmp_path / "sample.txt"
+    f.write_text(SAMPLE_TEXT)
+    return f

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import evaluate_perplexity, load_model
+from .api import QuantizeResult, evaluate_perplexity, load_model, quantize
+from .config import PRESETS, CalibConfig
 
-__all__ = ["__version__", "evaluate_perplexity", "load_model"]
+__all__ = ["PRESETS", "CalibConfig", "QuantizeResult", "__version__", "evaluate_perplexity", "load_model", "quantize"]

@@ -75,6 +75,110 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``ptq161 quantize``: quantize a model block by block and save the result."""
+    from .api import quantize
+    from .config import CalibConfig, get_preset
+    from .methods.base import get_method
+
+    preset = get_preset(args.preset)
+    method_cls = get_method(args.method)
+    overrides = {
+        k: v
+        for k, v in {
+            "salient_ratio": args.ratio,
+            "statistic": args.statistic,
+            "salient_range": args.salient_range,
+            "s_init": args.s_init,
+            "epochs": preset.epochs if args.epochs is None else args.epochs,
+            "batch_size": args.batch_size,
+        }.items()
+        if v is not None
+    }
+    cfg = method_cls.config_class(**overrides)
+    calib = CalibConfig(
+        dataset=args.calib,
+        nsamples=args.nsamples or preset.nsamples,
+        seqlen=args.calib_seqlen or preset.seqlen,
+        seed=args.seed,
+    )
+    output = args.output or f"ptq161-out/{args.model.rstrip('/').replace('/', '_')}-{args.method}-{args.preset}"
+    res = quantize(
+        args.model,
+        args.method,
+        method_config=cfg,
+        calib=calib,
+        output=output,
+        resume=args.resume,
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    bits = res.meta["bits"]
+    print(f"saved {output}")
+    print(
+        f"method {args.method}, preset {args.preset}: {calib.nsamples} x {calib.seqlen} tokens from "
+        f"{res.meta['calibration_source']}, seed {calib.seed}"
+    )
+    print(
+        f"bits/weight (decoder linears): stored {bits['stored_bits_per_weight']:.4f}, "
+        f"paper formula {bits['paper_bits_per_weight']:.4f}"
+    )
+    print(f"time {res.meta['seconds']:.1f} s, peak RSS {res.meta['peak_rss_mb']:.0f} MiB")
+    print(f"evaluate with: ptq161 ppl {output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``ptq161 info``: bits per weight per layer and for the model."""
+    from . import artifact
+    from .eval.report import markdown_table
+    from .utils import atomic_write_json
+
+    meta = artifact.read_meta(args.dir)
+    if meta is None:
+        raise PTQ161Error(f"'{args.dir}' is not a ptq161 output (no {artifact.META})")
+    bits = meta["bits"]
+    rows = [
+        (name, b["numel"], b["paper_bits_per_weight"], b["stored_bits_per_weight"])
+        for name, b in bits["layers"].items()
+    ]
+    rows.append(("decoder linears", bits["numel"], bits["paper_bits_per_weight"], bits["stored_bits_per_weight"]))
+    print(f"{args.dir}: method {meta['method']}, model {meta['model']}")
+    print(markdown_table(["layer", "weights", "bits/w (paper formula)", "bits/w (stored)"], rows))
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {
+                "method": meta["method"],
+                "config": meta["config"],
+                "stored_bits_per_weight": bits["stored_bits_per_weight"],
+                "paper_bits_per_weight": bits["paper_bits_per_weight"],
+                "layers": bits["layers"],
+            },
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``ptq161 demo``: the main job on the embedded model and default data, as a table."""
     from .demo import run_demo
@@ -110,6 +214,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write results and settings to this JSON file")
     _add_common(p)
     p.set_defaults(func=cmd_ppl)
+
+    from .config import PRESETS
+
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model block by block (PTQ1.61 by default)",
+        description="Quantize MODEL block by block and save a model directory that `ptq161 ppl` and "
+        "`ptq161 info` read. Presets: "
+        + "; ".join(f"{k}: {v.nsamples} x {v.seqlen} tokens, {v.epochs} epochs ({v.why})" for k, v in PRESETS.items()),
+    )
+    p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
+    p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161)")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="budget preset (default: cpu)")
+    p.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--calib", help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH (default: wikitext2)")
+    p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
+    p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
+    p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
+    g = p.add_argument_group("PTQ1.61 options")
+    g.add_argument("--ratio", type=_ratio, help="share of salient input channels kept at 4 bits (default 0.2)")
+    g.add_argument("--statistic", choices=["max", "mean"], help="activation statistic for the mask (default max)")
+    g.add_argument("--salient-range", choices=["salient", "row"], help="4-bit min/max over (default salient)")
+    g.add_argument("--s-init", choices=["uncentred", "centred"], help="init of the scale s (default uncentred)")
+    g.add_argument("--epochs", type=_non_negative_int, help="training epochs per block (0 = mask only)")
+    g.add_argument("--batch-size", type=positive_int, help="calibration samples per optimizer step (default 1)")
+    _add_common(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("info", help="bits per weight of a quantized model directory")
+    p.add_argument("dir", help="output directory of `ptq161 quantize`")
+    p.add_argument("--json", help="write the bit accounting to this JSON file")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="quantize smollm2-135m and compare with FP (what `make demo` runs)")
     p.add_argument("--windows", type=positive_int, default=4, help="evaluation windows of 2048 tokens (default: 4)")

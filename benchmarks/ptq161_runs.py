@@ -1,0 +1,171 @@
+"""PTQ1.61 on smollm2-135m: ablations (paper Table 3 / 7 form), budget scaling, presets.
+
+Each run quantizes in a fresh child process (so time and peak RSS are its own),
+evaluates WikiText-2 test and C4 (GPTQ style) on the first K windows of 2048 tokens,
+and is stored in results/ptq161_runs.json as soon as it finishes: re-running the
+script skips finished runs (``--redo NAME`` recomputes one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from benchmarks.common import RESULTS, write_results
+from ptq161.eval.report import markdown_table
+
+ABL = dict(nsamples=16, seqlen=512, epochs=4)  # the ablation budget (a few minutes per run)
+RUNS: dict[str, dict] = {
+    # ablations, paper Table 3 / Table 7 form
+    "xnor_everywhere": dict(ABL, epochs=0, use_mask=False),
+    "mask_only": dict(ABL, epochs=0),
+    "mask_learned": dict(ABL),
+    "no_cosine": dict(ABL, use_cosine=False),
+    "statistic_mean": dict(ABL, statistic="mean"),
+    "range_whole_row": dict(ABL, salient_range="row"),
+    "s_init_centred": dict(ABL, s_init="centred"),
+    # scaling: time vs nsamples, seqlen, epochs around the ablation budget
+    "scale_n32": dict(ABL, nsamples=32),
+    "scale_seq1024": dict(ABL, seqlen=1024),
+    "scale_ep8": dict(ABL, epochs=8),
+    # presets
+    "preset_cpu": dict(preset="cpu"),
+    "preset_cpu_alt_64x256": dict(nsamples=64, seqlen=256, epochs=8),
+}
+LABELS = {
+    "xnor_everywhere": "XNOR everywhere (no mask, no learning)",
+    "mask_only": "mask only (4-bit salient + init binarization, no learning)",
+    "mask_learned": "mask + learned scales (PTQ1.61)",
+    "no_cosine": "  without the cosine (NLC) terms",
+    "statistic_mean": "  mean |x| statistic instead of max",
+    "range_whole_row": "  4-bit range over the whole row (reference code)",
+    "s_init_centred": "  s init = mean |W - mu| (closed form)",
+}
+
+
+def run_one(name: str, windows: int) -> dict:
+    """Quantize + evaluate one run in this process; returns its row."""
+    import torch
+
+    from ptq161 import CalibConfig, evaluate_perplexity, quantize
+    from ptq161.config import PRESETS
+    from ptq161.methods.ptq161 import PTQ161Config
+    from ptq161.utils import peak_rss_mb
+
+    spec = dict(RUNS[name])
+    if "preset" in spec:
+        p = PRESETS[spec.pop("preset")]
+        spec.update(nsamples=p.nsamples, seqlen=p.seqlen, epochs=p.epochs)
+    calib = CalibConfig(nsamples=spec.pop("nsamples"), seqlen=spec.pop("seqlen"))
+    cfg = PTQ161Config(**spec)
+    t0 = time.perf_counter()
+    res = quantize("smollm2-135m", "ptq161", method_config=cfg, calib=calib, progress=False)
+    seconds = time.perf_counter() - t0
+    ppl = {
+        r.dataset: r.ppl
+        for r in evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
+    }
+    return {
+        "name": name,
+        "config": cfg.to_dict(),
+        "calibration": calib.to_dict(),
+        "calibration_source": res.meta["calibration_source"],
+        "quantize_seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
+        "paper_bits_per_weight": res.meta["bits"]["paper_bits_per_weight"],
+        "wikitext2_ppl": ppl["wikitext2"],
+        "c4_ppl": ppl["c4"],
+        "eval_windows": windows,
+        "block_logs": res.meta["block_logs"],
+    }
+
+
+def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
+    def line(name: str, label: str) -> tuple:
+        r = rows[name]
+        c = r["calibration"]
+        return (
+            label,
+            f"{c['nsamples']}x{c['seqlen']}",
+            r["config"]["epochs"],
+            round(r["wikitext2_ppl"], 2),
+            round(r["c4_ppl"], 2),
+            round(r["stored_bits_per_weight"], 4),
+            round(r["quantize_seconds"]),
+            round(r["peak_rss_mb"]),
+        )
+
+    head = ["run", "calib", "epochs", "WikiText-2 ppl", "C4 ppl", "bits/w stored", "quantize s", "peak RSS MiB"]
+    abl = [line(n, LABELS[n]) for n in LABELS if n in rows]
+    scale = [line(n, n) for n in ("mask_learned", "scale_n32", "scale_seq1024", "scale_ep8") if n in rows]
+    presets = [line(n, n) for n in ("preset_cpu", "preset_cpu_alt_64x256") if n in rows]
+    fp_row = ("FP (dequantized Q4_1)", "-", "-", round(fp["wikitext2"], 2), round(fp["c4"], 2), 32, "-", "-")
+    table = "\n\n".join(
+        [
+            "## Ablations (budget 16 x 512 tokens, 4 epochs)\n\n" + markdown_table(head, [fp_row, *abl]),
+            "## Scaling (time vs nsamples, seqlen, epochs)\n\n" + markdown_table(head, scale),
+            "## CPU preset candidates (20-minute budget)\n\n" + markdown_table(head, [fp_row, *presets]),
+        ]
+    )
+    notes = (
+        f"Perplexity on the first {windows} windows of 2048 tokens: WikiText-2 test and C4 GPTQ-style "
+        "(c4_validation_2k.parquet, seed 0). Calibration: WikiText-2 validation split (no train split here), "
+        "seed 2. Each run is a fresh process on 2 CPU cores (times include capture and targets, not eval)."
+    )
+    write_results(
+        "ptq161_runs",
+        "PTQ1.61 on smollm2-135m",
+        table,
+        {"fp": fp, "runs": rows},
+        notes,
+        model="smollm2-135m",
+        eval_windows=windows,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated run names")
+    ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--redo", default="", help="comma-separated runs to recompute")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.windows)))
+        return
+    store = RESULTS / "ptq161_runs.json"
+    rows = json.loads(store.read_text())["runs"] if store.exists() else {}
+    fp = json.loads(store.read_text())["fp"] if store.exists() else None
+    if fp is None:
+        from ptq161 import evaluate_perplexity, load_model
+
+        model, tok = load_model("smollm2-135m")
+        fp = {r.dataset: r.ppl for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=args.windows)}
+    redo = set(filter(None, args.redo.split(",")))
+    for name in args.runs.split(","):
+        if name in rows and name not in redo:
+            continue
+        print(f"running {name} ...", flush=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.ptq161_runs", "--child", name, "--windows", str(args.windows)],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            sys.exit(f"run {name} failed:\n{out.stderr[-3000:]}")
+        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = rows[name]
+        print(
+            f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s",
+            flush=True,
+        )
+        render(rows, fp, args.windows)
+
+
+if __name__ == "__main__":
+    main()

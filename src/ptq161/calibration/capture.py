@@ -1,0 +1,85 @@
+"""Capture the inputs of the first decoder block and replay blocks with the same call.
+
+A forward pre-hook on the first decoder layer records the hidden states and every
+keyword argument the model passes (position embeddings, position ids, attention mask),
+then stops the forward. Replaying each layer with these kwargs reproduces the model's
+own hidden states (tested), and stays causal: with ``attention_mask=None`` SDPA applies
+causality itself (tested, since the reference code silently lost it once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.adapters import Adapter
+
+_DROPPED_KWARGS = ("past_key_values", "past_key_value", "use_cache", "cache_position", "output_attentions")
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class BlockCall:
+    """Keyword arguments every decoder block is called with (shared by all samples)."""
+
+    kwargs: dict[str, Any]
+
+    def to(self, device: torch.device | str) -> BlockCall:
+        """A copy with tensors (also inside tuples) moved to ``device``."""
+
+        def mv(v: Any) -> Any:
+            if isinstance(v, torch.Tensor):
+                return v.to(device)
+            if isinstance(v, tuple):
+                return tuple(mv(x) for x in v)
+            return v
+
+        return BlockCall({k: mv(v) for k, v in self.kwargs.items()})
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module, adapter: Adapter, windows: torch.Tensor, batch_size: int = 1
+) -> tuple[torch.Tensor, BlockCall]:
+    """Hidden states entering the first decoder block for each calibration window.
+
+    windows: int64 [N, seqlen] -> (float [N, seqlen, hidden], BlockCall). Only the
+    embedding runs; the decoder layers are not executed.
+    """
+    first = adapter.decoder_layers(model)[0]
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    call: dict[str, Any] = {}
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        captured.append(hidden.detach())
+        if not call:
+            call.update({k: v for k, v in kwargs.items() if k not in _DROPPED_KWARGS and k != "hidden_states"})
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in range(0, windows.shape[0], batch_size):
+            try:
+                model(input_ids=windows[i : i + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(captured), BlockCall(call)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, call: BlockCall, batch_size: int = 1) -> torch.Tensor:
+    """Apply one decoder block to x [N, seq, d] in batches -> [N, seq, d] (no grad tracking here)."""
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        out = block(x[i : i + batch_size], **call.kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return torch.cat(outs)

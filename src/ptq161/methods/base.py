@@ -1,0 +1,113 @@
+"""What every quantization method implements, and the registry the driver looks methods up in."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..calibration.capture import BlockCall
+from ..calibration.stats import ChannelStats
+from ..errors import PTQ161Error
+
+Parts = dict[str, torch.Tensor]  # the stored pieces of one quantized linear layer
+
+
+@dataclass
+class MethodConfig:
+    """Base of the typed per-method configs; subclasses validate in ``__post_init__``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all settings."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
+        """Rebuild from ``to_dict`` output, rejecting unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise PTQ161Error(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass
+class BlockContext:
+    """Everything a method sees for one decoder block.
+
+    x_fp / x_q: [N, seq, d] inputs of the block in the FP model and in the model whose
+    earlier blocks are already quantized; y_fp = F(x_fp) with the original block;
+    stats: per-linear input statistics measured on x_fp.
+    """
+
+    index: int
+    block: nn.Module
+    linears: dict[str, nn.Linear]
+    x_fp: torch.Tensor
+    x_q: torch.Tensor
+    y_fp: torch.Tensor
+    stats: dict[str, ChannelStats]
+    call: BlockCall
+    seed: int
+    report: Callable[..., None] = field(default=lambda **_: None)
+
+
+@dataclass
+class BlockResult:
+    """The parts of each quantized linear (keyed by its path in the block) and a log."""
+
+    parts: dict[str, Parts]
+    log: dict[str, Any]
+
+
+@dataclass
+class LayerBits:
+    """Bit accounting of one layer: the paper's count and what is really stored."""
+
+    numel: int
+    paper_bits: float  # bits per weight as the method's paper counts them
+    stored_bits: int  # total bits of every stored part
+
+
+class Method:
+    """A block-wise quantization method. Subclasses set ``name`` and ``config_class``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    def quantize_block(self, ctx: BlockContext) -> BlockResult:
+        """Quantize all linears of ``ctx.block`` in place (write the dequantized weights) and return parts."""
+        raise NotImplementedError
+
+    def dequantize(self, parts: Parts) -> torch.Tensor:
+        """The dequantized weight [m, n] float32 exactly as ``quantize_block`` wrote it."""
+        raise NotImplementedError
+
+    def layer_bits(self, parts: Parts) -> LayerBits:
+        """Bit accounting for one layer's parts."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The registered method class for ``name`` or a clear error listing the choices."""
+    from . import ptq161  # noqa: F401  (registers the built-in methods)
+
+    if name not in METHODS:
+        raise PTQ161Error(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]

@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import tiny_llama
+
+from ptq161 import CalibConfig, quantize
+from ptq161.artifact import read_parts, verify_parts
+from ptq161.calibration.capture import capture_block_inputs, run_block
+from ptq161.calibration.stats import record_input_stats
+from ptq161.errors import PTQ161Error
+from ptq161.methods.base import BlockContext
+from ptq161.methods.ptq161 import PTQ161, LearnableBinaryLinear, PTQ161Config, _set_submodule
+from ptq161.models import get_adapter
+
+
+def block_context(model, n=4, seqlen=32, seed=0):
+    ad = get_adapter(model)
+    ids = torch.randint(0, 260, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+    x, call = capture_block_inputs(model, ad, ids)
+    block = ad.decoder_layers(model)[0]
+    linears = ad.block_linears(block)
+    with torch.no_grad(), record_input_stats(linears) as stats:
+        y = run_block(block, x, call)
+    return BlockContext(0, block, linears, x, x.clone(), y, stats, call, seed)
+
+
+def test_training_decreases_the_block_loss_and_weights_come_from_parts():
+    model = tiny_llama()
+    ctx = block_context(model)
+    res = PTQ161(PTQ161Config(epochs=15)).quantize_block(ctx)
+    assert res.log["loss_last_epoch"] < 0.9 * res.log["loss_first_epoch"]
+    method = PTQ161(PTQ161Config())
+    for name, parts in res.parts.items():
+        assert torch.equal(ctx.linears[name].weight.detach(), method.dequantize(parts))
+        assert int(parts["mask"].sum()) >= int(0.2 * ctx.linears[name].in_features) + 1  # ties join
+
+
+def test_learning_beats_mask_only_on_block_output():
+    errs = {}
+    for epochs in (0, 15):
+        model = tiny_llama()
+        ctx = block_context(model)
+        PTQ161(PTQ161Config(epochs=epochs)).quantize_block(ctx)
+        with torch.no_grad():
+            y = run_block(ctx.block, ctx.x_q, ctx.call)
+        errs[epochs] = (y - ctx.y_fp).pow(2).mean().item()
+    assert errs[15] < errs[0]
+
+
+def test_gradients_reach_only_s_r1_r2():
+    model = tiny_llama()
+    ctx = block_context(model)
+    method = PTQ161(PTQ161Config())
+    for p in ctx.block.parameters():
+        p.requires_grad_(False)
+    mods = {n: method._init_layer(lin, ctx.stats[n].get("max")) for n, lin in ctx.linears.items()}
+    for n, m in mods.items():
+        _set_submodule(ctx.block, n, m)
+    y = run_block(ctx.block, ctx.x_q, ctx.call)
+    ((y - ctx.y_fp) ** 2).mean().backward()
+    trainable = {name for name, p in ctx.block.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.{k}" for n in mods for k in ("s", "r1", "r2")}
+    for m in mods.values():
+        assert isinstance(m, LearnableBinaryLinear)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.s, m.r1, m.r2))
+    assert all(p.grad is None for n, p in ctx.block.named_parameters() if not p.requires_grad)
+
+
+def test_salient_columns_are_the_high_activation_channels():
+    model = tiny_llama()
+    ctx = block_context(model)
+    res = PTQ161(PTQ161Config(epochs=0)).quantize_block(ctx)
+    stat = ctx.stats["mlp.down_proj"].get("max")
+    mask = res.parts["mlp.down_proj"]["mask"]
+    assert stat[mask].min() >= stat[~mask].max()
+    # q, k, v share an input and therefore a mask
+    assert torch.equal(res.parts["self_attn.q_proj"]["mask"], res.parts["self_attn.v_proj"]["mask"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(salient_ratio=0.0), dict(salient_ratio=1.0), dict(epochs=-1), dict(statistic="median"), dict(batch_size=0)],
+)
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(PTQ161Error):
+        PTQ161Config(**bad)
+
+
+def test_quantize_api_writes_a_faithful_artifact(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "q"
+    res = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=2),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64),
+        output=out,
+    )
+    meta = json.loads((out / "ptq161.json").read_text())
+    assert meta["config"]["epochs"] == 2 and meta["calibration"]["seed"] == 2
+    assert len(meta["block_logs"]) == 2 and not (out / ".ptq161-state").exists()
+    assert verify_parts(PTQ161(PTQ161Config()), res.model, read_parts(out)) == 0.0
+    with pytest.raises(PTQ161Error, match="already holds a finished result"):
+        quantize(str(tiny_model_dir), output=out)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(PTQ161Error, match="holds something else"):
+        quantize(str(tiny_model_dir), output=other)
+    with pytest.raises(PTQ161Error, match="exceeds the model's context"):
+        quantize(str(tiny_model_dir), calib=CalibConfig(dataset=f"text:{text_file}", nsamples=1, seqlen=4096))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "ptq161", "quantize", *args]
+
+
+def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_path):
+    """Kill a real quantize process after its first block, resume, compare with an uninterrupted run."""
+    model_dir = tmp_path / "tiny4"
+    tiny_llama(num_hidden_layers=4).save_pretrained(model_dir)
+    for f in tiny_model_dir.glob("tokenizer*"):
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    args = [
+        str(model_dir),
+        "--calib",
+        f"text:{text_file}",
+        "--nsamples",
+        "8",
+        "--calib-seqlen",
+        "64",
+        "--epochs",
+        "40",
+        "--preset",
+        "smoke",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run(_cli(*args, "--output", str(full)), check=True, capture_output=True, env=env)
+
+    proc = subprocess.Popen(
+        _cli(*args, "--output", str(part)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    progress = part / ".ptq161-state" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not progress.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(progress.read_text())["done"]
+    assert 1 <= done < 4, "the kill should land mid-run"
+    assert not (part / "ptq161.json").exists()
+    again = subprocess.run(_cli(*args, "--output", str(part)), capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    subprocess.run(_cli(*args, "--output", str(part), "--resume"), check=True, capture_output=True, env=env)
+
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = load_file(str(full / "ptq161_parts.safetensors")), load_file(str(part / "ptq161_parts.safetensors"))
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)

@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from ptq161.methods import ptq161_math as pm
+from ptq161.methods.ptq161 import expected_bits_per_weight
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_centred_scale_is_the_closed_form_least_squares_optimum():
+    w = randn(8, 64) * 0.02 + 0.003
+    sign, mu, s = pm.binary_init(w, "centred")
+
+    def err(scale):
+        return ((w - (scale[:, None] * sign + mu[:, None])) ** 2).sum(dim=1)
+
+    best = err(s)
+    for delta in (-1e-3, -1e-4, 1e-4, 1e-3):
+        assert torch.all(err(s + delta) > best)
+    # d/ds of the error is zero at the optimum
+    grad = (-2 * sign * (w - (s[:, None] * sign + mu[:, None]))).sum(dim=1)
+    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-6)
+
+
+def test_uncentred_init_is_mean_abs_of_nonzero_entries():
+    w = torch.tensor([[1.0, -3.0, 0.0, 2.0]])
+    _, mu, s = pm.binary_init(w, "uncentred")
+    assert s.item() == pytest.approx(2.0) and mu.item() == pytest.approx(0.0)
+
+
+def test_mask_selects_largest_activation_channels():
+    stat = torch.rand(100, generator=torch.Generator().manual_seed(1))
+    mask = pm.salient_mask(stat, 0.2)
+    assert int(mask.sum()) == 21  # floor(0.2 n) + 1, as the reference code
+    assert stat[mask].min() > stat[~mask].max()
+
+
+def test_rtn_error_bounded_by_half_step_and_decreases_with_bits():
+    w = randn(16, 40)
+    errs = []
+    for bits in (2, 3, 4, 8):
+        scale, zero = pm.rtn_asym_params(w, bits)
+        codes = pm.rtn_quantize(w, scale, zero, bits)
+        assert int(codes.max()) <= 2**bits - 1
+        deq = pm.rtn_dequantize(codes, scale, zero)
+        assert torch.all((deq - w).abs() <= scale.float()[:, None] / 2 + 1e-5)
+        errs.append((deq - w).pow(2).mean().item())
+    assert errs == sorted(errs, reverse=True)
+
+
+def test_binary_dequantize_matches_formula_and_folding():
+    w = randn(4, 10)
+    sign, mu, s = pm.binary_init(w)
+    r1, r2 = torch.rand(4) + 0.5, torch.rand(10) + 0.5
+    ref = r1[:, None] * r2[None, :] * (s[:, None] * sign + mu[:, None])
+    got = pm.binary_dequantize(sign > 0, r1 * s, r1 * mu, r2)
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_block_loss_is_zero_at_the_target_and_positive_elsewhere():
+    t = randn(2, 5, 8)
+    assert pm.block_loss(t, t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert pm.block_loss(t + 0.1, t, t).item() > 0
+    assert pm.block_loss(t + 0.1, t, t, use_cosine=False).item() == pytest.approx(2 * 0.01, rel=1e-4)
+
+
+def test_bits_per_weight_at_paper_width_and_on_smollm2_shapes():
+    assert expected_bits_per_weight(4096, 4096) <= 1.62
+    assert pm.paper_bits_per_weight(4096, 4096, 820) == pytest.approx(1.6086, abs=1e-3)
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    total = sum(m * n for m, n in shapes)
+    bpw = sum(expected_bits_per_weight(m, n) * m * n for m, n in shapes) / total
+    assert bpw <= 1.72
+    # hand count for a small layer: 6 x 10, 3 salient columns
+    assert pm.stored_bits(6, 10, 3) == 10 + 6 * 7 + 4 * 6 * 3 + (16 + 4 + 32) * 6 + 16 * 7
+    assert math.isclose(expected_bits_per_weight(6, 10), pm.stored_bits(6, 10, 3) / 60)
