@@ -144,9 +144,11 @@ def quantize_blockwise(
         linears = adapter.block_linears(block)
         with record_input_stats(linears) as stats:
             y_fp = run_block(block, x_fp, call)
-        ctx = BlockContext(
-            i, block, linears, x_fp, x_q, y_fp, stats, call, seed, report=lambda i=i, **kw: bar.set_postfix(block=i, **kw)
-        )
+
+        def report(i: int = i, **kw: object) -> None:
+            bar.set_postfix(block=i, **kw)
+
+        ctx = BlockContext(i, block, linears, x_fp, x_q, y_fp, stats, call, seed, report=report)
         out = method.quantize_block(ctx)
         y_q = run_block(block, x_q, call)
         log = {"block": i, "rel_mse_out": _rel_mse(y_q, y_fp), **out.log, "seconds": time.perf_counter() - t0}
