@@ -15,7 +15,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def command_line() -> str:
     """The exact command that produced a result (relative to the repository root)."""
-    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+    script = Path(sys.argv[0]).resolve()
+    module = ".".join(script.relative_to(RESULTS.parents[1]).with_suffix("").parts)
+    return " ".join(shlex.quote(a) for a in ["PTQ161_DATA=../shared/data", ".venv/bin/python", "-m", module, *sys.argv[1:]])
 
 
 def write_results(name: str, title: str, table_md: str, data: dict[str, Any], notes: str = "", **settings: Any) -> None:

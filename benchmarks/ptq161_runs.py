@@ -33,7 +33,7 @@ RUNS: dict[str, dict] = {
     "scale_ep8": dict(ABL, epochs=8),
     # presets
     "preset_cpu": dict(preset="cpu"),
-    "preset_cpu_alt_64x256": dict(nsamples=64, seqlen=256, epochs=8),
+    "preset_cpu_alt_64x256": dict(nsamples=64, seqlen=256, epochs=10),
 }
 LABELS = {
     "xnor_everywhere": "XNOR everywhere (no mask, no learning)",

@@ -20,6 +20,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["ppl", "x", "--max-windows", "abc"], "--max-windows"),
         (["ppl", "x", "--datasets", "bogus"], "unknown dataset"),
         (["nosuchcommand"], "invalid choice"),
+        (["quantize", "x", "--ratio", "1.2"], "--ratio"),
+        (["quantize", "x", "--ratio", "0"], "--ratio"),
+        (["quantize", "x", "--nsamples", "0"], "--nsamples"),
+        (["quantize", "x", "--method", "nosuch"], "unknown method"),
+        (["quantize", "x", "--preset", "huge"], "--preset"),
+        (["info", "/no/such/dir"], "not a ptq161 output"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):
@@ -58,3 +64,45 @@ def test_text_shorter_than_a_window_fails_cleanly(tiny_model_dir: Path, tmp_path
 def test_help_lists_subcommands():
     p = run_cli("--help")
     assert p.returncode == 0 and "ppl" in p.stdout
+
+
+def test_quantize_cli_bad_output_and_context(tiny_model_dir: Path, text_file: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    p = run_cli("quantize", str(tiny_model_dir), "--calib", f"text:{text_file}", "--output", str(other))
+    assert p.returncode == 2 and "holds something else" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in other.iterdir()) == ["keep.txt"]
+    out = tmp_path / "q"
+    p = run_cli(
+        "quantize",
+        str(tiny_model_dir),
+        "--calib",
+        f"text:{text_file}",
+        "--calib-seqlen",
+        "100000",
+        "--output",
+        str(out),
+    )
+    assert p.returncode == 2 and "exceeds the model's context" in p.stderr
+    assert not out.exists()
+
+
+def test_quantize_then_info_and_ppl(tiny_model_dir: Path, text_file: Path, tmp_path: Path, capsys):
+    out = tmp_path / "q"
+    assert (
+        main(
+            ["quantize", str(tiny_model_dir), "--preset", "smoke", "--calib", f"text:{text_file}", "--output", str(out)]
+        )
+        == 0
+    )
+    info_json = tmp_path / "info.json"
+    assert main(["info", str(out), "--json", str(info_json)]) == 0
+    info = json.loads(info_json.read_text())
+    assert len(info["layers"]) == 14
+    # tiny 64-wide layers: the per-row fp16 factors (52 bits a row) cost ~0.8 bit per weight
+    layers = info["layers"].values()
+    weighted = sum(v["stored_bits_per_weight"] * v["numel"] for v in layers) / sum(v["numel"] for v in layers)
+    assert info["stored_bits_per_weight"] == pytest.approx(weighted) and 2.3 < weighted < 2.6
+    assert main(["ppl", str(out), "--datasets", f"text:{text_file}", "--seqlen", "256"]) == 0
+    assert "method ptq161" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from .errors import PTQ161Error
@@ -67,7 +68,13 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )
     rows = [(r.dataset, r.ppl, r.windows, r.seqlen, r.tokens, round(r.tokens_per_s), r.source) for r in results]
-    print(f"model: {args.model}")
+    from . import artifact
+
+    meta = artifact.read_meta(args.model) if Path(args.model).is_dir() else None
+    quant = ""
+    if meta:
+        quant = f" (method {meta['method']}, {meta['bits']['stored_bits_per_weight']:.4f} bits/weight stored)"
+    print(f"model: {args.model}{quant}")
     print(markdown_table(["dataset", "ppl", "windows", "seqlen", "tokens", "tok/s", "data"], rows))
     if args.json:
         meta = run_metadata(model=args.model, seqlen=args.seqlen, max_windows=args.max_windows, dtype=args.dtype)
@@ -154,7 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .eval.report import markdown_table
     from .utils import atomic_write_json
 
-    meta = artifact.read_meta(args.dir)
+    meta = artifact.read_meta(args.dir) if Path(args.dir).is_dir() else None
     if meta is None:
         raise PTQ161Error(f"'{args.dir}' is not a ptq161 output (no {artifact.META})")
     bits = meta["bits"]

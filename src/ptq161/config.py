@@ -45,7 +45,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(128, 2048, 20, "the paper's setting (128 x 2048 tokens, 20 epochs): for GPU users"),
-    "cpu": Preset(32, 512, 8, "best measured quality on smollm2-135m within 20 minutes on 2 CPU cores"),
+    "cpu": Preset(32, 512, 12, "best measured quality on smollm2-135m within 20 minutes on 2 CPU cores"),
     "demo": Preset(16, 256, 2, "what `make demo` runs: a few minutes on 2 CPU cores"),
     "smoke": Preset(4, 64, 1, "seconds, for tests"),
 }
