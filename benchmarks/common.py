@@ -17,7 +17,9 @@ def command_line() -> str:
     """The exact command that produced a result (relative to the repository root)."""
     script = Path(sys.argv[0]).resolve()
     module = ".".join(script.relative_to(RESULTS.parents[1]).with_suffix("").parts)
-    return " ".join(shlex.quote(a) for a in ["PTQ161_DATA=../shared/data", ".venv/bin/python", "-m", module, *sys.argv[1:]])
+    return " ".join(
+        shlex.quote(a) for a in ["PTQ161_DATA=../shared/data", ".venv/bin/python", "-m", module, *sys.argv[1:]]
+    )
 
 
 def write_results(name: str, title: str, table_md: str, data: dict[str, Any], notes: str = "", **settings: Any) -> None:

@@ -102,6 +102,45 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+# CLI option -> config field; a method accepts an option only if its config has that field
+_METHOD_OPTIONS = {
+    "ratio": "salient_ratio",
+    "bits": "bits",
+    "group_size": "group_size",
+    "statistic": "statistic",
+    "salient_range": "salient_range",
+    "s_init": "s_init",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+}
+
+
+def _method_config(args: argparse.Namespace, method_cls: type, preset_epochs: int):
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
+    overrides = {}
+    for opt, field_name in _METHOD_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is None:
+            continue
+        if field_name not in fields:
+            flag = "--" + opt.replace("_", "-")
+            raise PTQ161Error(f"method '{method_cls.name}' does not take {flag} (it takes: {_options_of(method_cls)})")
+        overrides[field_name] = value
+    if "epochs" in fields and "epochs" not in overrides:
+        overrides["epochs"] = preset_epochs
+    return method_cls.config_class(**overrides)
+
+
+def _options_of(method_cls: type) -> str:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
+    flags = ["--" + opt.replace("_", "-") for opt, f in _METHOD_OPTIONS.items() if f in fields]
+    return ", ".join(flags) or "no options"
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``ptq161 quantize``: quantize a model block by block and save the result."""
     from .api import quantize
@@ -110,19 +149,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     method_cls = get_method(args.method)
-    overrides = {
-        k: v
-        for k, v in {
-            "salient_ratio": args.ratio,
-            "statistic": args.statistic,
-            "salient_range": args.salient_range,
-            "s_init": args.s_init,
-            "epochs": preset.epochs if args.epochs is None else args.epochs,
-            "batch_size": args.batch_size,
-        }.items()
-        if v is not None
-    }
-    cfg = method_cls.config_class(**overrides)
+    cfg = _method_config(args, method_cls, preset.epochs)
     calib = CalibConfig(
         dataset=args.calib,
         nsamples=args.nsamples or preset.nsamples,
@@ -223,16 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ppl)
 
     from .config import PRESETS
+    from .methods.base import METHODS, get_method
 
+    get_method("ptq161")  # registers the built-in methods
     p = sub.add_parser(
         "quantize",
+        epilog="methods and their options: "
+        + "; ".join(f"{name}: {_options_of(cls)}" for name, cls in sorted(METHODS.items())),
         help="quantize a model block by block (PTQ1.61 by default)",
         description="Quantize MODEL block by block and save a model directory that `ptq161 ppl` and "
         "`ptq161 info` read. Presets: "
         + "; ".join(f"{k}: {v.nsamples} x {v.seqlen} tokens, {v.epochs} epochs ({v.why})" for k, v in PRESETS.items()),
     )
     p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
-    p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161)")
+    p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161); see the list below")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="budget preset (default: cpu)")
     p.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
@@ -241,12 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
     p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
     g = p.add_argument_group("PTQ1.61 options")
-    g.add_argument("--ratio", type=_ratio, help="share of salient input channels kept at 4 bits (default 0.2)")
+    g.add_argument(
+        "--ratio",
+        type=_ratio,
+        help="salient share: input channels at 4 bits (ptq161, default 0.2), weights at 8 bits (pbllm, default 0.1)",
+    )
     g.add_argument("--statistic", choices=["max", "mean"], help="activation statistic for the mask (default max)")
     g.add_argument("--salient-range", choices=["salient", "row"], help="4-bit min/max over (default salient)")
     g.add_argument("--s-init", choices=["uncentred", "centred"], help="init of the scale s (default uncentred)")
     g.add_argument("--epochs", type=_non_negative_int, help="training epochs per block (0 = mask only)")
     g.add_argument("--batch-size", type=positive_int, help="calibration samples per optimizer step (default 1)")
+    g = p.add_argument_group("baseline options")
+    g.add_argument("--bits", type=positive_int, help="weight bits (rtn: 1-8, 1 = XNOR; gptq: 2-8)")
+    g.add_argument(
+        "--group-size",
+        type=_non_negative_int,
+        help="quantization group (rtn: any, gptq: 0 or 128; default 0 = per row)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_quantize)
 

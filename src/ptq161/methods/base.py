@@ -78,6 +78,7 @@ class Method:
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
+    paper_label: ClassVar[str] = ""  # how the method's paper writes its bits, e.g. "1 (+1.1)"
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -106,7 +107,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> type[Method]:
     """The registered method class for ``name`` or a clear error listing the choices."""
-    from . import ptq161  # noqa: F401  (registers the built-in methods)
+    from . import billm, gptq, pbllm, ptq161, rtn  # noqa: F401  (registers the built-in methods)
 
     if name not in METHODS:
         raise PTQ161Error(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")

@@ -1,0 +1,70 @@
+"""GPTQ baseline (Frantar et al. 2023): RTN grid + Hessian-based error feedback."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PTQ161Error
+from . import ptq161_math as pm
+from .base import MethodConfig, register_method
+from .gptq_math import gptq_quantize, prepare_hessian
+from .layerwise import LayerwiseMethod
+
+
+@dataclass
+class GPTQConfig(MethodConfig):
+    """bits 2..8, group_size 0 (per row, parameters once on the whole W) or 128; damp 0.01; blocks of 128."""
+
+    bits: int = 2
+    group_size: int = 0
+    damp: float = 0.01
+    blocksize: int = 128
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise PTQ161Error(f"gptq supports --bits 2..8, got {self.bits}")
+        if self.group_size not in (0, self.blocksize):
+            raise PTQ161Error(f"gptq supports group size 0 (per row) or {self.blocksize}, got {self.group_size}")
+        if not 0 < self.damp < 1:
+            raise PTQ161Error("damp must be in (0, 1)")
+
+
+def gptq_layer(
+    w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, damp: float, blocksize: int
+) -> torch.Tensor:
+    """GPTQ-quantize W [m, n] with Hessian H [n, n]; returns dequantized Q [m, n]."""
+    w, hinv = prepare_hessian(w, h, damp)
+    params = {"p": pm.rtn_asym_params(w, bits)}
+
+    def quantize_column(col: torch.Tensor, idx: int) -> torch.Tensor:
+        scale, zero = params["p"]
+        return pm.rtn_dequantize(pm.rtn_quantize(col[:, None], scale, zero, bits), scale, zero)[:, 0]
+
+    def on_block(w_block: torch.Tensor, _start: int) -> None:
+        if group_size:
+            params["p"] = pm.rtn_asym_params(w_block, bits)  # groups = blocks, fitted on the updated weights
+
+    return gptq_quantize(w, hinv, quantize_column, blocksize, on_block=on_block)
+
+
+@register_method
+class GPTQ(LayerwiseMethod):
+    """GPTQ on the shared block-wise driver."""
+
+    name = "gptq"
+    config_class = GPTQConfig
+    config: GPTQConfig
+
+    def quantize_layer(self, w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, int]]:
+        """W [m, n], H [n, n] -> dequantized Q [m, n]."""
+        c = self.config
+        return gptq_layer(w, h, c.bits, c.group_size, c.damp, c.blocksize), {}
+
+    def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
+        """b bits per weight + per group an fp16 scale and a b-bit zero."""
+        b = self.config.bits
+        groups = math.ceil(n / (self.config.group_size or n))
+        return float(b), m * n * b + m * groups * (16 + b)
