@@ -31,7 +31,9 @@ test-all: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/fp_perplexity.py
+	$(BIN)/python -m benchmarks.fp_perplexity
+	$(BIN)/python -m benchmarks.ptq161_runs
+	$(BIN)/python -m benchmarks.compare --reuse-ptq161
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,3 +40,20 @@ def write_results(name: str, title: str, table_md: str, data: dict[str, Any], no
         + f"- settings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n"
     )
     atomic_write_text(RESULTS / f"{name}.md", md)
+
+
+def run_child(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m module --child ...`` in a fresh process; its last stdout line is a JSON row."""
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fp_perplexities(windows: int) -> dict[str, float]:
+    """FP smollm2-135m perplexity on the first ``windows`` windows of WikiText-2 test and C4 (GPTQ style)."""
+    from ptq161 import evaluate_perplexity, load_model
+
+    model, tok = load_model("smollm2-135m")
+    results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
+    return {r.dataset: r.ppl for r in results}

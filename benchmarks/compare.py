@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, fp_perplexities, run_child, write_results
 from ptq161.eval.report import markdown_table
 
 ROWS: dict[str, tuple[str, dict]] = {
@@ -71,28 +69,20 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
 
 
 def reuse_ptq161(nsamples: int, seqlen: int, windows: int) -> dict | None:
-    """The preset_cpu row of ptq161_runs.json if it used the same calibration and evaluation."""
+    """A ptq161_runs.json row with the default PTQ1.61 config at the cpu preset's epochs and this calibration."""
     from ptq161.config import PRESETS
+    from ptq161.methods.ptq161 import PTQ161Config
 
     store = RESULTS / "ptq161_runs.json"
     if not store.exists():
         return None
-    row = json.loads(store.read_text())["runs"].get("preset_cpu")
-    p = PRESETS["cpu"]
-    same = (
-        row
-        and row["calibration"] == {"dataset": None, "nsamples": nsamples, "seqlen": seqlen, "seed": 2}
-        and row["config"]["epochs"] == p.epochs
-        and row["eval_windows"] == windows
-    )
-    if not same:
-        return None
-    return {
-        **{k: v for k, v in row.items() if k != "block_logs"},
-        "name": "ptq161",
-        "method": "ptq161",
-        "reused_from": "ptq161_runs.json:preset_cpu",
-    }
+    want_cfg = PTQ161Config(epochs=PRESETS["cpu"].epochs).to_dict()
+    want_calib = {"dataset": None, "nsamples": nsamples, "seqlen": seqlen, "seed": 2}
+    for run, row in json.loads(store.read_text())["runs"].items():
+        if row["config"] == want_cfg and row["calibration"] == want_calib and row["eval_windows"] == windows:
+            kept = {k: v for k, v in row.items() if k != "block_logs"}
+            return {**kept, "name": "ptq161", "method": "ptq161", "reused_from": f"ptq161_runs.json:{run}"}
+    return None
 
 
 def render(rows: dict, fp: dict, args: argparse.Namespace) -> None:
@@ -165,13 +155,7 @@ def main() -> None:
     saved = json.loads(store.read_text()) if store.exists() else {}
     rows, fp = saved.get("rows", {}), saved.get("fp")
     if fp is None:
-        from ptq161 import evaluate_perplexity, load_model
-
-        model, tok = load_model("smollm2-135m")
-        fp = {
-            r.dataset: r.ppl
-            for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=args.windows, progress=False)
-        }
+        fp = fp_perplexities(args.windows)
     for name in args.rows.split(","):
         if name in rows:
             continue
@@ -179,31 +163,20 @@ def main() -> None:
             rows[name] = row
         else:
             print(f"running {name} ...", flush=True)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.compare",
-                    "--child",
-                    name,
-                    "--nsamples",
-                    str(args.nsamples),
-                    "--seqlen",
-                    str(args.seqlen),
-                    "--windows",
-                    str(args.windows),
-                ],
-                capture_output=True,
-                text=True,
+            rows[name] = run_child(
+                "benchmarks.compare",
+                "--child",
+                name,
+                "--nsamples",
+                str(args.nsamples),
+                "--seqlen",
+                str(args.seqlen),
+                "--windows",
+                str(args.windows),
             )
-            if out.returncode != 0:
-                sys.exit(f"row {name} failed:\n{out.stderr[-3000:]}")
-            rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
         r = rows[name]
-        print(
-            f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} bits {r['stored_bits_per_weight']:.3f}",
-            flush=True,
-        )
+        bits = r["stored_bits_per_weight"]
+        print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} bits {bits:.3f}", flush=True)
         render(rows, fp, args)
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, fp_perplexities, run_child, write_results
 from ptq161.eval.report import markdown_table
 
 ABL = dict(nsamples=16, seqlen=512, epochs=4)  # the ablation budget (a few minutes per run)
@@ -27,10 +25,6 @@ RUNS: dict[str, dict] = {
     "statistic_mean": dict(ABL, statistic="mean"),
     "range_whole_row": dict(ABL, salient_range="row"),
     "s_init_centred": dict(ABL, s_init="centred"),
-    # scaling: time vs nsamples, seqlen, epochs around the ablation budget
-    "scale_n32": dict(ABL, nsamples=32),
-    "scale_seq1024": dict(ABL, seqlen=1024),
-    "scale_ep8": dict(ABL, epochs=8),
     # presets
     "preset_cpu": dict(preset="cpu"),
     "preset_cpu_alt_64x256": dict(nsamples=64, seqlen=256, epochs=10),
@@ -85,6 +79,25 @@ def run_one(name: str, windows: int) -> dict:
     }
 
 
+def scaling_rows(rows: dict[str, dict]) -> list[tuple]:
+    """Time vs trained tokens for every trained run, with a least-squares linear fit."""
+    pts = []
+    for name, r in rows.items():
+        c, e = r["calibration"], r["config"]["epochs"]
+        if e > 0:
+            pts.append((name, c["nsamples"], c["seqlen"], e, c["nsamples"] * c["seqlen"] * e, r["quantize_seconds"]))
+    if len(pts) < 2:
+        return [(*p, "-") for p in pts]
+    n = len(pts)
+    mx = sum(p[4] for p in pts) / n
+    my = sum(p[5] for p in pts) / n
+    c1 = sum((p[4] - mx) * (p[5] - my) for p in pts) / max(sum((p[4] - mx) ** 2 for p in pts), 1e-9)
+    c0 = my - c1 * mx
+    out = [(*p[:5], round(p[5]), round(c0 + c1 * p[4])) for p in sorted(pts, key=lambda p: p[4])]
+    out.append((f"fit: c0 = {c0:.0f} s, c1 = {c1 * 1e6:.2f} s per million trained tokens", "", "", "", "", "", ""))
+    return out
+
+
 def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
     def line(name: str, label: str) -> tuple:
         r = rows[name]
@@ -102,13 +115,17 @@ def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
 
     head = ["run", "calib", "epochs", "WikiText-2 ppl", "C4 ppl", "bits/w stored", "quantize s", "peak RSS MiB"]
     abl = [line(n, LABELS[n]) for n in LABELS if n in rows]
-    scale = [line(n, n) for n in ("mask_learned", "scale_n32", "scale_seq1024", "scale_ep8") if n in rows]
+    scale = scaling_rows(rows)
     presets = [line(n, n) for n in ("preset_cpu", "preset_cpu_alt_64x256") if n in rows]
     fp_row = ("FP (dequantized Q4_1)", "-", "-", round(fp["wikitext2"], 2), round(fp["c4"], 2), 32, "-", "-")
     table = "\n\n".join(
         [
             "## Ablations (budget 16 x 512 tokens, 4 epochs)\n\n" + markdown_table(head, [fp_row, *abl]),
-            "## Scaling (time vs nsamples, seqlen, epochs)\n\n" + markdown_table(head, scale),
+            "## Scaling (time vs nsamples x seqlen x epochs)\n\n"
+            + markdown_table(["run", "nsamples", "seqlen", "epochs", "trained tokens", "quantize s", "fit s"], scale)
+            + "\n\nfit: time = c0 + c1 * nsamples * seqlen * epochs (least squares over the trained runs above); "
+            "the training loop dominates and is linear in the trained tokens, so the budget of any setting can be "
+            "planned from c1.",
             "## CPU preset candidates (20-minute budget)\n\n" + markdown_table(head, [fp_row, *presets]),
         ]
     )
@@ -142,29 +159,16 @@ def main() -> None:
     rows = json.loads(store.read_text())["runs"] if store.exists() else {}
     fp = json.loads(store.read_text())["fp"] if store.exists() else None
     if fp is None:
-        from ptq161 import evaluate_perplexity, load_model
-
-        model, tok = load_model("smollm2-135m")
-        fp = {r.dataset: r.ppl for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=args.windows)}
+        fp = fp_perplexities(args.windows)
     redo = set(filter(None, args.redo.split(",")))
     for name in args.runs.split(","):
         if name in rows and name not in redo:
             continue
         print(f"running {name} ...", flush=True)
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.ptq161_runs", "--child", name, "--windows", str(args.windows)],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            sys.exit(f"run {name} failed:\n{out.stderr[-3000:]}")
-        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = rows[name]
-        print(
-            f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s",
-            flush=True,
-        )
+        rows[name] = r = run_child("benchmarks.ptq161_runs", "--child", name, "--windows", str(args.windows))
+        print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s")
         render(rows, fp, args.windows)
+    render(rows, fp, args.windows)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ from .methods.base import MethodConfig, get_method
 from .models import get_adapter, load_model
 from .utils import peak_rss_mb
 
-__all__ = ["QuantizeResult", "evaluate_perplexity", "load_model", "quantize"]
+__all__ = ["QuantizeResult", "evaluate_perplexity", "load", "load_model", "quantize"]
+
+
+def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
+    """Load a ptq161 output directory (packed or dense) or any model spec: ``(model, tokenizer)``."""
+    return load_model(str(path), device=device)
 
 
 @dataclass
@@ -78,7 +83,8 @@ def quantize(
         "block_logs": res.block_logs,
     }
     if out is not None:
-        artifact.write_artifact(out, model, tok, res.parts, meta)
+        packable = method == "ptq161" and getattr(cfg, "salient_bits", 0) == 4
+        artifact.write_artifact(out, model, tok, res.parts, meta, packable)
     return QuantizeResult(model, tok, out, meta)
 
 

@@ -1,10 +1,11 @@
 """The output directory of ``ptq161 quantize``.
 
-Layout (format 1, fake-quant): a plain Hugging Face model directory whose decoder
-linears hold the dequantized weights (loads anywhere), plus ``ptq161_parts.safetensors``
-(the stored parts each weight is rebuilt from exactly) and ``ptq161.json`` (method,
-settings, calibration, per-block log, bits). ``ptq161.json`` is written last: a directory
-without it is an unfinished run.
+PTQ1.61 results are written packed (``weights_format: packed``): a Hugging Face model
+directory whose quantized linears are stored as sign bits, 4-bit codes and fp16 factors
+(see ``ptq161.packing.artifact``). Baselines are written dequantized ("fake quant",
+``weights_format: dense``) with ``ptq161_parts.safetensors`` beside them. Both carry
+``ptq161.json`` (method, settings, calibration, per-block log, bits), written last: a
+directory without it is an unfinished run.
 """
 
 from __future__ import annotations
@@ -45,17 +46,25 @@ def check_output_dir(path: Path, resume: bool) -> None:
     raise PTQ161Error(f"output '{path}' is not empty and holds something else; choose another --output")
 
 
-def write_artifact(path: Path, model: Any, tokenizer: Any, parts: dict[str, Parts], meta: dict[str, Any]) -> None:
-    """Write the model, parts and metadata; ``ptq161.json`` last, then drop the resume state."""
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    flat = {f"{layer}::{k}": v.contiguous() for layer, p in parts.items() for k, v in p.items()}
-    tmp = path / f".{PARTS}.tmp"
-    save_file(flat, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    os.replace(tmp, path / PARTS)
+def write_artifact(
+    path: Path, model: Any, tokenizer: Any, parts: dict[str, Parts], meta: dict[str, Any], packable: bool
+) -> None:
+    """Write the model (packed in place when ``packable``), parts and metadata; ``ptq161.json`` last."""
+    from .packing.artifact import pack_model_in_place, save_packed
     from .utils import atomic_write_json
 
+    path.mkdir(parents=True, exist_ok=True)
+    if packable:
+        pack_model_in_place(model, parts, meta["config"])
+        save_packed(model, tokenizer, path)
+    else:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        flat = {f"{layer}::{k}": v.contiguous() for layer, p in parts.items() for k, v in p.items()}
+        tmp = path / f".{PARTS}.tmp"
+        save_file(flat, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        os.replace(tmp, path / PARTS)
+    meta = {**meta, "weights_format": "packed" if packable else "dense"}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
 
@@ -75,7 +84,10 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
 
 
 def read_parts(path: str | Path) -> dict[str, Parts]:
-    """All stored parts of an output directory, keyed by layer path."""
+    """All stored parts of an output directory, keyed by layer path (packed directories: from their buffers)."""
+    meta = read_meta(path)
+    if meta is not None and meta.get("weights_format") == "packed":
+        return _packed_parts(Path(path), meta)
     f = Path(path) / PARTS
     if not f.is_file():
         raise PTQ161Error(f"{path} holds no {PARTS}")
@@ -113,6 +125,45 @@ def verify_parts(method: Method, model: torch.nn.Module, parts: dict[str, Parts]
     """Max |W_model - dequantize(parts)| over all layers (0.0 for a faithful artifact)."""
     worst = 0.0
     for name, p in parts.items():
-        w = model.get_submodule(name).weight.detach().float().cpu()
+        mod = model.get_submodule(name)
+        w = (mod.dequantize() if hasattr(mod, "dequantize") else mod.weight).detach().float().cpu()
         worst = max(worst, (w - method.dequantize(p)).abs().max().item())
     return worst
+
+
+def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
+    from safetensors import safe_open
+
+    parts: dict[str, Parts] = {}
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        for layer in meta["bits"]["layers"]:
+            sal, n = f.get_tensor(f"{layer}.sal_idx").long(), None
+            n = sal.numel() + f.get_slice(f"{layer}.bin_idx").get_shape()[0]
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[sal] = True
+            p = {"mask": mask}
+            for k in ("sign", "codes", "scale", "zero", "a", "b", "r2"):
+                if f"{layer}.{k}" not in keys:
+                    raise PTQ161Error(f"{path} is missing tensor {layer}.{k}")
+                p[k] = f.get_tensor(f"{layer}.{k}")
+            parts[layer] = p
+    return parts
+
+
+def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
+    """Bits per weight of the decoder linears counted from the bytes of their tensors on disk."""
+    from safetensors import safe_open
+
+    total_bytes = 0
+    numel = sum(v["numel"] for v in layers.values())
+    prefixes = tuple(f"{layer}." for layer in layers)
+    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            if key.startswith(prefixes):
+                sl = f.get_slice(key)
+                count = 1
+                for d in sl.get_shape():
+                    count *= d
+                total_bytes += count * {"U8": 1, "I16": 2, "I32": 4, "F16": 2, "F32": 4, "BF16": 2}[sl.get_dtype()]
+    return 8 * total_bytes / max(numel, 1)

@@ -21,15 +21,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type factory: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def csv_list(text: str) -> list[str]:
@@ -89,16 +97,6 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -213,6 +211,59 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``ptq161 generate``: greedy continuation of a prompt."""
+    import torch
+
+    from .api import load
+    from .eval.speed import greedy_generate
+
+    model, tok = load(args.model, device=args.device)
+    ids = tok(args.prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        raise PTQ161Error("the prompt is empty")
+    with torch.no_grad():
+        new, prefill_s, decode_s = greedy_generate(model, ids.to(args.device), args.max_new_tokens)
+    print(args.prompt + tok.decode(new, skip_special_tokens=True))
+    print(
+        f"[{len(new)} tokens, prefill {ids.shape[1] / prefill_s:.1f} tok/s, "
+        f"decode {(len(new) - 1) / max(decode_s, 1e-9):.1f} tok/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``ptq161 bench``: prefill and decode tokens/s of a model, optionally against another one."""
+    from .api import load
+    from .eval.report import markdown_table
+    from .eval.speed import measure_speed
+    from .utils import atomic_write_json, peak_rss_mb
+
+    rows, results = [], {}
+    for spec in [args.model, *([args.against] if args.against else [])]:
+        model, tok = load(spec, device=args.device)
+        text = "The history of the city begins in the early middle ages, when " * 64
+        ids = tok(text, return_tensors="pt").input_ids[:, : args.prompt_tokens].to(args.device)
+        r = measure_speed(model, ids, args.new_tokens)
+        results[spec] = r.to_dict()
+        rows.append(
+            (spec, r.prompt_tokens, round(r.prefill_tokens_per_s, 1), r.new_tokens, round(r.decode_tokens_per_s, 2))
+        )
+        del model
+    print(markdown_table(["model", "prompt tokens", "prefill tok/s", "new tokens", "decode tok/s"], rows))
+    if args.against:
+        a, b = results[args.model], results[args.against]
+        print(
+            f"decode speed-up {a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}x; "
+            f"same greedy tokens: {a['tokens'] == b['tokens']}"
+        )
+    print(f"peak RSS of this process: {peak_rss_mb():.0f} MiB")
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``ptq161 demo``: the main job on the embedded model and default data, as a table."""
     from .demo import run_demo
@@ -296,6 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="output directory of `ptq161 quantize`")
     p.add_argument("--json", help="write the bit accounting to this JSON file")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="greedy text generation with a model or a quantized directory")
+    p.add_argument("model", help="a ptq161 output directory, smollm2-135m, a local model directory or a hub id")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default: 32)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="batch-1 prefill and decode speed (optionally against another model)")
+    p.add_argument("model", help="a ptq161 output directory or any model spec")
+    p.add_argument("--against", help="a second model to compare with in the same process, e.g. smollm2-135m")
+    p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default: 128)")
+    p.add_argument("--new-tokens", type=positive_int, default=64, help="tokens to decode (default: 64)")
+    p.add_argument("--json", help="write the timings to this JSON file")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="quantize smollm2-135m and compare with FP (what `make demo` runs)")
     p.add_argument("--windows", type=positive_int, default=4, help="evaluation windows of 2048 tokens (default: 4)")

@@ -94,3 +94,28 @@ def test_bit_counts_match_hand_computed_values():
 def test_unsupported_options_are_rejected(name, bad):
     with pytest.raises(PTQ161Error):
         get_method(name).config_class(**bad)
+
+
+@pytest.mark.parametrize(
+    "method,opts", [("rtn", dict(bits=3)), ("rtn", dict(bits=1)), ("gptq", dict(bits=2)), ("pbllm", {}), ("billm", {})]
+)
+def test_every_method_runs_on_the_shared_driver(tiny_model_dir, text_file, tmp_path, method, opts):
+    from ptq161 import CalibConfig, evaluate_perplexity, quantize
+    from ptq161.artifact import read_meta, read_parts, verify_parts
+
+    impl = get_method(method)(get_method(method).config_class(**opts))
+    out = tmp_path / method
+    res = quantize(
+        str(tiny_model_dir),
+        method,
+        method_config=impl.config,
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64),
+        output=out,
+        progress=False,
+    )
+    assert verify_parts(impl, res.model, read_parts(out)) == 0.0
+    meta = read_meta(out)
+    assert meta["method"] == method and meta["config"] == impl.config.to_dict()
+    assert len(meta["bits"]["layers"]) == 14 and meta["bits"]["stored_bits_per_weight"] > 1
+    r = evaluate_perplexity(res.model, res.tokenizer, [f"text:{text_file}"], seqlen=128, progress=False)[0]
+    assert r.ppl > 1 and r.windows > 0

@@ -161,5 +161,4 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
 
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    pa, pb = load_file(str(full / "ptq161_parts.safetensors")), load_file(str(part / "ptq161_parts.safetensors"))
-    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert any(k.endswith("self_attn.q_proj.sign") for k in a)  # the packed format

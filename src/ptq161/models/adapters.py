@@ -69,7 +69,10 @@ def _matches(adapter: Adapter, model: nn.Module) -> bool:
         layers = adapter.decoder_layers(model)
         if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
             return False
-        return all(isinstance(m, nn.Linear) for m in adapter.block_linears(layers[0]).values())
+        from ..nn.packed import PackedPTQ161Linear
+
+        linear_types = (nn.Linear, PackedPTQ161Linear)
+        return all(isinstance(m, linear_types) for m in adapter.block_linears(layers[0]).values())
     except AttributeError:
         return False
 

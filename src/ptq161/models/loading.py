@@ -125,10 +125,18 @@ def load_model(
         hint = " (no network or hub here?)" if _looks_like_hub_id(where) and not Path(where).exists() else ""
         raise PTQ161Error(f"cannot load model '{spec}'{hint}: {str(e).splitlines()[0]}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, KeyError) as e:
-        raise PTQ161Error(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
+    except PTQ161Error:
+        raise
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PTQ161Error(f"cannot load model '{spec}': {first}") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
+    if missing:
+        raise PTQ161Error(
+            f"model '{spec}' is missing {len(missing)} tensors (e.g. {missing[0]}): damaged or mismatched"
+        )
     get_adapter(model)  # fail early and clearly on unsupported layouts
     model.to(device)
     model.eval()

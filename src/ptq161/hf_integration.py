@@ -1,0 +1,103 @@
+"""Make packed ptq161 directories loadable by ``transformers.AutoModelForCausalLM.from_pretrained``.
+
+Uses transformers' public extension points (``register_quantization_config`` and
+``register_quantizer``): the quantizer swaps the listed linears for ``PackedPTQ161Linear``
+before the weights load, so the packed tensors in ``model.safetensors`` fill their buffers.
+Registration happens once, on ``import ptq161``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+QUANT_METHOD = "ptq161"
+PACKED_FORMAT_VERSION = 1
+
+
+class PTQ161HfConfig(QuantizationConfigMixin):
+    """The ``quantization_config`` of a packed ptq161 directory.
+
+    layers: {module path: {"n_salient": int}} for every packed linear; config: the method
+    settings; format_version: the packed layout version this reader understands.
+    """
+
+    def __init__(
+        self,
+        format_version: int = PACKED_FORMAT_VERSION,
+        method: str = "ptq161",
+        config: dict[str, Any] | None = None,
+        layers: dict[str, dict[str, int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.quant_method = QUANT_METHOD
+        self.format_version = format_version
+        self.method = method
+        self.config = config or {}
+        self.layers = layers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quant_method": QUANT_METHOD,
+            "format_version": self.format_version,
+            "method": self.method,
+            "config": self.config,
+            "layers": self.layers,
+        }
+
+
+class PTQ161HfQuantizer(HfQuantizer):
+    """Loads pre-quantized (packed) ptq161 models; quantizing on the fly needs calibration and is refused."""
+
+    requires_calibration = True
+
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        from .errors import PTQ161Error
+
+        version = self.quantization_config.format_version
+        if version != PACKED_FORMAT_VERSION:
+            raise PTQ161Error(
+                f"packed format version {version} is not supported (this ptq161 reads {PACKED_FORMAT_VERSION})"
+            )
+
+    def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
+        replace_with_packed(model, self.quantization_config.layers)
+
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+
+def replace_with_packed(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
+    """Swap each listed ``nn.Linear`` for an empty ``PackedPTQ161Linear`` of the same shape."""
+    from .nn.packed import PackedPTQ161Linear
+
+    for path, info in layers.items():
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        lin = getattr(parent, name)
+        packed = PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None)
+        setattr(parent, name, packed)
+
+
+def register() -> None:
+    """Register the config and quantizer with transformers (idempotent)."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(PTQ161HfConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(PTQ161HfQuantizer)

@@ -1,0 +1,121 @@
+"""PackedPTQ161Linear: a linear layer stored as PTQ1.61 parts, whose forward never forms the weight.
+
+Stored buffers (m = out_features, n = in_features, n_s salient and n_b binary columns):
+  sal_idx, bin_idx int16 [n_s], [n_b]      — the channel mask as column indices (int32 above 32768)
+  sign    uint8 [m, ceil(n_b / 8)]          — sign bits, LSB first
+  codes   uint8 [m, ceil(n_s / 2)]          — 4-bit codes, low nibble first
+  scale fp16 [m], zero uint8 [m]            — 4-bit quantizer of the salient columns
+  a, b fp16 [m], r2 fp16 [n_b]              — W_bin = r2 * (a * sign + b)  (r1 folded into a, b)
+On CPU the forward runs the table-lookup kernel of ``ptq161.packing.kernels``; elsewhere
+(GPU) it rebuilds the weight with the same pure functions the quantizer used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..methods import ptq161_math as pm
+from ..packing.bits import unpack_bits, unpack_nibbles
+from ..packing.kernels import packed_matvec
+
+LUT_MAX_TOKENS = 8  # up to this many tokens per call: table-lookup kernel (decode); above: row tiles + BLAS
+ROW_TILE = 256
+PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "b", "r2")
+
+
+class PackedPTQ161Linear(nn.Module):
+    """Drop-in replacement for ``nn.Linear`` holding packed PTQ1.61 weights (no bias support needed for LLaMA)."""
+
+    def __init__(self, in_features: int, out_features: int, n_salient: int, bias: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.n_salient = in_features, out_features, n_salient
+        m, n_s, n_b = out_features, n_salient, in_features - n_salient
+        idx_dtype = torch.int16 if in_features <= 2**15 else torch.int32  # column indices: 16 bits a column
+        self.register_buffer("sal_idx", torch.zeros(n_s, dtype=idx_dtype))
+        self.register_buffer("bin_idx", torch.zeros(n_b, dtype=idx_dtype))
+        self.register_buffer("sign", torch.zeros(m, math.ceil(n_b / 8), dtype=torch.uint8))
+        self.register_buffer("codes", torch.zeros(m, math.ceil(n_s / 2), dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(m, dtype=torch.float16))
+        self.register_buffer("zero", torch.zeros(m, dtype=torch.uint8))
+        self.register_buffer("a", torch.zeros(m, dtype=torch.float16))
+        self.register_buffer("b", torch.zeros(m, dtype=torch.float16))
+        self.register_buffer("r2", torch.ones(n_b, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(m)) if bias else None
+        self._cpu_cache: tuple | None = None
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, torch.Tensor], bias: torch.Tensor | None = None) -> PackedPTQ161Linear:
+        """Build from the parts ``PTQ161.quantize_block`` stores (mask, packed sign, packed codes, factors)."""
+        mask = parts["mask"].bool()
+        n, n_s, m = mask.numel(), int(mask.sum()), parts["a"].numel()
+        mod = cls(n, m, n_s, bias=bias is not None)
+        mod.sal_idx.copy_(torch.nonzero(mask)[:, 0])
+        mod.bin_idx.copy_(torch.nonzero(~mask)[:, 0])
+        mod.sign.copy_(parts["sign"])
+        mod.codes.copy_(parts["codes"])
+        for k in ("scale", "zero", "a", "b", "r2"):
+            getattr(mod, k).copy_(parts[k])
+        if bias is not None:
+            mod.bias.data.copy_(bias)
+        return mod
+
+    def mask(self) -> torch.Tensor:
+        """The salient-channel mask, bool [n]."""
+        mask = torch.zeros(self.in_features, dtype=torch.bool, device=self.sal_idx.device)
+        mask[self.sal_idx.long()] = True
+        return mask
+
+    def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
+        """Rows of the weight, float32 [rows, n], exactly as the quantizer evaluated them."""
+        n_s, n_b = self.n_salient, self.in_features - self.n_salient
+        w_sal = pm.rtn_dequantize(unpack_nibbles(self.codes[rows], n_s), self.scale[rows], self.zero[rows])
+        w_bin = pm.binary_dequantize(unpack_bits(self.sign[rows], n_b), self.a[rows], self.b[rows], self.r2)
+        return pm.assemble(self.mask(), w_sal, w_bin)
+
+    def _numpy_parts(self) -> tuple:
+        if self._cpu_cache is None:  # float32 copies of the small per-row factors, computed once
+            self._cpu_cache = (
+                self.sal_idx.numpy(),
+                self.bin_idx.numpy(),
+                self.r2.float().numpy(),
+                self.sign.numpy(),
+                self.codes.numpy(),
+                self.a.float().numpy(),
+                self.b.float().numpy(),
+                self.scale.float().numpy(),
+                self.zero.float().numpy(),
+            )
+        return self._cpu_cache
+
+    def _apply(self, fn, recurse: bool = True):
+        self._cpu_cache = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // self.in_features
+        if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
+            # many tokens (prefill, perplexity) or GPU: dense matmul over row tiles rebuilt on the fly,
+            # so at most ROW_TILE rows of the weight exist at a time
+            y = torch.cat(
+                [
+                    nn.functional.linear(x, self.dequantize(slice(r, r + ROW_TILE)).to(x.dtype))
+                    for r in range(0, self.out_features, ROW_TILE)
+                ],
+                dim=-1,
+            )
+        else:
+            flat = x.reshape(-1, self.in_features).float().contiguous().numpy()
+            out = np.empty((flat.shape[0], self.out_features), dtype=np.float32)
+            packed_matvec(flat, *self._numpy_parts(), out)
+            y = torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, n_salient={self.n_salient}"
+
+
+__all__ = ["PACKED_BUFFERS", "PackedPTQ161Linear"]

@@ -1,0 +1,116 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import ptq161
+from ptq161 import CalibConfig, quantize
+from ptq161.errors import PTQ161Error
+from ptq161.methods.ptq161 import PTQ161, PTQ161Config
+from ptq161.nn.packed import LUT_MAX_TOKENS, PackedPTQ161Linear
+from ptq161.packing.bits import pack_bits, pack_nibbles
+
+
+def random_parts(m: int, n: int, n_sal: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[:n_sal]] = True
+    n_b = n - n_sal
+    return {
+        "mask": mask,
+        "sign": pack_bits(torch.rand(m, n_b, generator=g) > 0.5),
+        "codes": pack_nibbles(torch.randint(0, 16, (m, n_sal), dtype=torch.uint8, generator=g)),
+        "scale": (torch.rand(m, generator=g) * 0.01 + 1e-3).half(),
+        "zero": torch.randint(0, 16, (m,), dtype=torch.uint8, generator=g),
+        "a": (torch.rand(m, generator=g) * 0.02).half(),
+        "b": (torch.randn(m, generator=g) * 0.001).half(),
+        "r2": (torch.rand(n_b, generator=g) + 0.5).half(),
+    }
+
+
+@pytest.mark.parametrize("m,n,n_sal", [(7, 13, 3), (33, 64, 13), (65, 100, 21), (16, 9, 0), (48, 96, 95)])
+@pytest.mark.parametrize("tokens", [1, 3, LUT_MAX_TOKENS + 5])
+def test_kernel_matches_reference_matmul(m, n, n_sal, tokens):
+    parts = random_parts(m, n, n_sal)
+    w = PTQ161(PTQ161Config()).dequantize(parts)
+    mod = PackedPTQ161Linear.from_parts(parts)
+    assert torch.equal(mod.dequantize(), w)  # unpacking reproduces the quantizer's weight bit for bit
+    x = torch.randn(2, tokens, n, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = mod(x)
+    ref = x @ w.T
+    assert got.shape == (2, tokens, m)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_storage_is_about_1_6_bits_at_paper_width():
+    n = 4096
+    n_sal = int(0.2 * n) + 1
+    mod = PackedPTQ161Linear.from_parts(random_parts(n, n, n_sal))
+    stored_bits = 8 * sum(t.numel() * t.element_size() for t in mod.buffers())
+    n_b = n - n_sal
+    # signs, codes (whole bytes per row), fp16 scale + uint8 zero + fp16 a, b per row, fp16 r2, int16 indices
+    hand = n * 8 * -(-n_b // 8) + n * 8 * -(-n_sal // 2) + n * (16 + 8 + 32) + 16 * n_b + 16 * n
+    assert stored_bits == hand
+    assert stored_bits / (n * n) <= 1.63
+
+
+@pytest.fixture
+def packed_dir(tiny_model_dir, text_file, tmp_path) -> tuple[Path, torch.nn.Module]:
+    out = tmp_path / "packed"
+    res = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=2),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64),
+        output=out,
+        progress=False,
+    )
+    return out, res.model
+
+
+def test_save_load_same_outputs_through_ptq161_and_transformers(packed_dir):
+    out, quantized = packed_dir
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "ptq161" and cfg["format_version"] == 1 and len(cfg["layers"]) == 14
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    model, _ = ptq161.load(out)
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(hf.model.layers[0].mlp.down_proj, PackedPTQ161Linear)
+    with torch.no_grad():
+        ref = quantized(ids).logits
+        assert torch.equal(model(ids).logits, ref)
+        assert torch.equal(hf(ids).logits, ref)
+        short = model(ids[:, :4]).logits  # decode-sized call: table-lookup kernel
+    assert torch.allclose(short, ref[:, :4], atol=1e-4)
+
+
+def test_corrupted_or_mismatched_artifacts_fail_clearly(packed_dir, tmp_path):
+    out, _ = packed_dir
+    import shutil
+
+    trunc = tmp_path / "trunc"
+    shutil.copytree(out, trunc)
+    data = (trunc / "model.safetensors").read_bytes()
+    (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PTQ161Error, match="cannot load"):
+        ptq161.load(trunc)
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(out, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["quantization_config"]["format_version"] = 99
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PTQ161Error, match="format version 99"):
+        ptq161.load(wrong)
+
+    missing = tmp_path / "missing"
+    shutil.copytree(out, missing)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(missing / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.sign"]
+    save_file(tensors, str(missing / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(PTQ161Error, match="missing 1 tensors"):
+        ptq161.load(missing)
