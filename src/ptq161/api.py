@@ -50,11 +50,14 @@ def quantize(
     data_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    int8_head: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model_spec`` with a registered method on the block-wise driver.
 
     With ``output``, progress is saved after every block and ``resume=True`` continues
-    an interrupted run to a result identical to an uninterrupted one.
+    an interrupted run to a result identical to an uninterrupted one. PTQ1.61 results are
+    saved packed (and the returned model is then the packed one); ``int8_head`` also stores
+    the embedding and lm_head in 8 bits.
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -84,7 +87,9 @@ def quantize(
     }
     if out is not None:
         packable = method == "ptq161" and getattr(cfg, "salient_bits", 0) == 4
-        artifact.write_artifact(out, model, tok, res.parts, meta, packable)
+        if int8_head and not packable:
+            raise PTQ161Error("--int8-head needs the packed PTQ1.61 format (method ptq161)")
+        artifact.write_artifact(out, model, tok, res.parts, {**meta, "int8_head": int8_head}, packable, int8_head)
     return QuantizeResult(model, tok, out, meta)
 
 

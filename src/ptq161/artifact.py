@@ -47,7 +47,13 @@ def check_output_dir(path: Path, resume: bool) -> None:
 
 
 def write_artifact(
-    path: Path, model: Any, tokenizer: Any, parts: dict[str, Parts], meta: dict[str, Any], packable: bool
+    path: Path,
+    model: Any,
+    tokenizer: Any,
+    parts: dict[str, Parts],
+    meta: dict[str, Any],
+    packable: bool,
+    int8_head: bool = False,
 ) -> None:
     """Write the model (packed in place when ``packable``), parts and metadata; ``ptq161.json`` last."""
     from .packing.artifact import pack_model_in_place, save_packed
@@ -55,7 +61,7 @@ def write_artifact(
 
     path.mkdir(parents=True, exist_ok=True)
     if packable:
-        pack_model_in_place(model, parts, meta["config"])
+        pack_model_in_place(model, parts, meta["config"], int8_head=int8_head)
         save_packed(model, tokenizer, path)
     else:
         model.save_pretrained(path)

@@ -164,6 +164,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         resume=args.resume,
         data_dir=args.data_dir,
         device=args.device,
+        int8_head=args.int8_head,
     )
     bits = res.meta["bits"]
     print(f"saved {output}")
@@ -318,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="budget preset (default: cpu)")
     p.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument(
+        "--int8-head",
+        action="store_true",
+        help="also store the embedding and lm_head as per-row int8 (smaller, faster decoding)",
+    )
     p.add_argument("--calib", help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH (default: wikitext2)")
     p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")

@@ -37,6 +37,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         method: str = "ptq161",
         config: dict[str, Any] | None = None,
         layers: dict[str, dict[str, int]] | None = None,
+        int8_modules: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.quant_method = QUANT_METHOD
@@ -44,6 +45,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         self.method = method
         self.config = config or {}
         self.layers = layers or {}
+        self.int8_modules = int8_modules or []
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
             "method": self.method,
             "config": self.config,
             "layers": self.layers,
+            "int8_modules": self.int8_modules,
         }
 
 
@@ -70,7 +73,7 @@ class PTQ161HfQuantizer(HfQuantizer):
             )
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
-        replace_with_packed(model, self.quantization_config.layers)
+        replace_with_packed(model, self.quantization_config.layers, self.quantization_config.int8_modules)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         return model
@@ -83,16 +86,32 @@ class PTQ161HfQuantizer(HfQuantizer):
         return False
 
 
-def replace_with_packed(model: nn.Module, layers: dict[str, dict[str, int]]) -> None:
-    """Swap each listed ``nn.Linear`` for an empty ``PackedPTQ161Linear`` of the same shape."""
+def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at ``path``."""
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
+
+
+def replace_with_packed(model: nn.Module, layers: dict[str, dict[str, int]], int8_modules: list[str]) -> None:
+    """Swap each listed linear for an empty ``PackedPTQ161Linear`` and each int8 module for its int8 twin."""
+    from .nn.int8 import Int8Embedding, Int8Linear
     from .nn.packed import PackedPTQ161Linear
 
     for path, info in layers.items():
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        lin = getattr(parent, name)
-        packed = PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None)
-        setattr(parent, name, packed)
+        lin = model.get_submodule(path)
+        set_module(
+            model,
+            path,
+            PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None),
+        )
+    for path in int8_modules:
+        mod = model.get_submodule(path)
+        if isinstance(mod, nn.Embedding):
+            set_module(model, path, Int8Embedding(mod.num_embeddings, mod.embedding_dim))
+        else:
+            set_module(model, path, Int8Linear(mod.in_features, mod.out_features))
+    if int8_modules:
+        model.config.tie_word_embeddings = False
 
 
 def register() -> None:

@@ -114,3 +114,32 @@ def test_corrupted_or_mismatched_artifacts_fail_clearly(packed_dir, tmp_path):
     save_file(tensors, str(missing / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(PTQ161Error, match="missing 1 tensors"):
         ptq161.load(missing)
+
+
+def test_int8_head_roundtrip_and_error_bound(tiny_model_dir, text_file, tmp_path):
+    from ptq161.nn.int8 import Int8Embedding, Int8Linear, quantize_int8_rows
+
+    w = torch.randn(37, 19, generator=torch.Generator().manual_seed(0))
+    q, s = quantize_int8_rows(w)
+    assert torch.all((q.float() * s.float()[:, None] - w).abs() <= s.float()[:, None] / 2 + 1e-6)
+    lin = Int8Linear.from_weight(w)
+    x = torch.randn(2, 3, 19)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), x @ lin.dequantize().T, atol=1e-5)  # lookup path
+        x2 = torch.randn(1, 20, 19)  # more tokens than the lookup path takes: row tiles
+        assert torch.allclose(lin(x2), x2 @ lin.dequantize().T, atol=1e-5)
+
+    out = tmp_path / "int8"
+    res = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=1),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
+        output=out,
+        progress=False,
+        int8_head=True,
+    )
+    model, _ = ptq161.load(out)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.embed_tokens, Int8Embedding)
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, res.model(ids).logits)

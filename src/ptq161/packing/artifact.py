@@ -15,23 +15,41 @@ from typing import Any
 
 from torch import nn
 
-from ..hf_integration import PACKED_FORMAT_VERSION, PTQ161HfConfig
+from ..hf_integration import PACKED_FORMAT_VERSION, PTQ161HfConfig, set_module
 from ..methods.base import Parts
+from ..nn.int8 import Int8Embedding, Int8Linear
 from ..nn.packed import PackedPTQ161Linear
 
 
-def pack_model_in_place(model: nn.Module, parts: dict[str, Parts], method_config: dict[str, Any]) -> None:
-    """Swap every quantized linear of ``model`` for a ``PackedPTQ161Linear`` built from its parts."""
+def pack_model_in_place(
+    model: nn.Module, parts: dict[str, Parts], method_config: dict[str, Any], int8_head: bool = False
+) -> None:
+    """Swap every quantized linear of ``model`` for a ``PackedPTQ161Linear`` built from its parts.
+
+    ``int8_head`` also stores the input embedding and the lm_head as per-row int8 (untied).
+    """
+    from ..models.adapters import get_adapter
+
     layers = {}
     for path, p in parts.items():
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        lin = getattr(parent, name)
+        lin = model.get_submodule(path)
         packed = PackedPTQ161Linear.from_parts(p, lin.bias.detach() if lin.bias is not None else None)
-        setattr(parent, name, packed)
+        set_module(model, path, packed)
         layers[path] = {"n_salient": packed.n_salient}
+    int8_modules: list[str] = []
+    if int8_head:
+        adapter = get_adapter(model)
+        head, embed = model.get_submodule(adapter.lm_head), model.get_submodule(adapter.embed)
+        set_module(model, adapter.lm_head, Int8Linear.from_weight(head.weight))
+        set_module(model, adapter.embed, Int8Embedding.from_weight(embed.weight))
+        model.config.tie_word_embeddings = False
+        int8_modules = [adapter.lm_head, adapter.embed]
     model.config.quantization_config = PTQ161HfConfig(
-        format_version=PACKED_FORMAT_VERSION, method="ptq161", config=method_config, layers=layers
+        format_version=PACKED_FORMAT_VERSION,
+        method="ptq161",
+        config=method_config,
+        layers=layers,
+        int8_modules=int8_modules,
     )
 
 

@@ -83,3 +83,20 @@ if HAVE_NUMBA:
     packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
 else:  # pragma: no cover
     packed_matvec = None
+
+
+def _int8_matvec(x, w, scale, out):
+    """out [T, m] = (x [T, n] @ w[m, n]^T) * scale [m] with int8 w (per-row symmetric)."""
+    m, n = w.shape
+    for t in range(x.shape[0]):
+        for i in numba.prange(m):
+            acc = np.float32(0.0)
+            for j in range(n):
+                acc += np.float32(w[i, j]) * x[t, j]
+            out[t, i] = acc * scale[i]
+
+
+if HAVE_NUMBA:
+    int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
+else:  # pragma: no cover
+    int8_matvec = None

@@ -1,0 +1,83 @@
+"""8-bit (per-row symmetric) lm_head and embedding modules for packed artifacts.
+
+weight int8 [m, n], scale fp16 [m]; W ~= scale[:, None] * weight. Decode-sized calls use
+the numba int8 GEMV; larger calls rebuild row tiles and use BLAS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..packing.kernels import int8_matvec
+
+LUT_MAX_TOKENS = 8
+ROW_TILE = 4096
+
+
+def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: w [m, n] -> (int8 [m, n], fp16 scale [m]), scale = max|w_i| / 127."""
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).half()
+    q = torch.clamp(torch.round(w / scale.float()[:, None]), -127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear with int8 weights and per-row fp16 scales."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features, dtype=torch.float16))
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor) -> Int8Linear:
+        """Quantize a float weight [m, n]."""
+        mod = cls(w.shape[1], w.shape[0])
+        q, s = quantize_int8_rows(w.detach().float().cpu())
+        mod.weight_int8.copy_(q)
+        mod.scale.copy_(s)
+        return mod
+
+    def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
+        """Float32 rows of the weight."""
+        return self.weight_int8[rows].float() * self.scale[rows].float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // self.in_features
+        if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
+            return torch.cat(
+                [
+                    nn.functional.linear(x, self.dequantize(slice(r, r + ROW_TILE)).to(x.dtype))
+                    for r in range(0, self.out_features, ROW_TILE)
+                ],
+                dim=-1,
+            )
+        flat = x.reshape(-1, self.in_features).float().contiguous().numpy()
+        out = np.empty((flat.shape[0], self.out_features), dtype=np.float32)
+        int8_matvec(flat, self.weight_int8.numpy(), self.scale.float().numpy(), out)
+        return torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with fp16 scales."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings, dtype=torch.float16))
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor) -> Int8Embedding:
+        """Quantize a float table [V, d]."""
+        mod = cls(*w.shape)
+        q, s = quantize_int8_rows(w.detach().float().cpu())
+        mod.weight_int8.copy_(q)
+        mod.scale.copy_(s)
+        return mod
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_int8[ids].float() * self.scale[ids].float()[..., None]
