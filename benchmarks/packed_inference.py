@@ -21,6 +21,7 @@ from torch import nn
 from benchmarks.common import write_results
 from ptq161.eval.report import markdown_table
 
+INT8 = "packed, int8 embedding + lm_head"
 PROMPT = "The history of the city begins in the early middle ages, when " * 40
 
 
@@ -92,6 +93,7 @@ def main() -> None:
     from ptq161.config import PRESETS
     from ptq161.eval.speed import measure_speed
     from ptq161.methods.ptq161 import PTQ161Config
+    from ptq161.packing.artifact import add_int8_head, save_packed
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="demo")
@@ -114,6 +116,12 @@ def main() -> None:
         dir_bytes = sum(f.stat().st_size for f in out.iterdir())
         packed, tok = ptq161.load(out)
         fake = fake_quant_copy(out)
+        out8 = Path(tmp) / "packed-int8-head"
+        add_int8_head(packed)
+        save_packed(packed, tok, out8)
+        packed8, _ = ptq161.load(out8)
+        dir8_bytes = sum(f.stat().st_size for f in out8.iterdir())
+        packed, _ = ptq161.load(out)
         dense, _ = ptq161.load("smollm2-135m")
         ids = tok(PROMPT, return_tensors="pt").input_ids[:, : args.prompt_tokens]
         with torch.no_grad():
@@ -121,30 +129,40 @@ def main() -> None:
             sp, sf = packed(ids[:, :4]).logits, fake(ids[:, :4]).logits  # decode-sized: lookup kernel
         speed = {
             name: measure_speed(m, ids, args.new_tokens)
-            for name, m in (("packed", packed), ("fake-quant", fake), ("dense fp32", dense))
+            for name, m in (
+                ("packed", packed),
+                (INT8, packed8),
+                ("fake-quant", fake),
+                ("dense fp32", dense),
+            )
         }
         rss = {
             "packed": rss_child(str(out), args.prompt_tokens, args.new_tokens),
+            INT8: rss_child(str(out8), args.prompt_tokens, args.new_tokens),
             "dense fp32": rss_child("smollm2-135m", args.prompt_tokens, args.new_tokens),
         }
     n_params = sum(p.numel() for p in dense.parameters())
     fp16_bytes = 2 * n_params
     b4096 = layer_4096_bits()
-    ratio = speed["packed"].decode_tokens_per_s / speed["dense fp32"].decode_tokens_per_s
+    dense_tps = speed["dense fp32"].decode_tokens_per_s
+    ratio = speed["packed"].decode_tokens_per_s / dense_tps
+    ratio8 = speed[INT8].decode_tokens_per_s / dense_tps
     rows = [
         (k, round(v.prefill_tokens_per_s, 1), round(v.decode_tokens_per_s, 2), rss.get(k, "-"))
         for k, v in speed.items()
     ]
     table = markdown_table(["model", "prefill tok/s", "decode tok/s (batch 1, greedy)", "peak RSS MiB"], rows)
     facts = [
-        ("decode speed-up packed / dense fp32 (same process)", f"{ratio:.2f}x"),
+        ("decode speed-up packed (fp32 lm_head) / dense fp32, same process", f"{ratio:.2f}x"),
+        ("decode speed-up packed (int8 lm_head) / dense fp32, same process", f"{ratio8:.2f}x"),
         ("same greedy tokens packed vs fake-quant", speed["packed"].tokens == speed["fake-quant"].tokens),
         ("max |logit| difference, prefill path (row tiles)", f"{(lp - lf).abs().max().item():.2e}"),
         ("max |logit| difference, decode path (lookup kernel)", f"{(sp - sf).abs().max().item():.2e}"),
         ("decoder-linear bits/weight from bytes on disk", f"{disk_bits:.4f}"),
         ("decoder-linear bits/weight by the format's count", f"{meta['bits']['stored_bits_per_weight']:.4f}"),
         ("packed 4096 x 4096 layer bits/weight (tensor bytes / file bytes)", f"{b4096[0]:.4f} / {b4096[1]:.4f}"),
-        ("packed directory size", f"{dir_bytes / 2**20:.1f} MiB"),
+        ("packed directory size (fp32 embedding, tied lm_head)", f"{dir_bytes / 2**20:.1f} MiB"),
+        ("packed directory size (int8 embedding + int8 lm_head)", f"{dir8_bytes / 2**20:.1f} MiB"),
         ("fp16 checkpoint size (2 bytes x parameters)", f"{fp16_bytes / 2**20:.1f} MiB"),
     ]
     table += "\n\n" + markdown_table(["measure", "value"], facts)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..hf_integration import PACKED_FORMAT_VERSION, PTQ161HfConfig, set_module
 from ..methods.base import Parts
+from ..models.adapters import get_adapter
 from ..nn.int8 import Int8Embedding, Int8Linear
 from ..nn.packed import PackedPTQ161Linear
 
@@ -28,8 +29,6 @@ def pack_model_in_place(
 
     ``int8_head`` also stores the input embedding and the lm_head as per-row int8 (untied).
     """
-    from ..models.adapters import get_adapter
-
     layers = {}
     for path, p in parts.items():
         lin = model.get_submodule(path)
