@@ -88,7 +88,7 @@ def layer_4096_bits() -> float:
 
 def main() -> None:
     import ptq161
-    from ptq161 import CalibConfig, quantize
+    from ptq161 import CalibConfig, evaluate_perplexity, quantize
     from ptq161.artifact import file_bits_per_weight, read_meta
     from ptq161.config import PRESETS
     from ptq161.eval.speed import measure_speed
@@ -127,6 +127,10 @@ def main() -> None:
         with torch.no_grad():
             lp, lf = packed(ids).logits, fake(ids).logits
             sp, sf = packed(ids[:, :4]).logits, fake(ids[:, :4]).logits  # decode-sized: lookup kernel
+        ppl = {
+            name: evaluate_perplexity(m, tok, ["wikitext2"], max_windows=2, progress=False)[0].ppl
+            for name, m in (("packed", packed), ("fake-quant", fake))
+        }
         speed = {
             name: measure_speed(m, ids, args.new_tokens)
             for name, m in (
@@ -158,6 +162,7 @@ def main() -> None:
         ("same greedy tokens packed vs fake-quant", speed["packed"].tokens == speed["fake-quant"].tokens),
         ("max |logit| difference, prefill path (row tiles)", f"{(lp - lf).abs().max().item():.2e}"),
         ("max |logit| difference, decode path (lookup kernel)", f"{(sp - sf).abs().max().item():.2e}"),
+        ("WikiText-2 ppl (first 2 windows) packed / fake-quant", f"{ppl['packed']:.6f} / {ppl['fake-quant']:.6f}"),
         ("decoder-linear bits/weight from bytes on disk", f"{disk_bits:.4f}"),
         ("decoder-linear bits/weight by the format's count", f"{meta['bits']['stored_bits_per_weight']:.4f}"),
         ("packed 4096 x 4096 layer bits/weight (tensor bytes / file bytes)", f"{b4096[0]:.4f} / {b4096[1]:.4f}"),

@@ -196,8 +196,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         for name, b in bits["layers"].items()
     ]
     rows.append(("decoder linears", bits["numel"], bits["paper_bits_per_weight"], bits["stored_bits_per_weight"]))
-    print(f"{args.dir}: method {meta['method']}, model {meta['model']}")
+    print(f"{args.dir}: method {meta['method']}, model {meta['model']}, weights {meta.get('weights_format', 'dense')}")
     print(markdown_table(["layer", "weights", "bits/w (paper formula)", "bits/w (stored)"], rows))
+    disk = None
+    if meta.get("weights_format") == "packed":
+        disk = artifact.file_bits_per_weight(args.dir, bits["layers"])
+        print(f"decoder linears, from the bytes of their tensors on disk: {disk:.4f} bits/weight")
     if args.json:
         atomic_write_json(
             args.json,
@@ -206,6 +210,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "config": meta["config"],
                 "stored_bits_per_weight": bits["stored_bits_per_weight"],
                 "paper_bits_per_weight": bits["paper_bits_per_weight"],
+                "disk_bits_per_weight": disk,
+                "weights_format": meta.get("weights_format", "dense"),
                 "layers": bits["layers"],
             },
         )
