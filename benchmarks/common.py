@@ -57,3 +57,30 @@ def fp_perplexities(windows: int) -> dict[str, float]:
     model, tok = load_model("smollm2-135m")
     results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
     return {r.dataset: r.ppl for r in results}
+
+
+def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int) -> dict[str, Any]:
+    """Quantize smollm2-135m in memory and evaluate WikiText-2 test and C4 on the first ``windows`` windows."""
+    import time
+
+    from ptq161 import evaluate_perplexity, quantize
+    from ptq161.utils import peak_rss_mb
+
+    t0 = time.perf_counter()
+    res = quantize("smollm2-135m", method, method_config=cfg, calib=calib, progress=False)
+    seconds = time.perf_counter() - t0
+    results = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
+    ppl = {r.dataset: r.ppl for r in results}
+    return {
+        "config": cfg.to_dict(),
+        "calibration": calib.to_dict(),
+        "calibration_source": res.meta["calibration_source"],
+        "quantize_seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
+        "paper_bits_per_weight": res.meta["bits"]["paper_bits_per_weight"],
+        "wikitext2_ppl": ppl["wikitext2"],
+        "c4_ppl": ppl["c4"],
+        "eval_windows": windows,
+        "block_logs": res.meta["block_logs"],
+    }

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from benchmarks.common import RESULTS, fp_perplexities, run_child, write_results
+from benchmarks.common import RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
 from ptq161.eval.report import markdown_table
 
 ROWS: dict[str, tuple[str, dict]] = {
@@ -34,10 +33,9 @@ PAPER_LABEL = {"rtn": "{bits}", "gptq": "{bits}", "pbllm": "1.7 (+1)", "billm": 
 
 def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
     """Quantize + evaluate one row in this process."""
-    from ptq161 import CalibConfig, evaluate_perplexity, quantize
+    from ptq161 import CalibConfig
     from ptq161.config import PRESETS
     from ptq161.methods.base import get_method
-    from ptq161.utils import peak_rss_mb
 
     method, opts = ROWS[name]
     opts = dict(opts)
@@ -45,27 +43,9 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
         opts = {"epochs": PRESETS[opts.pop("preset")].epochs}
     cfg = get_method(method).config_class(**opts)
     calib = CalibConfig(nsamples=nsamples, seqlen=seqlen)
-    t0 = time.perf_counter()
-    res = quantize("smollm2-135m", method, method_config=cfg, calib=calib, progress=False)
-    seconds = time.perf_counter() - t0
-    ppl = {
-        r.dataset: r.ppl
-        for r in evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
-    }
-    return {
-        "name": name,
-        "method": method,
-        "config": cfg.to_dict(),
-        "calibration": calib.to_dict(),
-        "calibration_source": res.meta["calibration_source"],
-        "quantize_seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
-        "paper_bits_per_weight": res.meta["bits"]["paper_bits_per_weight"],
-        "wikitext2_ppl": ppl["wikitext2"],
-        "c4_ppl": ppl["c4"],
-        "eval_windows": windows,
-    }
+    row = quantize_and_evaluate(method, cfg, calib, windows)
+    row.pop("block_logs")
+    return {"name": name, "method": method, **row}
 
 
 def reuse_ptq161(nsamples: int, seqlen: int, windows: int) -> dict | None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from benchmarks.common import RESULTS, fp_perplexities, run_child, write_results
+from benchmarks.common import RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
 from ptq161.eval.report import markdown_table
 
 ABL = dict(nsamples=16, seqlen=512, epochs=4)  # the ablation budget (a few minutes per run)
@@ -44,10 +43,9 @@ def run_one(name: str, windows: int) -> dict:
     """Quantize + evaluate one run in this process; returns its row."""
     import torch
 
-    from ptq161 import CalibConfig, evaluate_perplexity, quantize
+    from ptq161 import CalibConfig
     from ptq161.config import PRESETS
     from ptq161.methods.ptq161 import PTQ161Config
-    from ptq161.utils import peak_rss_mb
 
     spec = dict(RUNS[name])
     if "preset" in spec:
@@ -55,28 +53,8 @@ def run_one(name: str, windows: int) -> dict:
         spec.update(nsamples=p.nsamples, seqlen=p.seqlen, epochs=p.epochs)
     calib = CalibConfig(nsamples=spec.pop("nsamples"), seqlen=spec.pop("seqlen"))
     cfg = PTQ161Config(**spec)
-    t0 = time.perf_counter()
-    res = quantize("smollm2-135m", "ptq161", method_config=cfg, calib=calib, progress=False)
-    seconds = time.perf_counter() - t0
-    ppl = {
-        r.dataset: r.ppl
-        for r in evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
-    }
-    return {
-        "name": name,
-        "config": cfg.to_dict(),
-        "calibration": calib.to_dict(),
-        "calibration_source": res.meta["calibration_source"],
-        "quantize_seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "torch_threads": torch.get_num_threads(),
-        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
-        "paper_bits_per_weight": res.meta["bits"]["paper_bits_per_weight"],
-        "wikitext2_ppl": ppl["wikitext2"],
-        "c4_ppl": ppl["c4"],
-        "eval_windows": windows,
-        "block_logs": res.meta["block_logs"],
-    }
+    row = quantize_and_evaluate("ptq161", cfg, calib, windows)
+    return {"name": name, **row, "torch_threads": torch.get_num_threads()}
 
 
 def scaling_rows(rows: dict[str, dict]) -> list[tuple]:
