@@ -35,21 +35,21 @@ def pack_model_in_place(
         packed = PackedPTQ161Linear.from_parts(p, lin.bias.detach() if lin.bias is not None else None)
         set_module(model, path, packed)
         layers[path] = {"n_salient": packed.n_salient}
-    int8_modules: list[str] = []
-    if int8_head:
-        adapter = get_adapter(model)
-        head, embed = model.get_submodule(adapter.lm_head), model.get_submodule(adapter.embed)
-        set_module(model, adapter.lm_head, Int8Linear.from_weight(head.weight))
-        set_module(model, adapter.embed, Int8Embedding.from_weight(embed.weight))
-        model.config.tie_word_embeddings = False
-        int8_modules = [adapter.lm_head, adapter.embed]
     model.config.quantization_config = PTQ161HfConfig(
-        format_version=PACKED_FORMAT_VERSION,
-        method="ptq161",
-        config=method_config,
-        layers=layers,
-        int8_modules=int8_modules,
+        format_version=PACKED_FORMAT_VERSION, method="ptq161", config=method_config, layers=layers
     )
+    if int8_head:
+        add_int8_head(model)
+
+
+def add_int8_head(model: nn.Module) -> None:
+    """Store the input embedding and the lm_head of a packed model as per-row int8 (untied)."""
+    adapter = get_adapter(model)
+    head, embed = model.get_submodule(adapter.lm_head), model.get_submodule(adapter.embed)
+    set_module(model, adapter.lm_head, Int8Linear.from_weight(head.weight))
+    set_module(model, adapter.embed, Int8Embedding.from_weight(embed.weight))
+    model.config.tie_word_embeddings = False
+    model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
 
 
 def save_packed(model: nn.Module, tokenizer: Any, path: Path) -> None:
