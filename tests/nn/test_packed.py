@@ -143,3 +143,15 @@ def test_int8_head_roundtrip_and_error_bound(tiny_model_dir, text_file, tmp_path
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, res.model(ids).logits)
+
+
+def test_fresh_process_loads_packed_dir(packed_dir):
+    """The packing helpers are first imported inside transformers' empty-weights context here."""
+    import subprocess
+    import sys
+
+    out, _ = packed_dir
+    code = f"import ptq161, torch; m, _ = ptq161.load({str(out)!r}); print(m(torch.tensor([[1, 2, 3]])).logits.shape)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "torch.Size([1, 3, 260])" in p.stdout

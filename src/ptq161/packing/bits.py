@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+def _bit_weights(device: torch.device) -> torch.Tensor:
+    # built per call with an explicit device: a module-level tensor would be created on the
+    # meta device when this module is first imported inside transformers' empty-weights context
+    return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -12,13 +16,13 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     m, k = bits.shape
     pad = (-k) % 8
     b = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad)).reshape(m, -1, 8)
-    return (b * _BIT_WEIGHTS.to(b.device)).sum(dim=-1, dtype=torch.uint8)
+    return (b * _bit_weights(b.device)).sum(dim=-1, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
     """uint8 [m, ceil(k / 8)] -> bool [m, k] (inverse of ``pack_bits``)."""
     m = packed.shape[0]
-    bits = (packed.unsqueeze(-1) & _BIT_WEIGHTS.to(packed.device)) != 0
+    bits = (packed.unsqueeze(-1) & _bit_weights(packed.device)) != 0
     return bits.reshape(m, -1)[:, :k]
 
 
