@@ -70,9 +70,21 @@ def python_rng(seed: int) -> random.Random:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux/macOS)."""
+    """Peak resident set size of this process in MiB (Linux: VmHWM; elsewhere ru_maxrss).
+
+    On Linux ru_maxrss survives fork + exec, so a child started by a large parent would
+    report the parent's peak; VmHWM belongs to the process's own address space.
+    """
     import resource
     import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
