@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..packing.kernels import int8_matvec
+from .lowbit import lowbit_forward
 
-LUT_MAX_TOKENS = 8
 ROW_TILE = 4096
 
 
@@ -23,6 +23,14 @@ def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def _fill(mod: nn.Module, w: torch.Tensor) -> nn.Module:
+    """Quantize ``w`` into the ``weight_int8`` and ``scale`` buffers of ``mod``."""
+    q, s = quantize_int8_rows(w.detach().float().cpu())
+    mod.weight_int8.copy_(q)
+    mod.scale.copy_(s)
+    return mod
+
+
 class Int8Linear(nn.Module):
     """A bias-free linear with int8 weights and per-row fp16 scales."""
 
@@ -31,34 +39,31 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.float16))
+        self._scale_f32: np.ndarray | None = None
 
     @classmethod
     def from_weight(cls, w: torch.Tensor) -> Int8Linear:
         """Quantize a float weight [m, n]."""
-        mod = cls(w.shape[1], w.shape[0])
-        q, s = quantize_int8_rows(w.detach().float().cpu())
-        mod.weight_int8.copy_(q)
-        mod.scale.copy_(s)
-        return mod
+        return _fill(cls(w.shape[1], w.shape[0]), w)
 
     def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
         """Float32 rows of the weight."""
         return self.weight_int8[rows].float() * self.scale[rows].float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.numel() // self.in_features
-        if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
-            return torch.cat(
-                [
-                    nn.functional.linear(x, self.dequantize(slice(r, r + ROW_TILE)).to(x.dtype))
-                    for r in range(0, self.out_features, ROW_TILE)
-                ],
-                dim=-1,
-            )
-        flat = x.reshape(-1, self.in_features).float().contiguous().numpy()
-        out = np.empty((flat.shape[0], self.out_features), dtype=np.float32)
-        int8_matvec(flat, self.weight_int8.numpy(), self.scale.float().numpy(), out)
-        return torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        if self._scale_f32 is None:  # float32 copy of the scales for the kernel, made once
+            self._scale_f32 = self.scale.float().numpy()
+        return lowbit_forward(
+            x,
+            self.out_features,
+            self.dequantize,
+            lambda flat, out: int8_matvec(flat, self.weight_int8.numpy(), self._scale_f32, out),
+            ROW_TILE,
+        )
+
+    def _apply(self, fn, recurse: bool = True):
+        self._scale_f32 = None
+        return super()._apply(fn, recurse)
 
 
 class Int8Embedding(nn.Module):
@@ -73,11 +78,7 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_weight(cls, w: torch.Tensor) -> Int8Embedding:
         """Quantize a float table [V, d]."""
-        mod = cls(*w.shape)
-        q, s = quantize_int8_rows(w.detach().float().cpu())
-        mod.weight_int8.copy_(q)
-        mod.scale.copy_(s)
-        return mod
+        return _fill(cls(*w.shape), w)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight_int8[ids].float() * self.scale[ids].float()[..., None]

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..methods import ptq161_math as pm
 from ..packing.bits import unpack_bits, unpack_nibbles
 from ..packing.kernels import packed_matvec
+from .lowbit import LUT_MAX_TOKENS, lowbit_forward
 
-LUT_MAX_TOKENS = 8  # up to this many tokens per call: table-lookup kernel (decode); above: row tiles + BLAS
-ROW_TILE = 256
+ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
 PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "b", "r2")
 
 
@@ -96,26 +95,17 @@ class PackedPTQ161Linear(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.numel() // self.in_features
-        if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
-            # many tokens (prefill, perplexity) or GPU: dense matmul over row tiles rebuilt on the fly,
-            # so at most ROW_TILE rows of the weight exist at a time
-            y = torch.cat(
-                [
-                    nn.functional.linear(x, self.dequantize(slice(r, r + ROW_TILE)).to(x.dtype))
-                    for r in range(0, self.out_features, ROW_TILE)
-                ],
-                dim=-1,
-            )
-        else:
-            flat = x.reshape(-1, self.in_features).float().contiguous().numpy()
-            out = np.empty((flat.shape[0], self.out_features), dtype=np.float32)
-            packed_matvec(flat, *self._numpy_parts(), out)
-            y = torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        y = lowbit_forward(
+            x,
+            self.out_features,
+            self.dequantize,
+            lambda flat, out: packed_matvec(flat, *self._numpy_parts(), out),
+            ROW_TILE,
+        )
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_salient={self.n_salient}"
 
 
-__all__ = ["PACKED_BUFFERS", "PackedPTQ161Linear"]
+__all__ = ["LUT_MAX_TOKENS", "PACKED_BUFFERS", "PackedPTQ161Linear"]

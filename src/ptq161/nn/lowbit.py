@@ -1,0 +1,38 @@
+"""The forward shared by the low-bit linears: a CPU kernel for decode-sized calls, row tiles otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+LUT_MAX_TOKENS = 8  # up to this many tokens per call: the CPU kernel (decode); above: row tiles + BLAS
+
+
+def lowbit_forward(
+    x: torch.Tensor,
+    out_features: int,
+    dequantize_rows: Callable[[slice], torch.Tensor],
+    kernel: Callable[[np.ndarray, np.ndarray], None],
+    row_tile: int,
+) -> torch.Tensor:
+    """y = x W^T for x [..., n] without forming the whole weight -> [..., out_features].
+
+    Few tokens on the CPU without autograd: ``kernel(x2d float32 [T, n], out float32 [T, m])``.
+    Otherwise (prefill, perplexity, GPU, training): BLAS over rows rebuilt by
+    ``dequantize_rows(slice)``, so at most ``row_tile`` rows of the weight exist at a time.
+    """
+    n = x.shape[-1]
+    tokens = x.numel() // n
+    if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
+        tiles = [
+            nn.functional.linear(x, dequantize_rows(slice(r, r + row_tile)).to(x.dtype))
+            for r in range(0, out_features, row_tile)
+        ]
+        return torch.cat(tiles, dim=-1)
+    flat = x.reshape(-1, n).float().contiguous().numpy()
+    out = np.empty((flat.shape[0], out_features), dtype=np.float32)
+    kernel(flat, out)
+    return torch.from_numpy(out).reshape(*x.shape[:-1], out_features).to(x.dtype)
