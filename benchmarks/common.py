@@ -59,15 +59,25 @@ def fp_perplexities(windows: int) -> dict[str, float]:
     return {r.dataset: r.ppl for r in results}
 
 
-def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int) -> dict[str, Any]:
-    """Quantize smollm2-135m in memory and evaluate WikiText-2 test and C4 on the first ``windows`` windows."""
+OUTPUTS = RESULTS.parents[1] / "outputs"  # quantized artifacts kept for later benchmarks (git-ignored)
+
+
+def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int, save: Path | None = None) -> dict[str, Any]:
+    """Quantize smollm2-135m and evaluate WikiText-2 test and C4 on the first ``windows`` windows.
+
+    With ``save`` the artifact is also written there (replacing an older one), so that later
+    benchmarks (zero-shot tasks, preprocessing) evaluate exactly the model measured here.
+    """
+    import shutil
     import time
 
     from ptq161 import evaluate_perplexity, quantize
     from ptq161.utils import peak_rss_mb
 
+    if save is not None and save.exists():
+        shutil.rmtree(save)
     t0 = time.perf_counter()
-    res = quantize("smollm2-135m", method, method_config=cfg, calib=calib, progress=False)
+    res = quantize("smollm2-135m", method, method_config=cfg, calib=calib, output=save, progress=False)
     seconds = time.perf_counter() - t0
     results = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
     ppl = {r.dataset: r.ppl for r in results}
@@ -83,4 +93,5 @@ def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int) -> di
         "c4_ppl": ppl["c4"],
         "eval_windows": windows,
         "block_logs": res.meta["block_logs"],
+        **({"artifact": str(save.relative_to(RESULTS.parents[1]))} if save is not None else {}),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks.common import RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
+from benchmarks.common import OUTPUTS, RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
 from ptq161.eval.report import markdown_table
 
 ROWS: dict[str, tuple[str, dict]] = {
@@ -43,7 +43,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
         opts = {"epochs": PRESETS[opts.pop("preset")].epochs}
     cfg = get_method(method).config_class(**opts)
     calib = CalibConfig(nsamples=nsamples, seqlen=seqlen)
-    row = quantize_and_evaluate(method, cfg, calib, windows)
+    row = quantize_and_evaluate(method, cfg, calib, windows, save=OUTPUTS / "compare" / name)
     row.pop("block_logs")
     return {"name": name, "method": method, **row}
 
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--reuse-ptq161", action="store_true")
+    ap.add_argument("--redo", default="", help="comma-separated rows to recompute even if stored")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -136,8 +137,9 @@ def main() -> None:
     rows, fp = saved.get("rows", {}), saved.get("fp")
     if fp is None:
         fp = fp_perplexities(args.windows)
+    redo = set(filter(None, args.redo.split(",")))
     for name in args.rows.split(","):
-        if name in rows:
+        if name in rows and name not in redo:
             continue
         if name == "ptq161" and args.reuse_ptq161 and (row := reuse_ptq161(args.nsamples, args.seqlen, args.windows)):
             rows[name] = row

@@ -240,6 +240,49 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``ptq161 eval``: zero-shot accuracy through lm-evaluation-harness on the local task files."""
+    from .api import load_model
+    from .eval.report import markdown_table, run_metadata
+    from .eval.zeroshot import TASKS, evaluate_zeroshot, parse_tasks, require_lm_eval
+    from .utils import atomic_write_json
+
+    tasks = parse_tasks(args.tasks)
+    require_lm_eval()
+    model, tok = load_model(args.model, device=args.device, dtype=_dtype(args.dtype))
+    if not args.keep_packed:
+        from .packing.artifact import dequantize_model_in_place
+
+        dequantize_model_in_place(model)
+    res = evaluate_zeroshot(
+        model, tok, tasks, limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir, seed=args.seed
+    )
+    rows = []
+    for name in tasks:
+        if name in res.unavailable:
+            rows.append((name, "not available", "-", "-", "-", res.unavailable[name]))
+            continue
+        m = res.tasks[name]
+        for metric in TASKS[name].metrics:
+            rows.append(
+                (
+                    name,
+                    metric,
+                    f"{m[metric]:.4f}",
+                    f"{m.get(metric + '_stderr', float('nan')):.4f}",
+                    res.n_samples[name],
+                    f"lm-eval task version {res.versions[name]}",
+                )
+            )
+    print(f"model: {args.model}; 0-shot, {'all documents' if args.limit is None else f'first {args.limit} documents'}")
+    print(markdown_table(["task", "metric", "value", "stderr", "documents", "note"], rows))
+    print(f"[{res.seconds:.0f} s]", file=sys.stderr)
+    if args.json:
+        meta = run_metadata(model=args.model, tasks=tasks, limit=args.limit, batch_size=args.batch_size, seed=args.seed)
+        atomic_write_json(args.json, {**meta, **res.to_dict()})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``ptq161 bench``: prefill and decode tokens/s of a model, optionally against another one."""
     from .api import load
@@ -366,6 +409,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default: 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_generate)
+
+    from .eval.zeroshot import PAPER_TASKS
+
+    p = sub.add_parser(
+        "eval",
+        help="zero-shot tasks (PIQA, ARC, HellaSwag, WinoGrande, LAMBADA) through lm-evaluation-harness, offline",
+        description="0-shot accuracy with lm-eval's own task definitions and metrics, on the local copies of the "
+        "datasets in the data directory (needs the optional extra: pip install 'ptq161[eval]'). RACE has no "
+        "offline copy here and is reported as unavailable.",
+    )
+    p.add_argument("model", help="a ptq161 output directory (packed or dense), smollm2-135m, a model dir or hub id")
+    p.add_argument(
+        "--tasks",
+        default=",".join(t for t in PAPER_TASKS if t != "race"),
+        help=f"comma-separated, from: {', '.join(PAPER_TASKS)} (default: all available)",
+    )
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="lm-eval batch size (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="lm-eval seeds (default: 0; 0-shot needs none)")
+    p.add_argument(
+        "--keep-packed",
+        action="store_true",
+        help="score with the packed modules (same numbers, slower) instead of their dequantized dense weights",
+    )
+    p.add_argument("--json", help="write metrics, task versions, sample counts and settings to this JSON file")
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="batch-1 prefill and decode speed (optionally against another model)")
     p.add_argument("model", help="a ptq161 output directory or any model spec")

@@ -36,15 +36,25 @@ def test_gptq_has_lower_output_error_than_rtn(layer, bits, group):
     assert out_err(x, w, q_gptq) < 0.9 * out_err(x, w, q_rtn)
 
 
-def test_residual_binarization_beats_xnor_and_billm_beats_xnor(layer):
+@pytest.mark.parametrize("search", ["saliency", "weight"])
+def test_residual_binarization_beats_xnor_and_billm_beats_xnor(layer, search):
     w, x, h = layer
     xnor = binarize(w)
     res2 = residual_binarize(w, None, 2)
     assert ((res2 - w) ** 2).sum() < 0.7 * ((xnor - w) ** 2).sum()
-    q, cols, blocks = billm_layer(w, h, BiLLMConfig())
+    q, cols, blocks = billm_layer(w, h, BiLLMConfig(search=search))
     assert blocks == 2 and 2 <= cols <= 98
     assert ((q - w) ** 2).sum() < ((xnor - w) ** 2).sum()
     assert out_err(x, w, q) < out_err(x, w, xnor)
+
+
+def test_billm_compensation_between_blocks_lowers_output_error(layer):
+    w, x, h = layer
+    q_comp = billm_layer(w, h, BiLLMConfig())[0]
+    q_none = billm_layer(w, h, BiLLMConfig(compensation="none"))[0]
+    # the first block is quantized identically; only the later blocks see the compensated weights
+    assert torch.equal(q_comp[:, :128], q_none[:, :128])
+    assert out_err(x, w, q_comp) < out_err(x, w, q_none)
 
 
 def test_pbllm_with_all_salient_equals_8bit_gptq(layer):
@@ -89,6 +99,8 @@ def test_bit_counts_match_hand_computed_values():
         ("gptq", dict(group_size=64)),
         ("pbllm", dict(salient_ratio=1.5)),
         ("billm", dict(max_salient=0)),
+        ("billm", dict(search="rows")),
+        ("billm", dict(compensation="intra")),
     ],
 )
 def test_unsupported_options_are_rejected(name, bad):

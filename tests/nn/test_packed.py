@@ -143,6 +143,14 @@ def test_int8_head_roundtrip_and_error_bound(tiny_model_dir, text_file, tmp_path
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, res.model(ids).logits)
+        packed_logits = model(ids).logits
+    # dequantized for fast scoring: plain modules, the same logits
+    from ptq161.packing.artifact import dequantize_model_in_place
+
+    assert dequantize_model_in_place(model) == 14 + 2
+    assert not any(isinstance(m, Int8Linear | Int8Embedding | PackedPTQ161Linear) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, packed_logits, rtol=0, atol=1e-5)
 
 
 def test_fresh_process_loads_packed_dir(packed_dir):

@@ -56,3 +56,29 @@ def save_packed(model: nn.Module, tokenizer: Any, path: Path) -> None:
     """Save a packed model (see module docstring) and its tokenizer into ``path``."""
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def dequantize_model_in_place(model: nn.Module) -> int:
+    """Swap every packed / int8 module for a plain ``nn.Linear`` / ``nn.Embedding`` with its dequantized weight.
+
+    Same numbers, dense speed: the packed modules' multi-token path multiplies by the same
+    dequantized fp32 weights row tile by row tile, so scoring (lm-eval, perplexity) gives
+    the same results up to float summation order. Meant for evaluation; the model keeps its
+    ``quantization_config`` and must not be saved as a packed directory. Returns the number
+    of modules swapped.
+    """
+    swapped = 0
+    for path, mod in list(model.named_modules()):
+        if isinstance(mod, PackedPTQ161Linear | Int8Linear):
+            dense = nn.Linear(mod.in_features, mod.out_features, bias=getattr(mod, "bias", None) is not None)
+            dense.weight = nn.Parameter(mod.dequantize().float(), requires_grad=False)
+            if dense.bias is not None:
+                dense.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+        elif isinstance(mod, Int8Embedding):
+            w = mod.weight_int8.float() * mod.scale.float()[:, None]
+            dense = nn.Embedding.from_pretrained(w, freeze=True)
+        else:
+            continue
+        set_module(model, path, dense)
+        swapped += 1
+    return swapped
