@@ -34,6 +34,9 @@ bench: setup
 	$(BIN)/python -m benchmarks.fp_perplexity
 	$(BIN)/python -m benchmarks.ptq161_runs
 	$(BIN)/python -m benchmarks.compare --reuse-ptq161
+	$(BIN)/python -m benchmarks.packed_inference
+	$(BIN)/python -m benchmarks.zeroshot
+	$(BIN)/python -m benchmarks.preprocess
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

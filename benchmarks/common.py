@@ -50,11 +50,11 @@ def run_child(module: str, *args: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def fp_perplexities(windows: int) -> dict[str, float]:
-    """FP smollm2-135m perplexity on the first ``windows`` windows of WikiText-2 test and C4 (GPTQ style)."""
+def fp_perplexities(windows: int, model_spec: str = "smollm2-135m") -> dict[str, float]:
+    """FP perplexity on the first ``windows`` windows of WikiText-2 test and C4 (GPTQ style)."""
     from ptq161 import evaluate_perplexity, load_model
 
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model(model_spec)
     results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
     return {r.dataset: r.ppl for r in results}
 
@@ -62,8 +62,10 @@ def fp_perplexities(windows: int) -> dict[str, float]:
 OUTPUTS = RESULTS.parents[1] / "outputs"  # quantized artifacts kept for later benchmarks (git-ignored)
 
 
-def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int, save: Path | None = None) -> dict[str, Any]:
-    """Quantize smollm2-135m and evaluate WikiText-2 test and C4 on the first ``windows`` windows.
+def quantize_and_evaluate(
+    method: str, cfg: Any, calib: Any, windows: int, save: Path | None = None, model: str = "smollm2-135m"
+) -> dict[str, Any]:
+    """Quantize ``model`` and evaluate WikiText-2 test and C4 on the first ``windows`` windows.
 
     With ``save`` the artifact is also written there (replacing an older one), so that later
     benchmarks (zero-shot tasks, preprocessing) evaluate exactly the model measured here.
@@ -77,7 +79,7 @@ def quantize_and_evaluate(method: str, cfg: Any, calib: Any, windows: int, save:
     if save is not None and save.exists():
         shutil.rmtree(save)
     t0 = time.perf_counter()
-    res = quantize("smollm2-135m", method, method_config=cfg, calib=calib, output=save, progress=False)
+    res = quantize(model, method, method_config=cfg, calib=calib, output=save, progress=False)
     seconds = time.perf_counter() - t0
     results = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
     ppl = {r.dataset: r.ppl for r in results}

@@ -62,7 +62,7 @@ def scaling_rows(rows: dict[str, dict]) -> list[tuple]:
     pts = []
     for name, r in rows.items():
         c, e = r["calibration"], r["config"]["epochs"]
-        if e > 0:
+        if e > 0 and not r.get("timing_contended"):
             pts.append((name, c["nsamples"], c["seqlen"], e, c["nsamples"] * c["seqlen"] * e, r["quantize_seconds"]))
     if len(pts) < 2:
         return [(*p, "-") for p in pts]
@@ -87,14 +87,16 @@ def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
             round(r["wikitext2_ppl"], 2),
             round(r["c4_ppl"], 2),
             round(r["stored_bits_per_weight"], 4),
-            round(r["quantize_seconds"]),
+            f"{round(r['quantize_seconds'])}*" if r.get("timing_contended") else round(r["quantize_seconds"]),
             round(r["peak_rss_mb"]),
         )
 
     head = ["run", "calib", "epochs", "WikiText-2 ppl", "C4 ppl", "bits/w stored", "quantize s", "peak RSS MiB"]
     abl = [line(n, LABELS[n]) for n in LABELS if n in rows]
     scale = scaling_rows(rows)
-    presets = [line(n, n) for n in RUNS if n.startswith("cpu_") and n in rows]
+    presets = [
+        line(n, f"{n} (statistic {rows[n]['config']['statistic']})") for n in RUNS if n.startswith("cpu_") and n in rows
+    ]
     fp_row = ("FP (dequantized Q4_1)", "-", "-", round(fp["wikitext2"], 2), round(fp["c4"], 2), 32, "-", "-")
     table = "\n\n".join(
         [
@@ -103,7 +105,7 @@ def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
             + markdown_table(["run", "nsamples", "seqlen", "epochs", "trained tokens", "quantize s", "fit s"], scale)
             + "\n\nfit: time = c0 + c1 * nsamples * seqlen * epochs (least squares over the trained runs above); "
             "the training loop dominates and is linear in the trained tokens, so the budget of any setting can be "
-            "planned from c1.",
+            "planned from c1. Runs whose time was measured under contention are left out of the fit.",
             "## CPU preset candidates (20-minute budget)\n\n" + markdown_table(head, [fp_row, *presets]),
         ]
     )
@@ -112,6 +114,9 @@ def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
         "(c4_validation_2k.parquet, seed 0). Calibration: WikiText-2 validation split (no train split here), "
         "seed 2. Each run is a fresh process on 2 CPU cores (times include capture and targets, not eval)."
     )
+    contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
+    if contended:
+        notes += " * time measured under contention, not comparable: " + "; ".join(contended) + "."
     write_results(
         "ptq161_runs",
         "PTQ1.61 on smollm2-135m",

@@ -69,6 +69,7 @@ def run_model(name: str, tasks: list[str], limit: int | None, batch_size: int) -
         **res.to_dict(),
         "wall_seconds": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": __import__("torch").get_num_threads(),
     }
 
 
@@ -144,7 +145,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "lm-eval's (ctx_b not capitalised; see src/ptq161/eval/zeroshot.py). RACE: no offline copy here, reported "
         f"as n/a. The table uses the first {args.limit} documents of each task to fit the CPU budget (a full pass "
         "over HellaSwag alone takes hours on 2 cores for 5 models); with that many items one standard error is "
-        "about 2 points of accuracy. Quantized models are the artifacts of benchmarks/compare (the same "
+        f"at most {100 * (0.25 / args.limit) ** 0.5:.1f} points of accuracy. Quantized models are the artifacts "
+        "of benchmarks/compare (the same "
         "calibration, 64 x 256 tokens of WikiText-2 validation). 'mean acc' averages the acc column of the "
         "available tasks. WikiText-2 ppl: first 8 windows of 2048 tokens, from the comparison benchmark."
     )

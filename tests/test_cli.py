@@ -106,3 +106,12 @@ def test_quantize_then_info_and_ppl(tiny_model_dir: Path, text_file: Path, tmp_p
     assert info["stored_bits_per_weight"] == pytest.approx(weighted) and 2.3 < weighted < 2.6
     assert main(["ppl", str(out), "--datasets", f"text:{text_file}", "--seqlen", "256"]) == 0
     assert "method ptq161" in capsys.readouterr().out
+    # the packed directory decodes through the fused engine; the dense tiny model cannot
+    bench_json = tmp_path / "bench.json"
+    args = ["--prompt-tokens", "8", "--new-tokens", "5", "--json", str(bench_json)]
+    assert main(["bench", str(out), "--engine", "on", "--against", str(tiny_model_dir), *args[:4]]) == 2
+    assert "cannot run this model" in capsys.readouterr().err
+    assert main(["bench", str(out), "--against", str(tiny_model_dir), *args]) == 0
+    res = json.loads(bench_json.read_text())
+    assert res[str(out)]["engine"] and not res[str(tiny_model_dir)]["engine"]
+    assert main(["generate", str(out), "--prompt", "ab", "--max-new-tokens", "3", "--engine", "off"]) == 0

@@ -28,8 +28,11 @@ META = "ptq161.json"
 PARTS = "ptq161_parts.safetensors"
 
 
-def check_output_dir(path: Path, resume: bool) -> None:
-    """Refuse directories that hold something else, a finished result, or (without --resume) a partial run."""
+def check_output_dir(path: Path, resume: bool, meta: str = META, state: str = STATE_DIR) -> None:
+    """Refuse directories that hold something else, a finished result, or (without --resume) a partial run.
+
+    ``meta`` names the file a finished result has, ``state`` the directory of an interrupted run.
+    """
     if not path.exists():
         return
     if not path.is_dir():
@@ -37,9 +40,9 @@ def check_output_dir(path: Path, resume: bool) -> None:
     entries = {p.name for p in path.iterdir()}
     if not entries:
         return
-    if META in entries:
+    if meta in entries:
         raise PTQ161Error(f"output '{path}' already holds a finished result; choose another --output or remove it")
-    if STATE_DIR in entries:
+    if state in entries:
         if not resume:
             raise PTQ161Error(f"output '{path}' holds an interrupted run; pass --resume to continue it")
         return

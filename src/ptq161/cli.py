@@ -56,6 +56,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """Options of the registered methods (each method accepts those its config has)."""
+    g = p.add_argument_group("PTQ1.61 options")
+    g.add_argument(
+        "--ratio",
+        type=_ratio,
+        help="salient share: input channels at 4 bits (ptq161, default 0.2), weights at 8 bits (pbllm, default 0.1)",
+    )
+    g.add_argument(
+        "--statistic",
+        choices=["max", "mean"],
+        help="activation statistic for the mask (default mean, the paper's; max is the reference code's)",
+    )
+    g.add_argument("--salient-range", choices=["salient", "row"], help="4-bit min/max over (default salient)")
+    g.add_argument("--s-init", choices=["uncentred", "centred"], help="init of the scale s (default uncentred)")
+    g.add_argument("--epochs", type=_non_negative_int, help="training epochs per block (0 = mask only)")
+    g.add_argument("--batch-size", type=positive_int, help="calibration samples per optimizer step (default 1)")
+    g = p.add_argument_group("baseline options")
+    g.add_argument("--bits", type=positive_int, help="weight bits (rtn: 1-8, 1 = XNOR; gptq: 2-8)")
+    g.add_argument(
+        "--group-size",
+        type=_non_negative_int,
+        help="quantization group (rtn: any, gptq: 0 or 128; default 0 = per row)",
+    )
+
+
 def _dtype(name: str):
     import torch
 
@@ -181,6 +207,50 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """``ptq161 preprocess``: quantize, train a restorative LoRA, merge, save a plain model directory."""
+    import dataclasses
+
+    from .methods.base import get_method
+    from .preprocess import preprocess, preset_settings
+
+    calib, epochs, lora = preset_settings(args.preset)
+    calib = dataclasses.replace(calib, dataset=args.calib, seed=args.seed)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("steps", "rank", "alpha", "dropout", "lr", "warmup", "schedule", "data", "save_every")
+        if getattr(args, k) is not None
+    }
+    if args.lora_seqlen is not None:
+        overrides["seqlen"] = args.lora_seqlen
+    if args.lora_seed is not None:
+        overrides["seed"] = args.lora_seed
+    if "steps" in overrides and "warmup" not in overrides:
+        overrides["warmup"] = min(lora.warmup, overrides["steps"] // 10)
+    lora = dataclasses.replace(lora, **overrides)
+    cfg = _method_config(args, get_method(args.method), epochs)
+    res = preprocess(
+        args.model,
+        args.output,
+        method=args.method,
+        method_config=cfg,
+        calib=calib,
+        lora=lora,
+        resume=args.resume,
+        data_dir=args.data_dir,
+    )
+    losses = res.meta["losses"]
+    k = max(1, len(losses) // 10)
+    print(f"saved {res.output} (a plain model directory: quantize it like any model)")
+    print(
+        f"first pass {args.method} ({calib.nsamples} x {calib.seqlen} tokens); LoRA r={lora.rank} alpha={lora.alpha} "
+        f"on {res.meta['lora_data_source']}: {lora.steps} steps x {lora.batch_size} x {lora.seqlen} tokens"
+    )
+    print(f"loss: first {k} steps {sum(losses[:k]) / k:.3f} -> last {k} steps {sum(losses[-k:]) / k:.3f}")
+    print(f"time {res.meta['seconds']:.1f} s, peak RSS {res.meta['peak_rss_mb']:.0f} MiB")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``ptq161 info``: bits per weight per layer and for the model."""
     from . import artifact
@@ -230,7 +300,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if ids.shape[1] == 0:
         raise PTQ161Error("the prompt is empty")
     with torch.no_grad():
-        new, prefill_s, decode_s = greedy_generate(model, ids.to(args.device), args.max_new_tokens)
+        new, prefill_s, decode_s = greedy_generate(model, ids.to(args.device), args.max_new_tokens, args.engine)
     print(args.prompt + tok.decode(new, skip_special_tokens=True))
     print(
         f"[{len(new)} tokens, prefill {ids.shape[1] / prefill_s:.1f} tok/s, "
@@ -295,13 +365,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model, tok = load(spec, device=args.device)
         text = "The history of the city begins in the early middle ages, when " * 64
         ids = tok(text, return_tensors="pt").input_ids[:, : args.prompt_tokens].to(args.device)
-        r = measure_speed(model, ids, args.new_tokens)
+        r = measure_speed(model, ids, args.new_tokens, engine=args.engine)
         results[spec] = r.to_dict()
         rows.append(
-            (spec, r.prompt_tokens, round(r.prefill_tokens_per_s, 1), r.new_tokens, round(r.decode_tokens_per_s, 2))
+            (
+                spec,
+                r.prompt_tokens,
+                round(r.prefill_tokens_per_s, 1),
+                r.new_tokens,
+                round(r.decode_tokens_per_s, 2),
+                "fused engine" if r.engine else "model forward",
+            )
         )
         del model
-    print(markdown_table(["model", "prompt tokens", "prefill tok/s", "new tokens", "decode tok/s"], rows))
+    head = ["model", "prompt tokens", "prefill tok/s", "new tokens", "decode tok/s", "decode path"]
+    print(markdown_table(head, rows))
     if args.against:
         a, b = results[args.model], results[args.against]
         print(
@@ -319,6 +397,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(data_dir=args.data_dir, windows=args.windows)
+
+
+def _add_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="decode packed LLaMA-layout models with the fused numba engine (auto: when it applies; "
+        "off: the model's own forward every step)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,26 +465,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
     p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
-    g = p.add_argument_group("PTQ1.61 options")
-    g.add_argument(
-        "--ratio",
-        type=_ratio,
-        help="salient share: input channels at 4 bits (ptq161, default 0.2), weights at 8 bits (pbllm, default 0.1)",
-    )
-    g.add_argument("--statistic", choices=["max", "mean"], help="activation statistic for the mask (default max)")
-    g.add_argument("--salient-range", choices=["salient", "row"], help="4-bit min/max over (default salient)")
-    g.add_argument("--s-init", choices=["uncentred", "centred"], help="init of the scale s (default uncentred)")
-    g.add_argument("--epochs", type=_non_negative_int, help="training epochs per block (0 = mask only)")
-    g.add_argument("--batch-size", type=positive_int, help="calibration samples per optimizer step (default 1)")
-    g = p.add_argument_group("baseline options")
-    g.add_argument("--bits", type=positive_int, help="weight bits (rtn: 1-8, 1 = XNOR; gptq: 2-8)")
-    g.add_argument(
-        "--group-size",
-        type=_non_negative_int,
-        help="quantization group (rtn: any, gptq: 0 or 128; default 0 = per row)",
-    )
+    _add_method_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_quantize)
+
+    from .preprocess import PREPROCESS_PRESETS
+
+    p = sub.add_parser(
+        "preprocess",
+        help="quantization preprocessing: restorative LoRA on the quantized model, merged into a new model",
+        description="Quantize MODEL (PTQ1.61 by default), train a LoRA on the quantized model with the causal-LM "
+        "loss on pretraining-like text (not an evaluation split), merge it (W' = W_hat + alpha/r * B A) and save a "
+        "plain model directory that `ptq161 quantize` accepts. Defaults: the reference recipe (r 64, alpha 16, "
+        "dropout 0.1, q/k/v/gate/up/down, AdamW lr 1e-4, cosine, warm-up). Presets: "
+        + "; ".join(
+            f"{k}: first pass '{v.quant_preset}', {v.steps} steps x {v.seqlen} tokens ({v.why})"
+            for k, v in PREPROCESS_PRESETS.items()
+        ),
+    )
+    p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
+    p.add_argument("--output", required=True, help="output directory (a plain Hugging Face model directory)")
+    p.add_argument("--method", default="ptq161", help="first-pass quantization method (default: ptq161)")
+    p.add_argument("--preset", default="cpu", choices=list(PREPROCESS_PRESETS), help="budget preset (default: cpu)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument("--calib", help="first-pass calibration corpus (default: wikitext2)")
+    p.add_argument("--seed", type=int, default=2, help="first-pass calibration seed (default: 2)")
+    g = p.add_argument_group("LoRA options")
+    g.add_argument("--steps", type=positive_int, help="optimizer steps (default: from the preset)")
+    g.add_argument("--lora-seqlen", type=positive_int, help="tokens per training sequence (default: preset)")
+    g.add_argument("--rank", type=positive_int, help="LoRA rank (default 64)")
+    g.add_argument("--alpha", type=positive_int, help="LoRA alpha (default 16; merge factor alpha/rank)")
+    g.add_argument("--dropout", type=float, help="LoRA dropout (default 0.1)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
+    g.add_argument("--warmup", type=_non_negative_int, help="warm-up steps (default: preset, at most steps/10)")
+    g.add_argument("--schedule", choices=["cosine", "linear", "constant"], help="lr schedule (default cosine)")
+    g.add_argument("--data", help="training text: c4 (C4 train sample, default), wikitext2:valid, text:PATH")
+    g.add_argument("--lora-seed", type=int, help="seed of the LoRA init, dropout and data order (default 0)")
+    g.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 50)")
+    _add_method_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("info", help="bits per weight of a quantized model directory")
     p.add_argument("dir", help="output directory of `ptq161 quantize`")
@@ -407,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a ptq161 output directory, smollm2-135m, a local model directory or a hub id")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default: 32)")
+    _add_engine_option(p)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_generate)
 
@@ -443,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default: 128)")
     p.add_argument("--new-tokens", type=positive_int, default=64, help="tokens to decode (default: 64)")
     p.add_argument("--json", help="write the timings to this JSON file")
+    _add_engine_option(p)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_bench)
 

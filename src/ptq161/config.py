@@ -45,7 +45,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(128, 2048, 20, "the paper's setting (128 x 2048 tokens, 20 epochs): for GPU users"),
-    "cpu": Preset(64, 256, 10, "measured on smollm2-135m: 17.8 min on 2 CPU cores, WikiText-2 ppl 17.7x FP"),
+    "cpu": Preset(64, 256, 10, "measured on smollm2-135m: about 18 min on 2 CPU cores, WikiText-2 ppl 14.3x FP"),
     "demo": Preset(16, 256, 2, "what `make demo` runs: a few minutes on 2 CPU cores"),
     "smoke": Preset(4, 64, 1, "seconds, for tests"),
 }

@@ -9,6 +9,7 @@ import ptq161
 from ptq161 import CalibConfig, quantize
 from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161, PTQ161Config
+from ptq161.models.adapters import LLAMA_LIKE
 from ptq161.nn.packed import LUT_MAX_TOKENS, PackedPTQ161Linear
 from ptq161.packing.bits import pack_bits, pack_nibbles
 
@@ -163,3 +164,63 @@ def test_fresh_process_loads_packed_dir(packed_dir):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "torch.Size([1, 3, 260])" in p.stdout
+
+
+def random_packed_llama(seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny LLaMA whose decoder linears are random packed PTQ1.61 layers (no quantization run)."""
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(seed, **overrides)
+    k = 0
+    for layer in model.model.layers:
+        for name in LLAMA_LIKE.linear_names:
+            parent, attr = name.split(".")
+            lin = layer.get_submodule(name)
+            n = lin.in_features
+            parts = random_parts(lin.out_features, n, n // 5, seed=k)
+            parts["a"] = (parts["a"].float() * 20).half()  # weights of the size of the dense init
+            setattr(layer.get_submodule(parent), attr, PackedPTQ161Linear.from_parts(parts))
+            k += 1
+    return model
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}]
+)
+def test_decode_engine_matches_the_model_forward(overrides):
+    from transformers import DynamicCache
+
+    from ptq161.nn.engine import DecodeEngine
+
+    model = random_packed_llama(**overrides)
+    assert DecodeEngine.unsupported_reason(model) is None
+    eng = DecodeEngine(model, max_len=64)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
+    cache = DynamicCache()
+    with torch.no_grad():
+        ref = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        assert torch.equal(eng.prefill(ids), ref)  # the prompt goes through the model itself
+        token, pos = int(ref.argmax()), ids.shape[1]
+        for _ in range(6):  # each step: the model's own forward with its cache vs the engine
+            want = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+            got = eng.step(token, pos)
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+            token, pos = int(want.argmax()), pos + 1
+    tokens, _, _ = eng.generate(ids, 6)
+    from ptq161.eval.speed import greedy_generate
+
+    assert tokens == greedy_generate(model, ids, 6)[0]
+
+
+def test_decode_engine_refuses_what_it_does_not_run():
+    from tests.conftest import tiny_llama
+
+    from ptq161.nn.engine import DecodeEngine
+
+    reason = DecodeEngine.unsupported_reason(tiny_llama())
+    assert "not a packed PTQ1.61 linear" in reason
+    with pytest.raises(ValueError, match="does not serve"):
+        DecodeEngine(tiny_llama())
+    eng = DecodeEngine(random_packed_llama(), max_len=8)
+    with pytest.raises(ValueError, match="max_len"):
+        eng.generate(torch.zeros(1, 8, dtype=torch.long), 2)

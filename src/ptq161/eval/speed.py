@@ -18,16 +18,54 @@ class SpeedResult:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     tokens: list[int]
+    engine: bool = False  # decoded by the fused numba engine (ptq161.nn.engine) instead of the model's forward
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
 
 
+def _engine_reason(model: nn.Module) -> str | None:
+    from ..nn.engine import DecodeEngine
+
+    return DecodeEngine.unsupported_reason(model)
+
+
+def pick_engine(model: nn.Module, engine: str, max_len: int):
+    """The fused decode engine for ``model`` or None.
+
+    engine: "auto" (use it when the model is a packed LLaMA-layout model on the CPU),
+    "on" (required: ``PTQ161Error`` with the reason otherwise) or "off".
+    """
+    from ..errors import PTQ161Error
+    from ..nn.engine import DecodeEngine
+
+    if engine not in ("auto", "on", "off"):
+        raise PTQ161Error(f"engine must be auto, on or off, got '{engine}'")
+    if engine == "off":
+        return None
+    reason = _engine_reason(model)
+    if reason is None:
+        return DecodeEngine(model, max_len=max_len)
+    if engine == "on":
+        raise PTQ161Error(f"the fused decode engine cannot run this model: {reason}")
+    return None
+
+
 @torch.no_grad()
-def greedy_generate(model: nn.Module, input_ids: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
-    """Greedy decoding with a KV cache: (generated ids, prefill seconds, decode seconds). input_ids [1, T]."""
+def greedy_generate(
+    model: nn.Module, input_ids: torch.Tensor, new_tokens: int, engine: str = "off"
+) -> tuple[list[int], float, float]:
+    """Greedy decoding with a KV cache: (generated ids, prefill seconds, decode seconds). input_ids [1, T].
+
+    engine: "off" runs the model's own forward every step; "auto"/"on" use the fused
+    decode engine for packed models (see ``pick_engine``).
+    """
     from transformers import DynamicCache
+
+    eng = pick_engine(model, engine, input_ids.shape[1] + new_tokens)
+    if eng is not None:
+        return eng.generate(input_ids, new_tokens)
 
     cache = DynamicCache()
     t0 = time.perf_counter()
@@ -43,14 +81,17 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, new_tokens: int) 
     return generated, t1 - t0, t2 - t1
 
 
-def measure_speed(model: nn.Module, input_ids: torch.Tensor, new_tokens: int = 64, warmup: int = 4) -> SpeedResult:
+def measure_speed(
+    model: nn.Module, input_ids: torch.Tensor, new_tokens: int = 64, warmup: int = 4, engine: str = "off"
+) -> SpeedResult:
     """Prefill and decode tokens/s of ``model`` for one prompt (after a short warm-up run)."""
-    greedy_generate(model, input_ids[:, :8], warmup)
-    tokens, prefill_s, decode_s = greedy_generate(model, input_ids, new_tokens)
+    greedy_generate(model, input_ids[:, :8], warmup, engine)
+    tokens, prefill_s, decode_s = greedy_generate(model, input_ids, new_tokens, engine)
     return SpeedResult(
         prompt_tokens=input_ids.shape[1],
         new_tokens=new_tokens,
         prefill_tokens_per_s=input_ids.shape[1] / prefill_s,
         decode_tokens_per_s=(new_tokens - 1) / decode_s,
         tokens=tokens,
+        engine=engine != "off" and _engine_reason(model) is None,
     )

@@ -75,7 +75,9 @@ class PackedPTQ161Linear(nn.Module):
         w_bin = pm.binary_dequantize(unpack_bits(self.sign[rows], n_b), self.a[rows], self.b[rows], self.r2)
         return pm.assemble(self.mask(), w_sal, w_bin)
 
-    def _numpy_parts(self) -> tuple:
+    def kernel_buffers(self) -> tuple:
+        """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
+        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P], a, b, scale, zero [m])."""
         if self._cpu_cache is None:  # float32 copies of the small per-row factors, computed once
             self._cpu_cache = (
                 self.sal_idx.numpy(),
@@ -99,7 +101,7 @@ class PackedPTQ161Linear(nn.Module):
             x,
             self.out_features,
             self.dequantize,
-            lambda flat, out: packed_matvec(flat, *self._numpy_parts(), out),
+            lambda flat, out: packed_matvec(flat, *self.kernel_buffers(), out),
             ROW_TILE,
         )
         return y if self.bias is None else y + self.bias

@@ -86,14 +86,19 @@ else:  # pragma: no cover
 
 
 def _int8_matvec(x, w, scale, out):
-    """out [T, m] = (x [T, n] @ w[m, n]^T) * scale [m] with int8 w (per-row symmetric)."""
+    """out [T, m] = (x [T, n] @ w[m, n]^T) * scale [m] with int8 w (per-row symmetric).
+
+    Rows go to the threads in blocks of 64 (one parallel region per call, not per token).
+    """
     m, n = w.shape
-    for t in range(x.shape[0]):
-        for i in numba.prange(m):
-            acc = np.float32(0.0)
-            for j in range(n):
-                acc += np.float32(w[i, j]) * x[t, j]
-            out[t, i] = acc * scale[i]
+    for blk in numba.prange((m + 63) // 64):
+        for t in range(x.shape[0]):
+            xt = x[t]
+            for i in range(blk * 64, min(m, blk * 64 + 64)):
+                acc = np.float32(0.0)
+                for j in range(n):
+                    acc += np.float32(w[i, j]) * xt[j]
+                out[t, i] = acc * scale[i]
 
 
 if HAVE_NUMBA:

@@ -1,0 +1,337 @@
+"""A fused batch-1 decode engine for packed LLaMA-layout models on the CPU.
+
+Decoding one token through transformers' eager modules costs hundreds of small torch
+calls per layer; for a packed model whose matrix work is only a few milliseconds, that
+overhead dominates (measured in benchmarks/results/packed_inference.md). The engine runs
+all decoder layers of one step in a single numba call over the packed buffers:
+RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.packing.kernels``),
+rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
+Embedding, final norm and lm_head stay the model's own modules (one call each per step),
+the prompt is prefilled by the model's own forward, and the rotary table comes from the
+model's rotary module, so rope variants are the model's, not re-implemented.
+
+It serves models whose layers follow the adapter's LLaMA layout exactly: every decoder
+linear a ``PackedPTQ161Linear`` without bias, SiLU MLP, no sliding window, no dynamic
+rope. ``DecodeEngine.unsupported_reason(model)`` says why a model is not served; callers
+then fall back to the model's own forward.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.adapters import LLAMA_LIKE, get_adapter
+from .packed import PackedPTQ161Linear
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a core dependency
+    numba = None
+
+KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
+
+
+def _build_luts(x, sal, bidx, r2, lut_b, lut_s):
+    """Lookup tables of one input vector for one packed linear; returns (sum x', sum xs).
+
+    x [n]; sal [n_s], bidx [n_b] column indices; r2 [n_b]; lut_b [G, 256] with
+    lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v (x' = r2 * x[bidx]);
+    lut_s [P, 256] with lut_s[p, v] = (v & 15) * xs[2 p] + (v >> 4) * xs[2 p + 1].
+    """
+    n_b = bidx.shape[0]
+    n_s = sal.shape[0]
+    total_b = np.float32(0.0)
+    lo = np.empty(16, dtype=np.float32)
+    hi = np.empty(16, dtype=np.float32)
+    for g in range(lut_b.shape[0]):
+        lo[0] = 0.0
+        hi[0] = 0.0
+        for t in range(4):  # subset sums of 4 values by doubling: lo over bits 0-3, hi over bits 4-7
+            j = 8 * g + t
+            vlo = x[bidx[j]] * r2[j] if j < n_b else np.float32(0.0)
+            vhi = x[bidx[j + 4]] * r2[j + 4] if j + 4 < n_b else np.float32(0.0)
+            total_b += vlo + vhi
+            step = 1 << t
+            for v in range(step):
+                lo[v + step] = lo[v] + vlo
+                hi[v + step] = hi[v] + vhi
+        for vh in range(16):
+            for vl in range(16):
+                lut_b[g, 16 * vh + vl] = hi[vh] + lo[vl]
+    total_s = np.float32(0.0)
+    for p in range(lut_s.shape[0]):
+        x0 = x[sal[2 * p]]
+        x1 = x[sal[2 * p + 1]] if 2 * p + 1 < n_s else np.float32(0.0)
+        total_s += x0 + x1
+        for v in range(256):
+            lut_s[p, v] = (v & 15) * x0 + (v >> 4) * x1
+    return total_b, total_s
+
+
+def _row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s):
+    """Output ``i`` of one packed linear from its lookup tables (see ``ptq161.packing.kernels``)."""
+    pos = np.float32(0.0)
+    for g in range(sign.shape[1]):
+        pos += lut_b[g, sign[i, g]]
+    q = np.float32(0.0)
+    for p in range(codes.shape[1]):
+        q += lut_s[p, codes[i, p]]
+    return a[i] * (2 * pos - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
+
+
+def _linear(x, w, out, lut_b, lut_s):
+    """out [m] = packed linear ``w`` (tuple of its buffers) applied to x [n], rows in parallel."""
+    sal, bidx, r2, sign, codes, a, b, scale, zero = w
+    total_b, total_s = _build_luts_jit(x, sal, bidx, r2, lut_b, lut_s)
+    for i in numba.prange(out.shape[0]):
+        out[i] = _row_jit(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
+
+
+def _rms_norm(x, weight, eps, out):
+    """out [d] = weight * x / sqrt(mean(x^2) + eps) (LlamaRMSNorm in float32)."""
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += x[j] * x[j]
+    inv = np.float32(1.0) / np.sqrt(acc / x.shape[0] + eps)
+    for j in range(x.shape[0]):
+        out[j] = weight[j] * (x[j] * inv)
+
+
+def _rope(v, heads, head_dim, cos, sin):
+    """Rotate v [heads * head_dim] in place: v * cos + rotate_half(v) * sin (cos, sin [head_dim])."""
+    half = head_dim // 2
+    for h in range(heads):
+        o = h * head_dim
+        for j in range(half):
+            x1 = v[o + j]
+            x2 = v[o + j + half]
+            v[o + j] = x1 * cos[j] - x2 * sin[j]
+            v[o + j + half] = x2 * cos[j + half] + x1 * sin[j + half]
+
+
+def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, scratch):
+    """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``."""
+    q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
+    xn, q, k, v, att, o, g, u, lut_b, lut_s, lut_b2, lut_s2 = scratch
+    _rms_norm_jit(h, norm_in, eps, xn)
+    _linear_jit(xn, q_w, q, lut_b, lut_s)
+    _linear_jit(xn, k_w, k, lut_b, lut_s)
+    _linear_jit(xn, v_w, v, lut_b, lut_s)
+    _rope_jit(q, n_heads, head_dim, cos, sin)
+    _rope_jit(k, n_kv, head_dim, cos, sin)
+    for j in range(n_kv):
+        for e in range(head_dim):
+            k_cache[layer, j, pos, e] = k[j * head_dim + e]
+            v_cache[layer, j, pos, e] = v[j * head_dim + e]
+    group = n_heads // n_kv
+    scaling = np.float32(1.0) / np.sqrt(np.float32(head_dim))
+    for hh in numba.prange(n_heads):
+        kv = hh // group
+        scores = np.empty(pos + 1, dtype=np.float32)
+        best = np.float32(-np.inf)
+        for t in range(pos + 1):
+            s = np.float32(0.0)
+            for e in range(head_dim):
+                s += q[hh * head_dim + e] * k_cache[layer, kv, t, e]
+            s *= scaling
+            scores[t] = s
+            best = max(best, s)
+        denom = np.float32(0.0)
+        for t in range(pos + 1):
+            scores[t] = np.exp(scores[t] - best)
+            denom += scores[t]
+        for e in range(head_dim):
+            acc = np.float32(0.0)
+            for t in range(pos + 1):
+                acc += scores[t] * v_cache[layer, kv, t, e]
+            att[hh * head_dim + e] = acc / denom
+    _linear_jit(att, o_w, o, lut_b, lut_s)
+    for j in range(h.shape[0]):
+        h[j] += o[j]
+    _rms_norm_jit(h, norm_post, eps, xn)
+    _linear_jit(xn, g_w, g, lut_b, lut_s)
+    _linear_jit(xn, u_w, u, lut_b, lut_s)
+    for j in range(g.shape[0]):
+        gj = g[j]
+        g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
+    _linear_jit(g, d_w, o, lut_b2, lut_s2)
+    for j in range(h.shape[0]):
+        h[j] += o[j]
+
+
+if numba is not None:
+    _build_luts_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_build_luts)
+    _row_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_row)
+    _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
+    _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
+    _linear_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_linear)
+    _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
+
+
+class DecodeEngine:
+    """Batch-1 greedy decoding of a packed LLaMA-layout model with one fused numba call per layer.
+
+    ``generate(input_ids [1, T], new_tokens)`` returns the greedy tokens; the logits of
+    every step equal the model's own forward up to float32 summation order.
+    """
+
+    def __init__(self, model: nn.Module, max_len: int = 2048) -> None:
+        reason = self.unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the decode engine does not serve this model: {reason}")
+        cfg = model.config
+        adapter = get_adapter(model)
+        self.model, self.max_len = model, max_len
+        self.layers = adapter.decoder_layers(model)
+        self.embed = model.get_submodule(adapter.embed)
+        self.final_norm = model.get_submodule(adapter.final_norm)
+        self.lm_head = model.get_submodule(adapter.lm_head)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = np.float32(cfg.rms_norm_eps)
+        self.weights = [tuple(layer.get_submodule(k).kernel_buffers() for k in KINDS) for layer in self.layers]
+        self.norms = [
+            (
+                layer.input_layernorm.weight.detach().float().numpy(),
+                layer.post_attention_layernorm.weight.detach().float().numpy(),
+            )
+            for layer in self.layers
+        ]
+        rotary = model.get_submodule(adapter.rotary)
+        with torch.no_grad():
+            pos = torch.arange(max_len)[None]
+            cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
+        self.cos, self.sin = cos[0].float().contiguous().numpy(), sin[0].float().contiguous().numpy()
+        shape = (len(self.layers), self.n_kv, max_len, self.head_dim)
+        self.k_cache = np.zeros(shape, dtype=np.float32)
+        self.v_cache = np.zeros(shape, dtype=np.float32)
+        self.scratch = self._scratch()
+
+    @staticmethod
+    def unsupported_reason(model: nn.Module) -> str | None:
+        """Why the engine cannot run ``model`` (None when it can)."""
+        if numba is None:
+            return "numba is not installed"
+        cfg = getattr(model, "config", None)
+        try:
+            adapter = get_adapter(model)
+        except Exception as err:
+            return str(err)
+        if adapter.linear_names != KINDS or adapter.rotary is None:
+            return "not the LLaMA layout (q/k/v/o, gate/up/down)"
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            return f"activation {cfg.hidden_act} (engine: silu)"
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            return "sliding-window attention"
+        rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "dynamic":
+            return "dynamic rope scaling"
+        for layer in adapter.decoder_layers(model):
+            for name in KINDS:
+                mod = layer.get_submodule(name)
+                if not isinstance(mod, PackedPTQ161Linear):
+                    return f"{name} is {type(mod).__name__}, not a packed PTQ1.61 linear"
+                if mod.bias is not None:
+                    return f"{name} has a bias"
+            if not (hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")):
+                return "decoder layer without input_layernorm / post_attention_layernorm"
+        if next(model.parameters()).device.type != "cpu":
+            return "model is not on the CPU"
+        return None
+
+    def _scratch(self) -> tuple[np.ndarray, ...]:
+        d = self.layers[0].input_layernorm.weight.shape[0]
+        first = self.layers[0]
+        inter = first.get_submodule("mlp.gate_proj").out_features
+        f = np.float32
+
+        def luts(name: str) -> tuple[np.ndarray, np.ndarray]:
+            mod = first.get_submodule(name)
+            return np.empty((mod.sign.shape[1], 256), f), np.empty((mod.codes.shape[1], 256), f)
+
+        q_out = self.n_heads * self.head_dim
+        kv_out = self.n_kv * self.head_dim
+        return (
+            np.empty(d, f),
+            np.empty(q_out, f),
+            np.empty(kv_out, f),
+            np.empty(kv_out, f),
+            np.empty(q_out, f),
+            np.empty(d, f),
+            np.empty(inter, f),
+            np.empty(inter, f),
+            *luts("self_attn.q_proj"),
+            *luts("mlp.down_proj"),
+        )
+
+    @torch.no_grad()
+    def _hidden_step(self, token: int, pos: int) -> torch.Tensor:
+        """Run one token at position ``pos`` through every decoder layer -> final hidden state [1, 1, d]."""
+        h = self.embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
+        cos, sin = self.cos[pos], self.sin[pos]
+        for i, (ws, (n_in, n_post)) in enumerate(zip(self.weights, self.norms, strict=True)):
+            _layer_jit(
+                h,
+                i,
+                pos,
+                self.eps,
+                cos,
+                sin,
+                self.k_cache,
+                self.v_cache,
+                self.n_heads,
+                self.n_kv,
+                self.head_dim,
+                n_in,
+                n_post,
+                ws,
+                self.scratch,
+            )
+        return torch.from_numpy(h)[None, None]
+
+    @torch.no_grad()
+    def step(self, token: int, pos: int) -> torch.Tensor:
+        """Logits [vocab] of the next token after ``token`` at position ``pos`` (cache filled before it)."""
+        if pos >= self.max_len:
+            raise ValueError(f"position {pos} beyond the engine's max_len {self.max_len}")
+        return self.lm_head(self.final_norm(self._hidden_step(token, pos)))[0, 0]
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Run the prompt [1, T] through the model's own forward, keep its K/V; -> last logits [vocab]."""
+        from transformers import DynamicCache
+
+        if input_ids.shape[0] != 1:
+            raise ValueError("the decode engine runs batch 1")
+        n = input_ids.shape[1]
+        if n >= self.max_len:
+            raise ValueError(f"prompt of {n} tokens does not fit max_len {self.max_len}")
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        for i, layer in enumerate(cache.layers):
+            self.k_cache[i, :, :n] = layer.keys[0].float().numpy()
+            self.v_cache[i, :, :n] = layer.values[0].float().numpy()
+        return out.logits[0, -1]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> tuple[list[int], float, float]:
+        """Greedy decoding: (generated ids, prefill seconds, decode seconds). input_ids [1, T]."""
+        t0 = time.perf_counter()
+        logits = self.prefill(input_ids)
+        t1 = time.perf_counter()
+        token = int(logits.argmax())
+        generated = [token]
+        pos = input_ids.shape[1]
+        for _ in range(new_tokens - 1):
+            token = int(self.step(token, pos).argmax())
+            generated.append(token)
+            pos += 1
+        return generated, t1 - t0, time.perf_counter() - t1
+
+
+__all__ = ["DecodeEngine"]

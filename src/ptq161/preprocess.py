@@ -1,0 +1,298 @@
+"""Quantization preprocessing ("restorative LoRA", paper section 4 / method.md section 4).
+
+1. quantize the model once (PTQ1.61 by default, any registered method) and keep its
+   fake-quantized dense weights W_hat1;
+2. train a LoRA (peft) on top of that quantized model with the ordinary causal-LM loss on
+   pretraining-like text that is not an evaluation split;
+3. merge: W' = W_hat1 + (alpha / r) B A, saved as a plain Hugging Face model directory,
+   the new starting point that ``ptq161 quantize`` accepts like any model.
+
+Progress is checkpointed in ``<output>/.ptq161-preprocess`` (the quantized weights once,
+then adapter, optimizer, scheduler and RNG state every ``save_every`` steps), so an
+interrupted run continues from its last saved step to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .artifact import check_output_dir
+from .config import CalibConfig, get_preset
+from .data.corpora import calibration_windows
+from .errors import PTQ161Error
+from .methods.base import MethodConfig, get_method
+from .models import get_adapter, load_model
+from .utils import atomic_write_json, peak_rss_mb
+
+PREPROCESS_META = "ptq161_preprocess.json"
+PREPROCESS_STATE = ".ptq161-preprocess"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # not o_proj, as the reference
+
+
+@dataclass
+class LoRAConfig:
+    """The restorative LoRA; defaults are the reference recipe (20k sequences of 2048 tokens)."""
+
+    rank: int = 64
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: tuple[str, ...] = LORA_TARGETS
+    steps: int = 20000
+    batch_size: int = 1
+    seqlen: int = 2048
+    lr: float = 1e-4
+    warmup: int = 1000
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    data: str = "c4"
+    seed: int = 0
+    save_every: int = 50
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise PTQ161Error("LoRA needs rank >= 1, alpha > 0 and 0 <= dropout < 1")
+        if self.steps < 1 or self.batch_size < 1 or self.seqlen < 2 or self.save_every < 1:
+            raise PTQ161Error("LoRA needs steps, batch size and save_every >= 1 and seqlen >= 2")
+        if self.warmup < 0 or self.lr <= 0:
+            raise PTQ161Error("LoRA needs lr > 0 and warmup >= 0")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise PTQ161Error("LoRA schedule must be cosine, linear or constant")
+        if self.data.partition(":")[0] == "wikitext2" and self.data.partition(":")[2] in ("", "test"):
+            raise PTQ161Error("LoRA text must not be an evaluation split: use c4, wikitext2:valid or text:PATH")
+
+    @property
+    def scale(self) -> float:
+        """The merge factor alpha / r (0.25 in the reference recipe)."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+@dataclass(frozen=True)
+class PreprocessPreset:
+    """A budget: the quantization preset of the first pass and the LoRA steps/length."""
+
+    quant_preset: str
+    steps: int
+    seqlen: int
+    warmup: int
+    why: str
+
+
+PREPROCESS_PRESETS: dict[str, PreprocessPreset] = {
+    "paper": PreprocessPreset("paper", 20000, 2048, 1000, "the reference recipe: 20k sequences of 2048 tokens (GPU)"),
+    "cpu": PreprocessPreset("demo", 800, 256, 80, "smollm2-135m on 2 CPU cores in about 15 minutes"),
+    "smoke": PreprocessPreset("smoke", 4, 64, 1, "seconds, for tests"),
+}
+
+
+@dataclass
+class PreprocessResult:
+    """The merged model (W_hat1 + scale * B A, dense), where it was saved and the run's record."""
+
+    model: nn.Module
+    tokenizer: Any
+    output: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: LoRAConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
+    if cfg.schedule == "linear":
+        return get_linear_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
+    return get_constant_schedule_with_warmup(opt, cfg.warmup)
+
+
+def _quantized_linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    adapter = get_adapter(model)
+    out = {}
+    for i, block in enumerate(adapter.decoder_layers(model)):
+        for name, lin in adapter.block_linears(block).items():
+            out[f"{adapter.layers}.{i}.{name}.weight"] = lin.weight.detach().contiguous()
+    return out
+
+
+def _save_checkpoint(state: Path, peft_model: nn.Module, opt, sched, step: int, losses: list[float]) -> None:
+    from peft import get_peft_model_state_dict
+
+    tmp = state / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    adapter = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    save_file(adapter, str(tmp / "adapter.safetensors"))
+    train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+    torch.save(train_state, tmp / "train.pt")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
+    final = state / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _train(
+    model: nn.Module, lora: LoRAConfig, windows: torch.Tensor, state: Path, progress: bool
+) -> tuple[nn.Module, list[float]]:
+    """Wrap ``model`` with the LoRA, train it on ``windows`` [steps * batch, seqlen], checkpointing in ``state``."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    peft_cfg = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        task_type="CAUSAL_LM",
+    )
+    pm = get_peft_model(model, peft_cfg)
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lora.lr)
+    sched = _schedule(opt, lora)
+    step, losses = 0, []
+    ckpt = state / "checkpoint"
+    if ckpt.exists():
+        set_peft_model_state_dict(pm, load_file(str(ckpt / "adapter.safetensors")))
+        train_state = torch.load(ckpt / "train.pt", weights_only=False)
+        opt.load_state_dict(train_state["optimizer"])
+        sched.load_state_dict(train_state["scheduler"])
+        torch.set_rng_state(train_state["rng"])
+        prog = json.loads((ckpt / "progress.json").read_text())
+        step, losses = prog["step"], prog["losses"]
+    pm.train()
+    bar = tqdm(total=lora.steps, initial=step, desc="LoRA steps", unit="step", disable=not progress)
+    while step < lora.steps:
+        batch = windows[step * lora.batch_size : (step + 1) * lora.batch_size]
+        loss = pm(input_ids=batch, labels=batch).loss
+        if not math.isfinite(loss.item()):
+            raise PTQ161Error(f"LoRA loss became {loss.item()} at step {step}; lower --lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, lora.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 5))
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        if step % lora.save_every == 0 or step == lora.steps:
+            _save_checkpoint(state, pm, opt, sched, step, losses)
+    bar.close()
+    return pm, losses
+
+
+def preprocess(
+    model_spec: str,
+    output: str | Path,
+    *,
+    method: str = "ptq161",
+    method_config: MethodConfig | None = None,
+    calib: CalibConfig | None = None,
+    lora: LoRAConfig | None = None,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> PreprocessResult:
+    """Quantize ``model_spec``, train a restorative LoRA on it, merge and save a plain model directory.
+
+    ``method``/``method_config``/``calib`` configure the first quantization pass (as in
+    ``ptq161.quantize``); ``lora`` the adapter and its training. With ``resume=True`` an
+    interrupted run in ``output`` continues from its last checkpoint.
+    """
+    from .api import quantize
+
+    lora = lora or LoRAConfig()
+    calib = calib or CalibConfig()
+    method_cls = get_method(method)
+    method_config = method_config or method_cls.config_class()
+    out = Path(output)
+    check_output_dir(out, resume, meta=PREPROCESS_META, state=PREPROCESS_STATE)
+    state = out / PREPROCESS_STATE
+    settings = {
+        "model": model_spec,
+        "method": method,
+        "method_config": method_config.to_dict(),
+        "calibration": calib.to_dict(),
+        "lora": lora.to_dict(),
+    }
+    t0 = time.perf_counter()
+    if (state / "settings.json").exists():
+        if json.loads((state / "settings.json").read_text()) != settings:
+            raise PTQ161Error(f"'{out}' holds an interrupted run with other settings; choose another --output")
+        model, tok = load_model(model_spec)
+        quantized = load_file(str(state / "quantized.safetensors"))
+        model.load_state_dict(quantized, strict=False)
+        first = json.loads((state / "quantize.json").read_text())
+    else:
+        res = quantize(
+            model_spec, method, method_config=method_config, calib=calib, data_dir=data_dir, progress=progress
+        )
+        model, tok = res.model, res.tokenizer
+        first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
+        state.mkdir(parents=True, exist_ok=True)
+        save_file(_quantized_linears(model), str(state / ".quantized.tmp"))
+        os.replace(state / ".quantized.tmp", state / "quantized.safetensors")
+        atomic_write_json(state / "quantize.json", first)
+        atomic_write_json(state / "settings.json", settings)
+
+    windows, data_source = calibration_windows(
+        lora.data, tok, nsamples=lora.steps * lora.batch_size, seqlen=lora.seqlen, seed=lora.seed, data_dir=data_dir
+    )
+    model.config.use_cache = False
+    # LoRA init and dropout draw from torch's global RNG: seed it inside fork_rng so the
+    # caller's RNG is untouched; its state is checkpointed with the adapter for resume
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(lora.seed)
+        pm, losses = _train(model, lora, windows, state, progress)
+    pm.eval()
+    merged = pm.merge_and_unload()
+    merged.config.use_cache = True
+    meta = {
+        **settings,
+        "first_pass": first,
+        "lora_data_source": data_source,
+        "losses": losses,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "note": "a plain model directory (W_hat1 + alpha/r * B A): quantize it like any model",
+    }
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    atomic_write_json(out / PREPROCESS_META, meta)
+    shutil.rmtree(state, ignore_errors=True)
+    return PreprocessResult(merged, tok, out, meta)
+
+
+def preset_settings(name: str) -> tuple[CalibConfig, int, LoRAConfig]:
+    """(calibration, PTQ1.61 epochs, LoRA config) of a preprocessing preset."""
+    if name not in PREPROCESS_PRESETS:
+        raise PTQ161Error(f"unknown preprocess preset '{name}'; choose from {', '.join(PREPROCESS_PRESETS)}")
+    p = PREPROCESS_PRESETS[name]
+    q = get_preset(p.quant_preset)
+    return (
+        CalibConfig(nsamples=q.nsamples, seqlen=q.seqlen),
+        q.epochs,
+        LoRAConfig(steps=p.steps, seqlen=p.seqlen, warmup=p.warmup),
+    )
