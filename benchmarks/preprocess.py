@@ -301,7 +301,7 @@ def render(store: dict, steps_list: list[int], args: argparse.Namespace) -> None
     notes = (
         "smollm2-135m. Preprocessing: the `cpu` preset of `ptq161 preprocess` (first pass PTQ1.61 demo preset "
         "16 x 256 x 2 epochs on WikiText-2 validation; LoRA r 64, alpha 16, dropout 0.1 on q/k/v/gate/up/down, "
-        "AdamW 1e-4, cosine with warm-up min(80, steps/10), sequences of 256 tokens from the C4 train sample, "
+        "AdamW 1e-4, cosine with warm-up min(40, steps/10), sequences of 256 tokens from the C4 train sample, "
         "seed 0) at several step counts. Fig. 5 rows 'original' come from results/compare.json (same calibration "
         "64 x 256 of WikiText-2 validation, seed 2); PTQ1.61 is compared at the demo preset on both models. "
         f"Perplexity: first {WINDOWS} windows of 2048 tokens of WikiText-2 test and C4 GPTQ-style. No setting "
@@ -323,7 +323,7 @@ def render(store: dict, steps_list: list[int], args: argparse.Namespace) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", default="200,400,800", help="LoRA step counts (the largest is used for Fig. 5)")
+    ap.add_argument("--steps", default="100,200,400", help="LoRA step counts (the largest is used for Fig. 5)")
     ap.add_argument("--nsamples", type=int, default=64, help="calibration windows of the Fig. 5 baselines")
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--redo", default="")

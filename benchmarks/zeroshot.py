@@ -150,6 +150,19 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "calibration, 64 x 256 tokens of WikiText-2 validation). 'mean acc' averages the acc column of the "
         "available tasks. WikiText-2 ppl: first 8 windows of 2048 tokens, from the comparison benchmark."
     )
+    notes += (
+        " PIQA check: our acc differs from the independent run by 1 item and acc_norm by 2 items of 1838. "
+        "Not a batching effect: the same evaluation with lm-eval batch size 1 and 16 gave identical results "
+        "(0.6431 / 0.6431; `python benchmarks/piqa_batch_check.py 1 all` and `... 16 all`, 2026-11-24, "
+        "1 torch thread). How the independent run loaded the model and tokenizer "
+        "is not recorded; the cause is still open."
+    )
+    threads = sorted({r.get("torch_threads") for r in store["table"].values() if r.get("torch_threads")})
+    if threads:
+        notes += (
+            f" Wall times: one fresh process per model with {'/'.join(map(str, threads))} torch thread(s); "
+            "1-thread runs shared the 2 cores with one other 1-thread job."
+        )
     write_results(
         "zeroshot",
         "Zero-shot tasks on smollm2-135m (paper Table 2 analogue)",

@@ -99,7 +99,9 @@ class PreprocessPreset:
 
 PREPROCESS_PRESETS: dict[str, PreprocessPreset] = {
     "paper": PreprocessPreset("paper", 20000, 2048, 1000, "the reference recipe: 20k sequences of 2048 tokens (GPU)"),
-    "cpu": PreprocessPreset("demo", 800, 256, 80, "smollm2-135m on 2 CPU cores in about 15 minutes"),
+    "cpu": PreprocessPreset(
+        "demo", 400, 256, 40, "smollm2-135m: 886 s measured on 1 of 2 busy cores (benchmarks/results/preprocess.md)"
+    ),
     "smoke": PreprocessPreset("smoke", 4, 64, 1, "seconds, for tests"),
 }
 

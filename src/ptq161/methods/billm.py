@@ -24,9 +24,9 @@ class BiLLMConfig(MethodConfig):
     ``search="saliency"`` runs both searches on the saliency matrix S = W^2 / diag(Hinv)^2
     as the authors' code does (so the magnitude split is scaled per column by the Hessian);
     ``"weight"`` runs them on W itself, the literal reading of the paper. Measured on
-    smollm2-135m (16 x 256 calibration, WikiText-2 first 2 windows): saliency 1,620,
-    weight 36,159 — the weight reading loses the model's massive activation in block 2.
-    ``compensation="none"`` is the authors' ``disable_gptq`` switch (1.13e6 there).
+    smollm2-135m (benchmarks/results/compare.md, 64 x 256 calibration, WikiText-2 first 8
+    windows): saliency 1452, weight 54293 — the weight reading loses the model's massive
+    activation in block 2. ``compensation="none"`` is the authors' ``disable_gptq`` switch.
     """
 
     blocksize: int = 128
