@@ -73,13 +73,16 @@ def test_gradients_reach_only_s_r1_r2():
     assert all(p.grad is None for n, p in ctx.block.named_parameters() if not p.requires_grad)
 
 
-def test_salient_columns_are_the_high_activation_channels():
+@pytest.mark.parametrize("statistic", ["mean", "max"])
+def test_salient_columns_are_the_high_activation_channels(statistic):
     model = tiny_llama()
     ctx = block_context(model)
-    res = PTQ161(PTQ161Config(epochs=0)).quantize_block(ctx)
-    stat = ctx.stats["mlp.down_proj"].get("max")
+    res = PTQ161(PTQ161Config(epochs=0, statistic=statistic)).quantize_block(ctx)
+    stat = ctx.stats["mlp.down_proj"].get(statistic)
     mask = res.parts["mlp.down_proj"]["mask"]
     assert stat[mask].min() >= stat[~mask].max()
+    other = ctx.stats["mlp.down_proj"].get("max" if statistic == "mean" else "mean")
+    assert not torch.equal(mask, other >= other.topk(int(mask.sum())).values.min())  # the statistic matters here
     # q, k, v share an input and therefore a mask
     assert torch.equal(res.parts["self_attn.q_proj"]["mask"], res.parts["self_attn.v_proj"]["mask"])
 
