@@ -307,7 +307,11 @@ def render(store: dict, steps_list: list[int], args: argparse.Namespace) -> None
         f"Perplexity: first {WINDOWS} windows of 2048 tokens of WikiText-2 test and C4 GPTQ-style. No setting "
         "was chosen by looking at test-split numbers. Times on 2 CPU cores, one fresh process per run; "
         "'N thr' is the torch thread count of that run (1-thread runs shared the machine with one other "
-        "1-thread job)."
+        "1-thread job). Reading the concentration table: the preprocessed model is the first-pass quantized "
+        "model plus the merged LoRA, so its binarized columns hold per-row/column-scaled signs without outliers; "
+        "part of the rise therefore comes from the first-pass quantization itself (o_proj, not a LoRA target, "
+        "rises too), not from the LoRA. The LoRA restores quality for the quantizer it was trained behind "
+        "(PTQ1.61), while the other methods start from a model whose FP perplexity is far above the original's."
     )
     write_results(
         "preprocess",
