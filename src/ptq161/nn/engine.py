@@ -3,7 +3,7 @@
 Decoding one token through transformers' eager modules costs hundreds of small torch
 calls per layer; for a packed model whose matrix work is only a few milliseconds, that
 overhead dominates (measured in benchmarks/results/packed_inference.md). The engine runs
-all decoder layers of one step in a single numba call over the packed buffers:
+each decoder layer of one step as a single numba call over the packed buffers:
 RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.packing.kernels``),
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
 Embedding, final norm and lm_head stay the model's own modules (one call each per step),
@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
+from ..packing.kernels import build_luts, packed_row
 from .packed import PackedPTQ161Linear
 
 try:
@@ -35,60 +37,12 @@ except ImportError:  # pragma: no cover - numba is a core dependency
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
 
-def _build_luts(x, sal, bidx, r2, lut_b, lut_s):
-    """Lookup tables of one input vector for one packed linear; returns (sum x', sum xs).
-
-    x [n]; sal [n_s], bidx [n_b] column indices; r2 [n_b]; lut_b [G, 256] with
-    lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v (x' = r2 * x[bidx]);
-    lut_s [P, 256] with lut_s[p, v] = (v & 15) * xs[2 p] + (v >> 4) * xs[2 p + 1].
-    """
-    n_b = bidx.shape[0]
-    n_s = sal.shape[0]
-    total_b = np.float32(0.0)
-    lo = np.empty(16, dtype=np.float32)
-    hi = np.empty(16, dtype=np.float32)
-    for g in range(lut_b.shape[0]):
-        lo[0] = 0.0
-        hi[0] = 0.0
-        for t in range(4):  # subset sums of 4 values by doubling: lo over bits 0-3, hi over bits 4-7
-            j = 8 * g + t
-            vlo = x[bidx[j]] * r2[j] if j < n_b else np.float32(0.0)
-            vhi = x[bidx[j + 4]] * r2[j + 4] if j + 4 < n_b else np.float32(0.0)
-            total_b += vlo + vhi
-            step = 1 << t
-            for v in range(step):
-                lo[v + step] = lo[v] + vlo
-                hi[v + step] = hi[v] + vhi
-        for vh in range(16):
-            for vl in range(16):
-                lut_b[g, 16 * vh + vl] = hi[vh] + lo[vl]
-    total_s = np.float32(0.0)
-    for p in range(lut_s.shape[0]):
-        x0 = x[sal[2 * p]]
-        x1 = x[sal[2 * p + 1]] if 2 * p + 1 < n_s else np.float32(0.0)
-        total_s += x0 + x1
-        for v in range(256):
-            lut_s[p, v] = (v & 15) * x0 + (v >> 4) * x1
-    return total_b, total_s
-
-
-def _row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s):
-    """Output ``i`` of one packed linear from its lookup tables (see ``ptq161.packing.kernels``)."""
-    pos = np.float32(0.0)
-    for g in range(sign.shape[1]):
-        pos += lut_b[g, sign[i, g]]
-    q = np.float32(0.0)
-    for p in range(codes.shape[1]):
-        q += lut_s[p, codes[i, p]]
-    return a[i] * (2 * pos - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
-
-
 def _linear(x, w, out, lut_b, lut_s):
     """out [m] = packed linear ``w`` (tuple of its buffers) applied to x [n], rows in parallel."""
     sal, bidx, r2, sign, codes, a, b, scale, zero = w
-    total_b, total_s = _build_luts_jit(x, sal, bidx, r2, lut_b, lut_s)
+    total_b, total_s = build_luts(x, sal, bidx, r2, lut_b, lut_s)
     for i in numba.prange(out.shape[0]):
-        out[i] = _row_jit(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
+        out[i] = packed_row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
 
 
 def _rms_norm(x, weight, eps, out):
@@ -164,8 +118,6 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
 
 
 if numba is not None:
-    _build_luts_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_build_luts)
-    _row_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_row)
     _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
     _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
     _linear_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_linear)
@@ -220,7 +172,7 @@ class DecodeEngine:
         cfg = getattr(model, "config", None)
         try:
             adapter = get_adapter(model)
-        except Exception as err:
+        except UnsupportedModelError as err:
             return str(err)
         if adapter.linear_names != KINDS or adapter.rotary is None:
             return "not the LLaMA layout (q/k/v/o, gate/up/down)"

@@ -23,66 +23,70 @@ except ImportError:  # pragma: no cover - numba is a core dependency; kept for c
     HAVE_NUMBA = False
 
 
-def _bit_lut(xb: np.ndarray, groups: int, lut: np.ndarray) -> None:
-    """lut[g, v] = sum of xb[8 g + t] over the set bits t of v (xb zero-padded to 8 groups)."""
-    for g in range(groups):
-        base = 8 * g
-        lut[g, 0] = 0.0
-        for t in range(8):
+def _build_luts(x, sal, bidx, r2, lut_b, lut_s):
+    """Lookup tables of one input vector for one packed linear; returns (sum x', sum xs).
+
+    x [n]; sal [n_s], bidx [n_b] column indices; r2 [n_b]; lut_b [G, 256] with
+    lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v (x' = r2 * x[bidx]);
+    lut_s [P, 256] with lut_s[p, v] = (v & 15) * xs[2 p] + (v >> 4) * xs[2 p + 1].
+    """
+    n_b = bidx.shape[0]
+    n_s = sal.shape[0]
+    total_b = np.float32(0.0)
+    lo = np.empty(16, dtype=np.float32)
+    hi = np.empty(16, dtype=np.float32)
+    for g in range(lut_b.shape[0]):
+        lo[0] = 0.0
+        hi[0] = 0.0
+        for t in range(4):  # subset sums of 4 values by doubling: lo over bits 0-3, hi over bits 4-7
+            j = 8 * g + t
+            vlo = x[bidx[j]] * r2[j] if j < n_b else np.float32(0.0)
+            vhi = x[bidx[j + 4]] * r2[j + 4] if j + 4 < n_b else np.float32(0.0)
+            total_b += vlo + vhi
             step = 1 << t
-            val = xb[base + t] if base + t < xb.shape[0] else 0.0
             for v in range(step):
-                lut[g, v + step] = lut[g, v] + val
-
-
-def _nibble_lut(xs: np.ndarray, pairs: int, lut: np.ndarray) -> None:
-    """lut[p, v] = (v & 15) * xs[2 p] + (v >> 4) * xs[2 p + 1] (xs zero-padded)."""
-    for p in range(pairs):
-        x0 = xs[2 * p]
-        x1 = xs[2 * p + 1] if 2 * p + 1 < xs.shape[0] else 0.0
+                lo[v + step] = lo[v] + vlo
+                hi[v + step] = hi[v] + vhi
+        for vh in range(16):
+            for vl in range(16):
+                lut_b[g, 16 * vh + vl] = hi[vh] + lo[vl]
+    total_s = np.float32(0.0)
+    for p in range(lut_s.shape[0]):
+        x0 = x[sal[2 * p]]
+        x1 = x[sal[2 * p + 1]] if 2 * p + 1 < n_s else np.float32(0.0)
+        total_s += x0 + x1
         for v in range(256):
-            lut[p, v] = (v & 15) * x0 + (v >> 4) * x1
+            lut_s[p, v] = (v & 15) * x0 + (v >> 4) * x1
+    return total_b, total_s
+
+
+def _row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s):
+    """Output ``i`` of one packed linear from its lookup tables (the formula of the module docstring)."""
+    pos = np.float32(0.0)
+    for g in range(sign.shape[1]):
+        pos += lut_b[g, sign[i, g]]
+    q = np.float32(0.0)
+    for p in range(codes.shape[1]):
+        q += lut_s[p, codes[i, p]]
+    return a[i] * (2 * pos - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
 
 
 def _packed_matvec(x, sal_idx, bin_idx, r2, sign, codes, a, b, scale, zero, out):
     """out [T, m] = x [T, n] @ W_hat^T for the packed layer (float32 throughout)."""
-    n_tok = x.shape[0]
-    m = sign.shape[0]
-    groups = sign.shape[1]
-    pairs = codes.shape[1]
-    n_b = bin_idx.shape[0]
-    n_s = sal_idx.shape[0]
-    for t in range(n_tok):
-        xb = np.empty(n_b, dtype=np.float32)
-        total_b = np.float32(0.0)
-        for j in range(n_b):
-            xb[j] = x[t, bin_idx[j]] * r2[j]
-            total_b += xb[j]
-        xs = np.empty(n_s, dtype=np.float32)
-        total_s = np.float32(0.0)
-        for k in range(n_s):
-            xs[k] = x[t, sal_idx[k]]
-            total_s += xs[k]
-        lut_b = np.empty((groups, 256), dtype=np.float32)
-        _bit_lut_jit(xb, groups, lut_b)
-        lut_s = np.empty((pairs, 256), dtype=np.float32)
-        _nibble_lut_jit(xs, pairs, lut_s)
-        for i in numba.prange(m):
-            pos = np.float32(0.0)
-            for g in range(groups):
-                pos += lut_b[g, sign[i, g]]
-            q = np.float32(0.0)
-            for p in range(pairs):
-                q += lut_s[p, codes[i, p]]
-            out[t, i] = a[i] * (2 * pos - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
+    lut_b = np.empty((sign.shape[1], 256), dtype=np.float32)
+    lut_s = np.empty((codes.shape[1], 256), dtype=np.float32)
+    for t in range(x.shape[0]):
+        total_b, total_s = build_luts(x[t], sal_idx, bin_idx, r2, lut_b, lut_s)
+        for i in numba.prange(sign.shape[0]):
+            out[t, i] = packed_row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
 
 
 if HAVE_NUMBA:
-    _bit_lut_jit = numba.njit(cache=True, nogil=True)(_bit_lut)
-    _nibble_lut_jit = numba.njit(cache=True, nogil=True)(_nibble_lut)
+    build_luts = numba.njit(cache=True, nogil=True, fastmath=True)(_build_luts)
+    packed_row = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_row)
     packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
 else:  # pragma: no cover
-    packed_matvec = None
+    build_luts = packed_row = packed_matvec = None
 
 
 def _int8_matvec(x, w, scale, out):
