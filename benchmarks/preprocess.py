@@ -50,7 +50,6 @@ def _ptq161_demo(model: str) -> dict:
 
 def run_lora(steps: int) -> dict:
     """Preprocess with ``steps`` LoRA steps, then FP and PTQ1.61 (demo) perplexity of the result."""
-    import dataclasses
     import shutil
 
     from ptq161.config import PRESETS
@@ -59,7 +58,7 @@ def run_lora(steps: int) -> dict:
     from ptq161.utils import peak_rss_mb
 
     calib, epochs, lora = preset_settings("cpu")
-    lora = dataclasses.replace(lora, steps=steps, warmup=min(lora.warmup, steps // 10))
+    lora = lora.with_steps(steps)
     out = lora_dir(steps)
     if out.exists():
         shutil.rmtree(out)

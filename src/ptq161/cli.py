@@ -225,8 +225,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         overrides["seqlen"] = args.lora_seqlen
     if args.lora_seed is not None:
         overrides["seed"] = args.lora_seed
-    if "steps" in overrides and "warmup" not in overrides:
-        overrides["warmup"] = min(lora.warmup, overrides["steps"] // 10)
+    if "steps" in overrides:
+        lora = lora.with_steps(overrides.pop("steps"))
     lora = dataclasses.replace(lora, **overrides)
     cfg = _method_config(args, get_method(args.method), epochs)
     res = preprocess(

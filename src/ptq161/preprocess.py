@@ -74,6 +74,10 @@ class LoRAConfig:
         if self.data.partition(":")[0] == "wikitext2" and self.data.partition(":")[2] in ("", "test"):
             raise PTQ161Error("LoRA text must not be an evaluation split: use c4, wikitext2:valid or text:PATH")
 
+    def with_steps(self, steps: int) -> LoRAConfig:
+        """The same recipe at ``steps`` steps, warm-up capped at a tenth of them."""
+        return dataclasses.replace(self, steps=steps, warmup=min(self.warmup, steps // 10))
+
     @property
     def scale(self) -> float:
         """The merge factor alpha / r (0.25 in the reference recipe)."""
@@ -131,12 +135,8 @@ def _schedule(opt: torch.optim.Optimizer, cfg: LoRAConfig) -> torch.optim.lr_sch
 
 
 def _quantized_linears(model: nn.Module) -> dict[str, torch.Tensor]:
-    adapter = get_adapter(model)
-    out = {}
-    for i, block in enumerate(adapter.decoder_layers(model)):
-        for name, lin in adapter.block_linears(block).items():
-            out[f"{adapter.layers}.{i}.{name}.weight"] = lin.weight.detach().contiguous()
-    return out
+    linears = get_adapter(model).model_linears(model)
+    return {f"{name}.weight": lin.weight.detach().contiguous() for name, lin in linears.items()}
 
 
 def _save_checkpoint(state: Path, peft_model: nn.Module, opt, sched, step: int, losses: list[float]) -> None:

@@ -63,3 +63,11 @@ def test_generic_discovery_on_unknown_architecture_name():
     found = discover_adapter(model)
     assert found is not None and found.layers == "model.layers"
     assert len(found.linear_names) == 7
+
+
+def test_model_linears_names_every_decoder_linear_by_its_full_path():
+    model = tiny_llama()
+    linears = get_adapter(model).model_linears(model)
+    assert len(linears) == 2 * 7
+    assert all(model.get_submodule(name) is lin for name, lin in linears.items())
+    assert "model.layers.1.mlp.down_proj" in linears

@@ -48,13 +48,7 @@ def layer_statistics(model: nn.Module, windows: torch.Tensor, statistic: str = "
 
     Runs the whole model once per window (for models that fit in memory).
     """
-    adapter = get_adapter(model)
-    linears = {
-        f"{adapter.layers}.{i}.{name}": lin
-        for i, block in enumerate(adapter.decoder_layers(model))
-        for name, lin in adapter.block_linears(block).items()
-    }
-    with record_input_stats(linears) as stats:
+    with record_input_stats(get_adapter(model).model_linears(model)) as stats:
         for row in windows:
             model(row[None])
     return {name: s.get(statistic) for name, s in stats.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,12 +26,6 @@ class SpeedResult:
         return asdict(self)
 
 
-def _engine_reason(model: nn.Module) -> str | None:
-    from ..nn.engine import DecodeEngine
-
-    return DecodeEngine.unsupported_reason(model)
-
-
 def pick_engine(model: nn.Module, engine: str, max_len: int):
     """The fused decode engine for ``model`` or None.
 
@@ -44,7 +39,7 @@ def pick_engine(model: nn.Module, engine: str, max_len: int):
         raise PTQ161Error(f"engine must be auto, on or off, got '{engine}'")
     if engine == "off":
         return None
-    reason = _engine_reason(model)
+    reason = DecodeEngine.unsupported_reason(model)
     if reason is None:
         return DecodeEngine(model, max_len=max_len)
     if engine == "on":
@@ -85,13 +80,15 @@ def measure_speed(
     model: nn.Module, input_ids: torch.Tensor, new_tokens: int = 64, warmup: int = 4, engine: str = "off"
 ) -> SpeedResult:
     """Prefill and decode tokens/s of ``model`` for one prompt (after a short warm-up run)."""
-    greedy_generate(model, input_ids[:, :8], warmup, engine)
-    tokens, prefill_s, decode_s = greedy_generate(model, input_ids, new_tokens, engine)
+    eng = pick_engine(model, engine, input_ids.shape[1] + new_tokens)
+    run = eng.generate if eng is not None else functools.partial(greedy_generate, model)
+    run(input_ids[:, :8], warmup)
+    tokens, prefill_s, decode_s = run(input_ids, new_tokens)
     return SpeedResult(
         prompt_tokens=input_ids.shape[1],
         new_tokens=new_tokens,
         prefill_tokens_per_s=input_ids.shape[1] / prefill_s,
         decode_tokens_per_s=(new_tokens - 1) / decode_s,
         tokens=tokens,
-        engine=engine != "off" and _engine_reason(model) is None,
+        engine=eng is not None,
     )

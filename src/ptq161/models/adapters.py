@@ -50,6 +50,14 @@ class Adapter:
         """The linear layers of one decoder layer, keyed by their path in the layer."""
         return {n: block.get_submodule(n) for n in self.linear_names}  # type: ignore[misc]
 
+    def model_linears(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every decoder linear of ``model``, keyed by its full module path (``model.layers.3.mlp.up_proj``)."""
+        return {
+            f"{self.layers}.{i}.{name}": lin
+            for i, block in enumerate(self.decoder_layers(model))
+            for name, lin in self.block_linears(block).items()
+        }
+
 
 LLAMA_LIKE = Adapter(
     name="llama",
