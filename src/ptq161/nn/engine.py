@@ -6,6 +6,8 @@ overhead dominates (measured in benchmarks/results/packed_inference.md). The eng
 each decoder layer of one step as a single numba call over the packed buffers:
 RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.packing.kernels``),
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
+Threads share the rows of each linear; q/k/v and gate/up run in one parallel region each,
+so a layer has five.
 Embedding, final norm and lm_head stay the model's own modules (one call each per step),
 the prompt is prefilled by the model's own forward, and the rotary table comes from the
 model's rotary module, so rope variants are the model's, not re-implemented.
@@ -26,7 +28,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
-from ..packing.kernels import build_luts, packed_row
+from ..packing.kernels import kernel_threads, linear_chunk
 from .packed import PackedPTQ161Linear
 
 try:
@@ -35,14 +37,6 @@ except ImportError:  # pragma: no cover - numba is a core dependency
     numba = None
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
-
-
-def _linear(x, w, out, lut_b, lut_s):
-    """out [m] = packed linear ``w`` (tuple of its buffers) applied to x [n], rows in parallel."""
-    sal, bidx, r2, sign, codes, a, b, scale, zero = w
-    total_b, total_s = build_luts(x, sal, bidx, r2, lut_b, lut_s)
-    for i in numba.prange(out.shape[0]):
-        out[i] = packed_row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
 
 
 def _rms_norm(x, weight, eps, out):
@@ -67,30 +61,22 @@ def _rope(v, heads, head_dim, cos, sin):
             v[o + j + half] = x2 * cos[j + half] + x1 * sin[j + half]
 
 
-def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, scratch):
-    """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``."""
-    q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
-    xn, q, k, v, att, o, g, u, lut_b, lut_s, lut_b2, lut_s2 = scratch
-    _rms_norm_jit(h, norm_in, eps, xn)
-    _linear_jit(xn, q_w, q, lut_b, lut_s)
-    _linear_jit(xn, k_w, k, lut_b, lut_s)
-    _linear_jit(xn, v_w, v, lut_b, lut_s)
-    _rope_jit(q, n_heads, head_dim, cos, sin)
-    _rope_jit(k, n_kv, head_dim, cos, sin)
-    for j in range(n_kv):
-        for e in range(head_dim):
-            k_cache[layer, j, pos, e] = k[j * head_dim + e]
-            v_cache[layer, j, pos, e] = v[j * head_dim + e]
+def _attend(q, k_cache, v_cache, pos, n_heads, n_kv, head_dim, att):
+    """att [n_heads * head_dim] = softmax(q K^T / sqrt(head_dim)) V over positions 0..pos, per head;
+    k_cache, v_cache [n_kv, max_len, head_dim] (grouped-query: head h reads kv group h // (n_heads / n_kv))."""
     group = n_heads // n_kv
     scaling = np.float32(1.0) / np.sqrt(np.float32(head_dim))
     for hh in numba.prange(n_heads):
         kv = hh // group
+        qh = q[hh * head_dim : (hh + 1) * head_dim]
+        out = att[hh * head_dim : (hh + 1) * head_dim]
         scores = np.empty(pos + 1, dtype=np.float32)
         best = np.float32(-np.inf)
         for t in range(pos + 1):
+            kt = k_cache[kv, t]
             s = np.float32(0.0)
             for e in range(head_dim):
-                s += q[hh * head_dim + e] * k_cache[layer, kv, t, e]
+                s += qh[e] * kt[e]
             s *= scaling
             scores[t] = s
             best = max(best, s)
@@ -99,20 +85,44 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
             scores[t] = np.exp(scores[t] - best)
             denom += scores[t]
         for e in range(head_dim):
-            acc = np.float32(0.0)
-            for t in range(pos + 1):
-                acc += scores[t] * v_cache[layer, kv, t, e]
-            att[hh * head_dim + e] = acc / denom
-    _linear_jit(att, o_w, o, lut_b, lut_s)
+            out[e] = 0.0
+        for t in range(pos + 1):
+            w = scores[t] / denom
+            vt = v_cache[kv, t]
+            for e in range(head_dim):
+                out[e] += w * vt[e]
+
+
+def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, scratch):
+    """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``."""
+    q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
+    xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo = scratch
+    nc = lut_b.shape[0]  # row chunks (one per thread), each with its own tables
+    _rms_norm_jit(h, norm_in, eps, xn)
+    for c in numba.prange(nc):
+        linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c])
+    _rope_jit(q, n_heads, head_dim, cos, sin)
+    _rope_jit(k, n_kv, head_dim, cos, sin)
+    for j in range(n_kv):
+        for e in range(head_dim):
+            k_cache[layer, j, pos, e] = k[j * head_dim + e]
+            v_cache[layer, j, pos, e] = v[j * head_dim + e]
+    _attend_jit(q, k_cache[layer], v_cache[layer], pos, n_heads, n_kv, head_dim, att)
+    for c in numba.prange(nc):
+        linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c])
     for j in range(h.shape[0]):
         h[j] += o[j]
     _rms_norm_jit(h, norm_post, eps, xn)
-    _linear_jit(xn, g_w, g, lut_b, lut_s)
-    _linear_jit(xn, u_w, u, lut_b, lut_s)
+    for c in numba.prange(nc):
+        linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c])
     for j in range(g.shape[0]):
         gj = g[j]
         g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
-    _linear_jit(g, d_w, o, lut_b2, lut_s2)
+    for c in numba.prange(nc):
+        linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c])
     for j in range(h.shape[0]):
         h[j] += o[j]
 
@@ -120,7 +130,7 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
 if numba is not None:
     _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
     _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
-    _linear_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_linear)
+    _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
     _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
 
 
@@ -202,10 +212,10 @@ class DecodeEngine:
         inter = first.get_submodule("mlp.gate_proj").out_features
         f = np.float32
 
-        def luts(name: str) -> tuple[np.ndarray, np.ndarray]:
-            mod = first.get_submodule(name)
-            return np.empty((mod.sign.shape[1], 256), f), np.empty((mod.codes.shape[1], 256), f)
-
+        bufs = [w for layer in self.weights for w in layer]
+        groups = max(max(w[3].shape[1] for w in bufs), 1)
+        width = max(max(w[4].shape[1] for w in bufs), 1)
+        nc = kernel_threads()
         q_out = self.n_heads * self.head_dim
         kv_out = self.n_kv * self.head_dim
         return (
@@ -217,8 +227,10 @@ class DecodeEngine:
             np.empty(d, f),
             np.empty(inter, f),
             np.empty(inter, f),
-            *luts("self_attn.q_proj"),
-            *luts("mlp.down_proj"),
+            np.empty((nc, groups, 256), f),
+            np.empty((nc, 8 * groups), f),
+            np.empty((nc, width), f),
+            np.empty((nc, width), f),
         )
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..methods import ptq161_math as pm
 from ..packing.bits import unpack_bits, unpack_nibbles
-from ..packing.kernels import packed_matvec
+from ..packing.kernels import kernel_threads, packed_matvec, padded_codes
 from .lowbit import LUT_MAX_TOKENS, lowbit_forward
 
 ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
@@ -77,14 +77,15 @@ class PackedPTQ161Linear(nn.Module):
 
     def kernel_buffers(self) -> tuple:
         """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
-        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P], a, b, scale, zero [m])."""
+        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m]);
+        the code rows are copied padded with zero bytes to P' (a multiple of 32) for the vectorized loop."""
         if self._cpu_cache is None:  # float32 copies of the small per-row factors, computed once
             self._cpu_cache = (
                 self.sal_idx.numpy(),
                 self.bin_idx.numpy(),
                 self.r2.float().numpy(),
                 self.sign.numpy(),
-                self.codes.numpy(),
+                padded_codes(self.codes.numpy()),
                 self.a.float().numpy(),
                 self.b.float().numpy(),
                 self.scale.float().numpy(),
@@ -101,7 +102,7 @@ class PackedPTQ161Linear(nn.Module):
             x,
             self.out_features,
             self.dequantize,
-            lambda flat, out: packed_matvec(flat, *self.kernel_buffers(), out),
+            lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
             ROW_TILE,
         )
         return y if self.bias is None else y + self.bias

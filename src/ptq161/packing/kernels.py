@@ -1,4 +1,4 @@
-"""CPU kernels for packed PTQ1.61 linears (numba), by table lookup as in T-MAC / bitnet.cpp.
+"""CPU kernels for packed PTQ1.61 linears (numba): table lookup for the signs as in T-MAC / bitnet.cpp.
 
 For one input vector x [n] and a layer stored as (salient index, binary index, sign bits,
 4-bit codes, per-row a, b, scale, zero; per-binary-column r2):
@@ -6,9 +6,15 @@ For one input vector x [n] and a layer stored as (salient index, binary index, s
     y_i = a_i * sum_j s_ij x'_j + b_i * sum_j x'_j + scale_i * (sum_k q_ik xs_k - zero_i * sum_k xs_k)
 
 with x' = r2 * x[binary], xs = x[salient], s_ij = +-1. The sign sum is 2 * (sum over set
-bits) - sum x'; both the sign part and the 4-bit part read one byte per 8 signs / 2 codes
-and add a precomputed table entry (256 entries per byte position), so the dense weight
-is never formed.
+bits) - sum x': one byte of sign bits (8 columns) adds one entry of a 256-entry table of
+subset sums of x'. The 4-bit part is a vectorized multiply-add over the code bytes (each
+byte holds the codes of two salient columns; the nibbles are split in float arithmetic so
+the loop stays in float SIMD). The dense weight is never formed.
+
+Threads: the output rows are split into one contiguous chunk per thread, and each chunk
+builds its own tables (a few microseconds) instead of sharing one: reading tables another
+core has just written costs more than building them (measured in
+benchmarks/results/packed_inference.md). One parallel region per call.
 """
 
 from __future__ import annotations
@@ -22,71 +28,125 @@ try:
 except ImportError:  # pragma: no cover - numba is a core dependency; kept for clear errors
     HAVE_NUMBA = False
 
+CODE_PAD = 32  # code rows padded to a multiple of this many bytes: the 4-bit loop vectorizes without a tail
+ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs)
 
-def _build_luts(x, sal, bidx, r2, lut_b, lut_s):
-    """Lookup tables of one input vector for one packed linear; returns (sum x', sum xs).
 
-    x [n]; sal [n_s], bidx [n_b] column indices; r2 [n_b]; lut_b [G, 256] with
-    lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v (x' = r2 * x[bidx]);
-    lut_s [P, 256] with lut_s[p, v] = (v & 15) * xs[2 p] + (v >> 4) * xs[2 p + 1].
+def kernel_threads() -> int:
+    """How many row chunks the kernels split a layer into: numba's current thread count (1 without numba)."""
+    return numba.get_num_threads() if HAVE_NUMBA else 1
+
+
+def padded_codes(codes: np.ndarray) -> np.ndarray:
+    """The 4-bit code bytes [m, P] copied into [m, P rounded up to CODE_PAD] with zero bytes after them."""
+    m, p = codes.shape
+    out = np.zeros((m, -(-p // CODE_PAD) * CODE_PAD), dtype=np.uint8)
+    out[:, :p] = codes
+    return out
+
+
+def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo):
+    """Tables of one input vector x [n] for one packed linear; returns (sum x', sum xs).
+
+    lut_b [>= G, 256]: lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v, x' = r2 * x[bidx]
+    (built by doubling: the entries 2^t .. 2^(t+1) - 1 are the first 2^t plus x'[8 g + t]).
+    xe, xo [>= padded P]: the even / odd salient inputs x[sal[2 p]], x[sal[2 p + 1]], zero past the end.
+    xp [>= 8 G] is scratch.
     """
     n_b = bidx.shape[0]
     n_s = sal.shape[0]
+    groups = (n_b + 7) // 8
     total_b = np.float32(0.0)
-    lo = np.empty(16, dtype=np.float32)
-    hi = np.empty(16, dtype=np.float32)
-    for g in range(lut_b.shape[0]):
-        lo[0] = 0.0
-        hi[0] = 0.0
-        for t in range(4):  # subset sums of 4 values by doubling: lo over bits 0-3, hi over bits 4-7
-            j = 8 * g + t
-            vlo = x[bidx[j]] * r2[j] if j < n_b else np.float32(0.0)
-            vhi = x[bidx[j + 4]] * r2[j + 4] if j + 4 < n_b else np.float32(0.0)
-            total_b += vlo + vhi
+    for j in range(n_b):
+        v = x[bidx[j]] * r2[j]
+        xp[j] = v
+        total_b += v
+    for j in range(n_b, 8 * groups):
+        xp[j] = 0.0
+    for g in range(groups):
+        lut_b[g, 0] = 0.0
+        for t in range(8):
             step = 1 << t
-            for v in range(step):
-                lo[v + step] = lo[v] + vlo
-                hi[v + step] = hi[v] + vhi
-        for vh in range(16):
-            for vl in range(16):
-                lut_b[g, 16 * vh + vl] = hi[vh] + lo[vl]
+            v = xp[8 * g + t]
+            for u in range(step):
+                lut_b[g, step + u] = lut_b[g, u] + v
     total_s = np.float32(0.0)
-    for p in range(lut_s.shape[0]):
-        x0 = x[sal[2 * p]]
-        x1 = x[sal[2 * p + 1]] if 2 * p + 1 < n_s else np.float32(0.0)
-        total_s += x0 + x1
-        for v in range(256):
-            lut_s[p, v] = (v & 15) * x0 + (v >> 4) * x1
+    for p in range(n_code_bytes):
+        e = x[sal[2 * p]] if 2 * p < n_s else np.float32(0.0)
+        o = x[sal[2 * p + 1]] if 2 * p + 1 < n_s else np.float32(0.0)
+        xe[p] = e
+        xo[p] = o
+        total_s += e + o
     return total_b, total_s
 
 
-def _row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s):
-    """Output ``i`` of one packed linear from its lookup tables (the formula of the module docstring)."""
-    pos = np.float32(0.0)
-    for g in range(sign.shape[1]):
-        pos += lut_b[g, sign[i, g]]
+def _code_dot(row, xe, xo):
+    """sum_p low(row[p]) * xe[p] + high(row[p]) * xo[p] for one padded code row [P'] (nibbles split in float)."""
     q = np.float32(0.0)
-    for p in range(codes.shape[1]):
-        q += lut_s[p, codes[i, p]]
-    return a[i] * (2 * pos - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
+    for p in range(row.shape[0]):
+        c = np.float32(row[p])
+        hi = np.floor(c * np.float32(0.0625))
+        q += (c - np.float32(16.0) * hi) * xe[p] + hi * xo[p]
+    return q
 
 
-def _packed_matvec(x, sal_idx, bin_idx, r2, sign, codes, a, b, scale, zero, out):
-    """out [T, m] = x [T, n] @ W_hat^T for the packed layer (float32 throughout)."""
-    lut_b = np.empty((sign.shape[1], 256), dtype=np.float32)
-    lut_s = np.empty((codes.shape[1], 256), dtype=np.float32)
-    for t in range(x.shape[0]):
-        total_b, total_s = build_luts(x[t], sal_idx, bin_idx, r2, lut_b, lut_s)
-        for i in numba.prange(sign.shape[0]):
-            out[t, i] = packed_row(i, sign, codes, a, b, scale, zero, lut_b, lut_s, total_b, total_s)
+def _rows(lo, hi, sign, codes, a, b, scale, zero, lut_b, xe, xo, total_b, total_s, out):
+    """out[i] for rows lo <= i < hi from the tables. Two passes: the sign lookups (4 rows at a
+    time, sums parked in out), then the 4-bit dot products and the per-row factors."""
+    groups = sign.shape[1]
+    hi4 = lo + (hi - lo) // 4 * 4
+    for i in range(lo, hi4, 4):
+        p0 = np.float32(0.0)
+        p1 = np.float32(0.0)
+        p2 = np.float32(0.0)
+        p3 = np.float32(0.0)
+        for g in range(groups):
+            p0 += lut_b[g, sign[i, g]]
+            p1 += lut_b[g, sign[i + 1, g]]
+            p2 += lut_b[g, sign[i + 2, g]]
+            p3 += lut_b[g, sign[i + 3, g]]
+        out[i] = p0
+        out[i + 1] = p1
+        out[i + 2] = p2
+        out[i + 3] = p3
+    for i in range(hi4, hi):
+        pos = np.float32(0.0)
+        for g in range(groups):
+            pos += lut_b[g, sign[i, g]]
+        out[i] = pos
+    for i in range(lo, hi):
+        q = _code_dot_jit(codes[i], xe, xo)
+        out[i] = a[i] * (2 * out[i] - total_b) + b[i] * total_b + scale[i] * (q - zero[i] * total_s)
 
 
-if HAVE_NUMBA:
-    build_luts = numba.njit(cache=True, nogil=True, fastmath=True)(_build_luts)
-    packed_row = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_row)
-    packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
-else:  # pragma: no cover
-    build_luts = packed_row = packed_matvec = None
+def _chunk_bounds(c, n_chunks, m):
+    """Rows [lo, hi) of chunk c when m rows are split into n_chunks chunks aligned to ROW_ALIGN."""
+    per = (m + n_chunks - 1) // n_chunks
+    per = (per + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
+    return min(m, c * per), min(m, (c + 1) * per)
+
+
+def _linear_chunk(c, n_chunks, x, w, out, lut_b, xp, xe, xo):
+    """Chunk c of n_chunks of out [m] = packed linear w (tuple of kernel buffers) applied to x [n]."""
+    sal, bidx, r2, sign, codes, a, b, scale, zero = w
+    lo, hi = _chunk_bounds_jit(c, n_chunks, out.shape[0])
+    if lo >= hi:
+        return
+    total_b, total_s = _prepare_jit(x, sal, bidx, r2, codes.shape[1], lut_b, xp, xe, xo)
+    _rows_jit(lo, hi, sign, codes, a, b, scale, zero, lut_b, xe, xo, total_b, total_s, out)
+
+
+def _packed_matvec(x, w, out, n_chunks):
+    """out [T, m] = x [T, n] @ W_hat^T for the packed layer w (float32 throughout; w from kernel_buffers)."""
+    sign, codes = w[3], w[4]
+    groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
+    for c in numba.prange(n_chunks):
+        lut_b = np.empty((groups, 256), dtype=np.float32)
+        xp = np.empty(8 * groups, dtype=np.float32)
+        xe = np.empty(width, dtype=np.float32)
+        xo = np.empty(width, dtype=np.float32)
+        for t in range(x.shape[0]):
+            _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo)
 
 
 def _int8_matvec(x, w, scale, out):
@@ -106,6 +166,14 @@ def _int8_matvec(x, w, scale, out):
 
 
 if HAVE_NUMBA:
+    _jit = numba.njit(cache=True, nogil=True, fastmath=True)
+    _prepare_jit = _jit(_prepare)
+    _code_dot_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_code_dot)
+    _rows_jit = _jit(_rows)
+    _chunk_bounds_jit = _jit(_chunk_bounds)
+    _linear_chunk_jit = _jit(_linear_chunk)
+    linear_chunk = _linear_chunk_jit
+    packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
     int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
 else:  # pragma: no cover
-    int8_matvec = None
+    linear_chunk = packed_matvec = int8_matvec = None
