@@ -38,6 +38,8 @@ def test_kernel_matches_reference_matmul(m, n, n_sal, tokens):
     w = PTQ161(PTQ161Config()).dequantize(parts)
     mod = PackedPTQ161Linear.from_parts(parts)
     assert torch.equal(mod.dequantize(), w)  # unpacking reproduces the quantizer's weight bit for bit
+    assert torch.equal(mod.dense_rows(slice(None)), w)  # the numba row kernel (prefill path) too
+    assert torch.equal(mod.dense_rows(slice(1, m - 1)), w[1 : m - 1])
     x = torch.randn(2, tokens, n, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = mod(x)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..methods import ptq161_math as pm
 from ..packing.bits import unpack_bits, unpack_nibbles
-from ..packing.kernels import kernel_threads, packed_matvec, padded_codes
+from ..packing.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
 from .lowbit import LUT_MAX_TOKENS, lowbit_forward
 
 ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
@@ -75,6 +76,16 @@ class PackedPTQ161Linear(nn.Module):
         w_bin = pm.binary_dequantize(unpack_bits(self.sign[rows], n_b), self.a[rows], self.b[rows], self.r2)
         return pm.assemble(self.mask(), w_sal, w_bin)
 
+    def dense_rows(self, rows: slice) -> torch.Tensor:
+        """``dequantize(rows)`` by the numba kernel on the CPU (same bits, about 10x faster); float32 [rows, n]."""
+        if self.sign.device.type != "cpu" or dequantize_rows is None or rows.step not in (None, 1):
+            return self.dequantize(rows)
+        lo, hi, _ = rows.indices(self.out_features)
+        out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
+        if hi > lo:
+            dequantize_rows(lo, hi, *self.kernel_buffers(), out)
+        return torch.from_numpy(out)
+
     def kernel_buffers(self) -> tuple:
         """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
         (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m]);
@@ -101,7 +112,7 @@ class PackedPTQ161Linear(nn.Module):
         y = lowbit_forward(
             x,
             self.out_features,
-            self.dequantize,
+            self.dense_rows,
             lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
             ROW_TILE,
         )

@@ -149,6 +149,27 @@ def _packed_matvec(x, w, out, n_chunks):
             _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo)
 
 
+def _dequantize_rows(lo, hi, sal, bidx, r2, sign, codes, a, b, scale, zero, out):
+    """out [hi - lo, n] = float32 rows lo..hi of the packed weight (the prefill path's row tiles).
+
+    The same float32 operations in the same order as ``ptq161_math.rtn_dequantize`` and
+    ``binary_dequantize`` and compiled without fast-math (no fused multiply-add), so the rows
+    equal the torch dequantization bit for bit (a test). ``codes`` may be padded.
+    """
+    n_s = sal.shape[0]
+    n_b = bidx.shape[0]
+    for r in numba.prange(hi - lo):
+        i = lo + r
+        for k in range(n_s):
+            byte = codes[i, k >> 1]
+            c = (byte >> 4) if k & 1 else (byte & 15)
+            out[r, sal[k]] = (np.float32(c) - zero[i]) * scale[i]
+        for j in range(n_b):
+            bit = (sign[i, j >> 3] >> (j & 7)) & 1
+            sgn = np.float32(1.0) if bit else np.float32(-1.0)
+            out[r, bidx[j]] = r2[j] * (a[i] * sgn + b[i])
+
+
 def _int8_matvec(x, w, scale, out):
     """out [T, m] = (x [T, n] @ w[m, n]^T) * scale [m] with int8 w (per-row symmetric).
 
@@ -175,5 +196,6 @@ if HAVE_NUMBA:
     linear_chunk = _linear_chunk_jit
     packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
     int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
+    dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath
 else:  # pragma: no cover
-    linear_chunk = packed_matvec = int8_matvec = None
+    linear_chunk = packed_matvec = int8_matvec = dequantize_rows = None
