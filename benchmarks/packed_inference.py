@@ -78,6 +78,26 @@ def rss_child(spec: str, prompt_tokens: int, new_tokens: int, engine: str = "off
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def median_result(results: list):
+    """The SpeedResult with the median decode speed (its prefill speed from the median too)."""
+    import dataclasses
+    import statistics
+
+    mid = sorted(results, key=lambda r: r.decode_tokens_per_s)[len(results) // 2]
+    return dataclasses.replace(mid, prefill_tokens_per_s=statistics.median(r.prefill_tokens_per_s for r in results))
+
+
+def round_ratios(rounds: list[dict], name: str) -> str:
+    """Median (min-max) over rounds of decode tok/s of ``name`` / dense fp32 in the same round."""
+    r = sorted(x[name].decode_tokens_per_s / x["dense fp32"].decode_tokens_per_s for x in rounds)
+    return f"{r[len(r) // 2]:.2f}x ({r[0]:.2f}-{r[-1]:.2f} over {len(r)} rounds)"
+
+
+def same_tokens(rounds: list[dict], name: str) -> bool:
+    """Whether ``name`` generated the fake-quant model's greedy tokens in every round."""
+    return all(r[name].tokens == r["fake-quant"].tokens for r in rounds)
+
+
 def layer_4096_bits() -> float:
     """Bits per weight from the bytes of a saved packed 4096 x 4096 layer."""
     from safetensors.torch import save_file
@@ -120,6 +140,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="speed rounds (every model once per round); medians")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ptq161-packed-") as tmp:
@@ -153,17 +174,19 @@ def main() -> None:
             for name, m in (("packed", packed), ("fake-quant", fake))
         }
         engine_diff = engine_logit_diff(packed, fake, ids)
-        speed = {
-            name: measure_speed(m, ids, args.new_tokens, engine=engine)
-            for name, m, engine in (
-                ("packed", packed, "off"),
-                (INT8, packed8, "off"),
-                (ENG, packed, "on"),
-                (ENG8, packed8, "on"),
-                ("fake-quant", fake, "off"),
-                ("dense fp32", dense, "off"),
-            )
-        }
+        runs = (
+            ("packed", packed, "off"),
+            (INT8, packed8, "off"),
+            (ENG, packed, "on"),
+            (ENG8, packed8, "on"),
+            ("fake-quant", fake, "off"),
+            ("dense fp32", dense, "off"),
+        )
+        rounds = [  # every model once per round, so each round's ratios share the machine's state
+            {name: measure_speed(m, ids, args.new_tokens, engine=engine) for name, m, engine in runs}
+            for _ in range(args.rounds)
+        ]
+        speed = {name: median_result([r[name] for r in rounds]) for name, _, _ in runs}
         rss = {
             "packed": rss_child(str(out), args.prompt_tokens, args.new_tokens),
             INT8: rss_child(str(out8), args.prompt_tokens, args.new_tokens),
@@ -174,23 +197,19 @@ def main() -> None:
     n_params = sum(p.numel() for p in dense.parameters())
     fp16_bytes = 2 * n_params
     b4096 = layer_4096_bits()
-    dense_tps = speed["dense fp32"].decode_tokens_per_s
-    ratio = speed["packed"].decode_tokens_per_s / dense_tps
-    ratio8 = speed[INT8].decode_tokens_per_s / dense_tps
-    ratio_e = speed[ENG].decode_tokens_per_s / dense_tps
-    ratio_e8 = speed[ENG8].decode_tokens_per_s / dense_tps
+    ratio, ratio8, ratio_e, ratio_e8 = (round_ratios(rounds, name) for name in ("packed", INT8, ENG, ENG8))
     rows = [
         (k, round(v.prefill_tokens_per_s, 1), round(v.decode_tokens_per_s, 2), rss.get(k, "-"))
         for k, v in speed.items()
     ]
     table = markdown_table(["model", "prefill tok/s", "decode tok/s (batch 1, greedy)", "peak RSS MiB"], rows)
     facts = [
-        ("decode speed-up packed (fp32 lm_head) / dense fp32, same process", f"{ratio:.2f}x"),
-        ("decode speed-up packed (int8 lm_head) / dense fp32, same process", f"{ratio8:.2f}x"),
-        ("decode speed-up packed + fused engine (fp32 lm_head) / dense fp32, same process", f"{ratio_e:.2f}x"),
-        ("decode speed-up packed + fused engine (int8 lm_head) / dense fp32, same process", f"{ratio_e8:.2f}x"),
-        ("same greedy tokens packed vs fake-quant", speed["packed"].tokens == speed["fake-quant"].tokens),
-        ("same greedy tokens packed + fused engine vs fake-quant", speed[ENG].tokens == speed["fake-quant"].tokens),
+        ("decode speed-up packed (fp32 lm_head) / dense fp32, same process", ratio),
+        ("decode speed-up packed (int8 lm_head) / dense fp32, same process", ratio8),
+        ("decode speed-up packed + fused engine (fp32 lm_head) / dense fp32, same process", ratio_e),
+        ("decode speed-up packed + fused engine (int8 lm_head) / dense fp32, same process", ratio_e8),
+        ("same greedy tokens packed vs fake-quant (every round)", same_tokens(rounds, "packed")),
+        ("same greedy tokens packed + fused engine vs fake-quant (every round)", same_tokens(rounds, ENG)),
         ("max |logit| difference, fused engine vs fake-quant (16 decode steps)", f"{engine_diff:.2e}"),
         ("max |logit| difference, prefill path (row tiles)", f"{(lp - lf).abs().max().item():.2e}"),
         ("max |logit| difference, decode path (lookup kernel)", f"{(sp - sf).abs().max().item():.2e}"),
@@ -207,8 +226,11 @@ def main() -> None:
         "Embeddings / lm_head (tied, 28 % of the parameters) stay fp32 in the packed directory unless the int8 "
         "variant is asked for; they dominate its size. 'model forward' rows run transformers' eager modules every "
         "step (the packed linears call the lookup kernel one by one); 'fused decode engine' rows run all decoder "
-        "layers of a step in one numba call per layer (ptq161.nn.engine), prefill through the model's own "
-        "forward. The dense fp32 baseline is transformers' eager forward with a DynamicCache (no engine exists "
+        "layers of a step in one numba call per layer (ptq161.nn.engine; the rows of each linear are split "
+        "between the threads, each building its own lookup tables), prefill through the model's own forward "
+        "(packed linears: row tiles rebuilt by a numba kernel, then BLAS). "
+        "Speeds are medians over rounds, each round running every model once; speed-ups are medians of the "
+        "per-round ratios. The dense fp32 baseline is transformers' eager forward with a DynamicCache (no engine exists "
         f"for dense weights). torch threads {torch.get_num_threads()}, numba threads "
         f"{__import__('numba').get_num_threads()}."
     )
@@ -216,11 +238,17 @@ def main() -> None:
         "packed_inference",
         "Packed PTQ1.61 smollm2-135m: size, fidelity, CPU speed",
         table,
-        {"speed": {k: v.to_dict() for k, v in speed.items()}, "rss_mb": rss, "facts": dict(facts)},
+        {
+            "speed": {k: v.to_dict() for k, v in speed.items()},
+            "rounds": [{k: v.to_dict() for k, v in r.items()} for r in rounds],
+            "rss_mb": rss,
+            "facts": dict(facts),
+        },
         notes,
         preset=args.preset,
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
+        rounds=args.rounds,
     )
     print(table)
 
