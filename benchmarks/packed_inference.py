@@ -230,8 +230,8 @@ def main() -> None:
         "between the threads, each building its own lookup tables), prefill through the model's own forward "
         "(packed linears: row tiles rebuilt by a numba kernel, then BLAS). "
         "Speeds are medians over rounds, each round running every model once; speed-ups are medians of the "
-        "per-round ratios. The dense fp32 baseline is transformers' eager forward with a DynamicCache (no engine exists "
-        f"for dense weights). torch threads {torch.get_num_threads()}, numba threads "
+        "per-round ratios. The dense fp32 baseline is transformers' eager forward with a DynamicCache "
+        f"(no engine exists for dense weights). torch threads {torch.get_num_threads()}, numba threads "
         f"{__import__('numba').get_num_threads()}."
     )
     write_results(
