@@ -133,6 +133,25 @@ def near_ties(samples: list[dict]) -> dict:
     return out
 
 
+def acc_norm_by_length(samples: list[dict]) -> dict[str, int]:
+    """Correct acc_norm counts of the independent run's log-likelihoods under other length definitions."""
+    lengths = {
+        "characters (lm-eval)": len,
+        "characters + 1 (leading space)": lambda t: len(t) + 1,
+        "UTF-8 bytes": lambda t: len(t.encode()),
+        "characters, stripped": lambda t: len(t.strip()),
+    }
+    out = {}
+    for name, f in lengths.items():
+        correct = 0
+        for s in samples:
+            ll = np.array([float(r[0]) for r in s["filtered_resps"]], dtype=np.float64)
+            lens = np.array([f(s["doc"]["sol1"]), f(s["doc"]["sol2"])], dtype=np.float64)
+            correct += int(np.argmax(ll / lens) == int(s["target"]))
+        out[name] = correct
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=1, help="both runs (lm-eval's default is 1)")
@@ -158,6 +177,9 @@ def main() -> None:
         for metric, items in ties.items()
         for t in items
     ]
+    by_len = acc_norm_by_length(samples)
+    table += "\n\nacc_norm of the independent run here with other length normalizations (correct of 1838):\n\n"
+    table += markdown_table(["length", "correct"], list(by_len.items()))
     table += "\n\nSmallest decision margins of the independent run here (other numerics flip these first):\n\n"
     table += markdown_table(["metric", "doc", "margin", "gold", "pred", "correct"], tie_rows)
     equal = abs(ours["acc"] - ind["acc"]) < 1e-12 and abs(ours["acc_norm"] - ind["acc_norm"]) < 1e-12
@@ -166,7 +188,9 @@ def main() -> None:
         "The quoted run differs by -1 item (acc) and +2 items (acc_norm). Variants tried on the near-tie items "
         "(fp32 SDPA / eager attention, batch 1 / 2 / 16, 1 / 2 threads, model loaded from the GGUF directly: "
         "identical weights and logits) keep our predictions; float16 and bfloat16 change them, but a full float16 "
-        "pass again gives 1182 / 1182. The quoted numbers are therefore not reproduced by any setup tried; "
+        "pass again gives 1182 / 1182, and so does a full pass with a BOS token prepended (lm-eval add_bos_token; "
+        "benchmarks/piqa_batch_check.py --dtype float16 / --add-bos). The quoted numbers are therefore not "
+        "reproduced by any setup tried, nor by another length normalization (table above); "
         "the smallest acc_norm margins (< 1e-4 nats per character, all three currently wrong) are where a "
         "different numeric setup moves acc_norm up by 2."
     )
@@ -174,7 +198,15 @@ def main() -> None:
         "piqa_independent",
         "FP PIQA (all items): ptq161 eval vs an independent lm-eval run",
         table,
-        {"ptq161": ours, "independent": ind, "quoted": QUOTED, "items": n, "equal": equal, "near_ties": ties},
+        {
+            "ptq161": ours,
+            "independent": ind,
+            "quoted": QUOTED,
+            "items": n,
+            "equal": equal,
+            "near_ties": ties,
+            "acc_norm_correct_by_length": by_len,
+        },
         notes,
         batch_size=args.batch_size,
     )
