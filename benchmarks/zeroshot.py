@@ -78,19 +78,37 @@ def render(store: dict, args: argparse.Namespace) -> None:
     check = store.get("piqa_full")
     if check:
         m = check["tasks"]["piqa"]
+        cli_path = RESULTS / "piqa_independent.json"
+        cli = json.loads(cli_path.read_text())["independent"] if cli_path.exists() else None
+
+        def same(a: float | None, b: float) -> str:
+            return "-" if a is None else ("yes" if round(a, 4) == round(b, 4) else "NO")
+
         rows = [
             (
                 metric,
                 f"{m[metric]:.4f}",
+                "-" if cli is None else f"{cli[metric]:.4f}",
+                same(None if cli is None else cli[metric], m[metric]),
                 f"{INDEPENDENT_PIQA[metric]:.4f}",
-                "yes" if round(m[metric], 4) == INDEPENDENT_PIQA[metric] else "NO",
+                same(INDEPENDENT_PIQA[metric], m[metric]),
             )
             for metric in ("acc", "acc_norm")
         ]
         parts.append(
             f"## Harness check: FP PIQA, all {check['n_samples']['piqa']} validation items "
             f"({check['wall_seconds']:.0f} s)\n\n"
-            + markdown_table(["metric", "ptq161 eval", "independent lm-eval run", "equal to 4 decimals"], rows)
+            + markdown_table(
+                [
+                    "metric",
+                    "ptq161 eval",
+                    "lm-eval CLI run here",
+                    "equal (4 decimals)",
+                    "run quoted in issue 7",
+                    "equal (4 decimals)",
+                ],
+                rows,
+            )
         )
     table = store.get("table", {})
     if table:
@@ -150,18 +168,19 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "calibration, 64 x 256 tokens of WikiText-2 validation). 'mean acc' averages the acc column of the "
         "available tasks. WikiText-2 ppl: first 8 windows of 2048 tokens, from the comparison benchmark."
     )
-    notes += (
-        " PIQA check: our acc differs from the independent run quoted in issue 7 by 1 item and acc_norm by 2 "
-        "items of 1838. "
-        "Not a batching effect: the same evaluation with lm-eval batch size 1 and 16 gave identical results "
-        "(0.6431 / 0.6431; `python benchmarks/piqa_batch_check.py 1 all` and `... 16 all`, 2026-11-24, "
-        "1 torch thread). An independent run made here with lm-eval's own command line (its hf model loading "
-        "the same FP folder by path, a task YAML reading the raw valid.jsonl + valid-labels.lst, no ptq161 code) "
-        "gives 0.6431 / 0.6431 too, the same correct counts as ours, 1182 / 1182 (benchmarks/results/"
-        "piqa_independent.md). The quoted 0.6425 / 0.6442 come from a run whose setup was not recorded and is "
-        "not reproduced by any setup tried; the items it would flip are near ties (acc_norm margins < 1e-4 nats "
-        "per character)."
-    )
+    if check:
+        n = check["n_samples"]["piqa"]
+        m = check["tasks"]["piqa"]
+        counts = f"{round(m['acc'] * n)} / {round(m['acc_norm'] * n)} correct of {n}"
+        notes += (
+            " PIQA check: ptq161 eval gives the same accuracies as lm-eval's own command line run here on the same "
+            "local files (its hf model loading the same FP folder by path, a task YAML reading the raw valid.jsonl "
+            f"+ valid-labels.lst, no ptq161 code): {counts} (benchmarks/results/piqa_independent.md). "
+            "The run quoted in issue 7 (0.6425 / 0.6442, setup not recorded) differs by 1 item (acc) and 2 items "
+            "(acc_norm); no setup tried reproduces it (lm-eval batch size 1 / 16, float16, a BOS token, SDPA / eager "
+            "attention, 1 / 2 threads, weights read from the GGUF directly; `python benchmarks/piqa_batch_check.py`). "
+            "The items it would flip are near ties (acc_norm margins < 1e-4 nats per character)."
+        )
     threads = sorted({r.get("torch_threads") for r in store["table"].values() if r.get("torch_threads")})
     if threads:
         notes += (
