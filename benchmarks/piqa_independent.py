@@ -116,11 +116,16 @@ def ptq161_run(work: Path, batch_size: int) -> dict:
     return json.loads(out.read_text())["tasks"]["piqa"]
 
 
+def loglikelihoods(sample: dict) -> np.ndarray:
+    """The two choices' log-likelihoods of one lm-eval sample, float64 [2]."""
+    return np.array([float(r[0]) for r in sample["filtered_resps"]], dtype=np.float64)
+
+
 def near_ties(samples: list[dict]) -> dict:
     """Per-item decision margins of the independent run (nats; per character for acc_norm)."""
     acc_m, norm_m = [], []
     for s in samples:
-        ll = np.array([float(r[0]) for r in s["filtered_resps"]], dtype=np.float64)
+        ll = loglikelihoods(s)
         doc = s["doc"]
         lens = np.array([len(doc["sol1"]), len(doc["sol2"])], dtype=np.float64)
         gold = int(s["target"])
@@ -141,11 +146,11 @@ def acc_norm_by_length(samples: list[dict]) -> dict[str, int]:
         "UTF-8 bytes": lambda t: len(t.encode()),
         "characters, stripped": lambda t: len(t.strip()),
     }
+    lls = [loglikelihoods(s) for s in samples]
     out = {}
     for name, f in lengths.items():
         correct = 0
-        for s in samples:
-            ll = np.array([float(r[0]) for r in s["filtered_resps"]], dtype=np.float64)
+        for s, ll in zip(samples, lls, strict=True):
             lens = np.array([f(s["doc"]["sol1"]), f(s["doc"]["sol2"])], dtype=np.float64)
             correct += int(np.argmax(ll / lens) == int(s["target"]))
         out[name] = correct
@@ -178,7 +183,7 @@ def main() -> None:
         for t in items
     ]
     by_len = acc_norm_by_length(samples)
-    table += "\n\nacc_norm of the independent run here with other length normalizations (correct of 1838):\n\n"
+    table += f"\n\nacc_norm of the independent run here with other length normalizations (correct of {n}):\n\n"
     table += markdown_table(["length", "correct"], list(by_len.items()))
     table += "\n\nSmallest decision margins of the independent run here (other numerics flip these first):\n\n"
     table += markdown_table(["metric", "doc", "margin", "gold", "pred", "correct"], tie_rows)

@@ -77,7 +77,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
     parts = []
     check = store.get("piqa_full")
     if check:
-        m = check["tasks"]["piqa"]
+        n_piqa = check["n_samples"]["piqa"]
+        piqa = check["tasks"]["piqa"]
         cli_path = RESULTS / "piqa_independent.json"
         cli = json.loads(cli_path.read_text())["independent"] if cli_path.exists() else None
 
@@ -87,16 +88,16 @@ def render(store: dict, args: argparse.Namespace) -> None:
         rows = [
             (
                 metric,
-                f"{m[metric]:.4f}",
+                f"{piqa[metric]:.4f}",
                 "-" if cli is None else f"{cli[metric]:.4f}",
-                same(None if cli is None else cli[metric], m[metric]),
+                same(None if cli is None else cli[metric], piqa[metric]),
                 f"{INDEPENDENT_PIQA[metric]:.4f}",
-                same(INDEPENDENT_PIQA[metric], m[metric]),
+                same(INDEPENDENT_PIQA[metric], piqa[metric]),
             )
             for metric in ("acc", "acc_norm")
         ]
         parts.append(
-            f"## Harness check: FP PIQA, all {check['n_samples']['piqa']} validation items "
+            f"## Harness check: FP PIQA, all {n_piqa} validation items "
             f"({check['wall_seconds']:.0f} s)\n\n"
             + markdown_table(
                 [
@@ -169,9 +170,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "available tasks. WikiText-2 ppl: first 8 windows of 2048 tokens, from the comparison benchmark."
     )
     if check:
-        n = check["n_samples"]["piqa"]
-        m = check["tasks"]["piqa"]
-        counts = f"{round(m['acc'] * n)} / {round(m['acc_norm'] * n)} correct of {n}"
+        counts = f"{round(piqa['acc'] * n_piqa)} / {round(piqa['acc_norm'] * n_piqa)} correct of {n_piqa}"
         notes += (
             " PIQA check: ptq161 eval gives the same accuracies as lm-eval's own command line run here on the same "
             "local files (its hf model loading the same FP folder by path, a task YAML reading the raw valid.jsonl "
