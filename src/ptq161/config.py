@@ -1,12 +1,35 @@
-"""Typed run settings: calibration data and presets (method settings live with each method)."""
+"""Typed run settings: calibration data, presets, and the ``option`` field helper.
+
+Method settings live with each method as dataclasses; a field made with ``option``
+carries the help text (and bounds) from which the command line builds its flag, so a
+setting is declared once.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import PTQ161Error
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> Any:
+    """A config field that the command line offers as ``flag`` (default ``--field-name``).
+
+    ``minimum`` / ``maximum`` bound the value at parse time (``exclusive`` makes both bounds
+    open); the config's ``__post_init__`` still validates everything, for API callers.
+    """
+    meta = {"help": help, "flag": flag, "minimum": minimum, "maximum": maximum, "exclusive": exclusive}
+    return field(default=default, metadata={"cli": meta})
 
 
 @dataclass

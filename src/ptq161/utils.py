@@ -37,6 +37,24 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_save_file(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` as a safetensors file at ``path`` via a temporary sibling and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``final`` on success.
@@ -55,13 +73,6 @@ def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def seeded_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch generator seeded with ``seed`` (no global RNG state is touched)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def python_rng(seed: int) -> random.Random:

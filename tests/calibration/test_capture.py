@@ -1,5 +1,5 @@
 import torch
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 from ptq161.calibration.capture import capture_block_inputs, run_block
 from ptq161.models import get_adapter

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 from ptq161.errors import DataError
 from ptq161.eval import perplexity, windows_of

@@ -8,16 +8,16 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 from ptq161 import CalibConfig, quantize
-from ptq161.artifact import read_parts, verify_parts
 from ptq161.calibration.capture import capture_block_inputs, run_block
 from ptq161.calibration.stats import record_input_stats
 from ptq161.errors import PTQ161Error
-from ptq161.methods.base import BlockContext
-from ptq161.methods.ptq161 import PTQ161, LearnableBinaryLinear, PTQ161Config, _set_submodule
+from ptq161.methods import BlockContext
+from ptq161.methods.ptq161 import PTQ161, LearnableBinaryLinear, PTQ161Config
 from ptq161.models import get_adapter
+from ptq161.pipeline.output_dir import read_parts, verify_parts
 
 
 def block_context(model, n=4, seqlen=32, seed=0):
@@ -28,7 +28,7 @@ def block_context(model, n=4, seqlen=32, seed=0):
     linears = ad.block_linears(block)
     with torch.no_grad(), record_input_stats(linears) as stats:
         y = run_block(block, x, call)
-    return BlockContext(0, block, linears, x, x.clone(), y, stats, call, seed)
+    return BlockContext(0, block, linears, x, x.clone(), y, stats, call)
 
 
 def test_training_decreases_the_block_loss_and_weights_come_from_parts():
@@ -62,7 +62,7 @@ def test_gradients_reach_only_s_r1_r2():
         p.requires_grad_(False)
     mods = {n: method._init_layer(lin, ctx.stats[n].get("max")) for n, lin in ctx.linears.items()}
     for n, m in mods.items():
-        _set_submodule(ctx.block, n, m)
+        ctx.block.set_submodule(n, m)
     y = run_block(ctx.block, ctx.x_q, ctx.call)
     ((y - ctx.y_fp) ** 2).mean().backward()
     trainable = {name for name, p in ctx.block.named_parameters() if p.requires_grad}
@@ -155,7 +155,7 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(progress.read_text())["done"]
+    done = json.loads(progress.read_text())["progress"]["done"]
     assert 1 <= done < 4, "the kill should land mid-run"
     assert not (part / "ptq161.json").exists()
     again = subprocess.run(_cli(*args, "--output", str(part)), capture_output=True, text=True, env=env)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import byte_tokenizer, tiny_llama
+from tests.helpers import byte_tokenizer, tiny_llama
 
 from ptq161.errors import PTQ161Error
 from ptq161.models import load_model

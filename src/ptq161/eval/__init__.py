@@ -1,4 +1,4 @@
-"""Evaluation: perplexity (and, later, zero-shot tasks and reports)."""
+"""Evaluation: perplexity (GPTQ protocol), zero-shot tasks (lm-eval), salient-concentration statistics, tables."""
 
 from .perplexity import PerplexityResult, perplexity, window_nll, windows_of
 

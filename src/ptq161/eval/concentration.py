@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..calibration.stats import record_input_stats
+from ..calibration import record_input_stats
 from ..models import get_adapter
 
 

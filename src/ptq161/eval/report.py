@@ -31,7 +31,7 @@ def run_metadata(**settings: Any) -> dict[str, Any]:
     import torch
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

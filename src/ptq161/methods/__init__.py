@@ -1,5 +1,27 @@
-"""Quantization methods; each registers itself with the block-wise driver."""
+"""Quantization methods: the explicit table of every method the block-wise driver runs."""
 
-from .base import METHODS, BlockContext, BlockResult, Method, MethodConfig, get_method, register_method
+from ..errors import PTQ161Error
+from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
+from .billm import BiLLM
+from .gptq import GPTQ
+from .pbllm import PBLLM
+from .ptq161 import PTQ161
+from .rtn import RTN
 
-__all__ = ["METHODS", "BlockContext", "BlockResult", "Method", "MethodConfig", "get_method", "register_method"]
+METHODS: dict[str, type[Method]] = {
+    "ptq161": PTQ161,
+    "rtn": RTN,
+    "gptq": GPTQ,
+    "pbllm": PBLLM,
+    "billm": BiLLM,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class called ``name`` or a one-line error listing the choices."""
+    if name not in METHODS:
+        raise PTQ161Error(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "BlockContext", "BlockResult", "LayerBits", "Method", "MethodConfig", "Parts", "get_method"]

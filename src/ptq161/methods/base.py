@@ -1,4 +1,4 @@
-"""What every quantization method implements, and the registry the driver looks methods up in."""
+"""What every quantization method implements (the table of methods is ``ptq161.methods.METHODS``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..calibration.capture import BlockCall
-from ..calibration.stats import ChannelStats
+from ..calibration import BlockCall, ChannelStats
 from ..errors import PTQ161Error
 
 Parts = dict[str, torch.Tensor]  # the stored pieces of one quantized linear layer
@@ -52,7 +51,6 @@ class BlockContext:
     y_fp: torch.Tensor
     stats: dict[str, ChannelStats]
     call: BlockCall
-    seed: int
     report: Callable[..., None] = field(default=lambda **_: None)
 
 
@@ -78,7 +76,6 @@ class Method:
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]]
-    paper_label: ClassVar[str] = ""  # how the method's paper writes its bits, e.g. "1 (+1.1)"
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -95,20 +92,11 @@ class Method:
         """Bit accounting for one layer's parts."""
         raise NotImplementedError
 
+    @property
+    def packs(self) -> bool:
+        """Whether this method (with its config) has a packed storage format; False = dense "fake-quant" output."""
+        return False
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its ``name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    """The registered method class for ``name`` or a clear error listing the choices."""
-    from . import billm, gptq, pbllm, ptq161, rtn  # noqa: F401  (registers the built-in methods)
-
-    if name not in METHODS:
-        raise PTQ161Error(f"unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
+        """The packed module that replaces a linear with ``parts`` (and ``bias`` [m]); only when ``packs``."""
+        raise NotImplementedError(f"method '{self.name}' has no packed format")

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PTQ161Error
-from .base import MethodConfig, register_method
+from ..primitives.quant import binarize, residual_binarize
+from .base import MethodConfig
 from .gptq_math import blockwise_compensate, prepare_hessian
 from .layerwise import LayerwiseMethod
-from .quant_math import binarize, residual_binarize
 
 COMPENSATION = ("between-blocks", "none")
 
@@ -137,14 +137,12 @@ def billm_layer(w: torch.Tensor, h: torch.Tensor, cfg: BiLLMConfig) -> tuple[tor
     return q, salient["cols"], salient["blocks"]
 
 
-@register_method
 class BiLLM(LayerwiseMethod):
     """BiLLM on the shared block-wise driver."""
 
     name = "billm"
     config_class = BiLLMConfig
     config: BiLLMConfig
-    paper_label = "1 (+1.1)"
 
     def quantize_layer(self, w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, int]]:
         """W [m, n], H [n, n] -> dequantized Q [m, n] and the salient-column counts."""

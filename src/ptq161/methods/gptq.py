@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ..config import option
 from ..errors import PTQ161Error
-from . import ptq161_math as pm
-from .base import MethodConfig, register_method
+from ..primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize, rtn_stored_bits
+from .base import MethodConfig
 from .gptq_math import gptq_quantize, prepare_hessian
 from .layerwise import LayerwiseMethod
 
@@ -18,8 +18,8 @@ from .layerwise import LayerwiseMethod
 class GPTQConfig(MethodConfig):
     """bits 2..8, group_size 0 (per row, parameters once on the whole W) or 128; damp 0.01; blocks of 128."""
 
-    bits: int = 2
-    group_size: int = 0
+    bits: int = option(2, "weight bits 2-8 (default 2)", minimum=1)
+    group_size: int = option(0, "quantization group: 0 (per row, default) or 128", minimum=0)
     damp: float = 0.01
     blocksize: int = 128
 
@@ -37,20 +37,19 @@ def gptq_layer(
 ) -> torch.Tensor:
     """GPTQ-quantize W [m, n] with Hessian H [n, n]; returns dequantized Q [m, n]."""
     w, hinv = prepare_hessian(w, h, damp)
-    params = {"p": pm.rtn_asym_params(w, bits)}
+    params = {"p": rtn_asym_params(w, bits)}
 
     def quantize_column(col: torch.Tensor, idx: int) -> torch.Tensor:
         scale, zero = params["p"]
-        return pm.rtn_dequantize(pm.rtn_quantize(col[:, None], scale, zero, bits), scale, zero)[:, 0]
+        return rtn_dequantize(rtn_quantize(col[:, None], scale, zero, bits), scale, zero)[:, 0]
 
     def on_block(w_block: torch.Tensor, _start: int) -> None:
         if group_size:
-            params["p"] = pm.rtn_asym_params(w_block, bits)  # groups = blocks, fitted on the updated weights
+            params["p"] = rtn_asym_params(w_block, bits)  # groups = blocks, fitted on the updated weights
 
     return gptq_quantize(w, hinv, quantize_column, blocksize, on_block=on_block)
 
 
-@register_method
 class GPTQ(LayerwiseMethod):
     """GPTQ on the shared block-wise driver."""
 
@@ -66,5 +65,4 @@ class GPTQ(LayerwiseMethod):
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
         """b bits per weight + per group an fp16 scale and a b-bit zero."""
         b = self.config.bits
-        groups = math.ceil(n / (self.config.group_size or n))
-        return float(b), m * n * b + m * groups * (16 + b)
+        return float(b), rtn_stored_bits(m, n, b, self.config.group_size)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..calibration.capture import run_block
-from ..calibration.stats import record_hessians
+from ..calibration import record_hessians, run_block
 from .base import BlockContext, BlockResult, LayerBits, Method, Parts
 
 

@@ -7,19 +7,21 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import option
 from ..errors import PTQ161Error
-from . import ptq161_math as pm
-from .base import MethodConfig, register_method
+from ..primitives.quant import apply_binary, binarize_rows, rtn_asym_params, rtn_dequantize, rtn_quantize
+from .base import MethodConfig
 from .gptq_math import gptq_quantize, prepare_hessian
 from .layerwise import LayerwiseMethod
-from .quant_math import apply_binary, binarize_rows
 
 
 @dataclass
 class PBLLMConfig(MethodConfig):
     """salient_ratio of the weights (by Hessian saliency w^2 / Hinv_jj^2) kept at salient_bits."""
 
-    salient_ratio: float = 0.1
+    salient_ratio: float = option(
+        0.1, "share of the weights kept at 8 bits (default 0.1)", flag="--ratio", minimum=0, maximum=1, exclusive=True
+    )
     salient_bits: int = 8
     damp: float = 0.01
     blocksize: int = 128
@@ -48,25 +50,23 @@ def pbllm_layer(w: torch.Tensor, h: torch.Tensor, cfg: PBLLMConfig) -> tuple[tor
     full_rows = mask.all(dim=1, keepdim=True)
     # 8-bit parameters over each row's salient weights (the whole row when every weight is salient)
     sal_vals = torch.where(mask, w, torch.zeros_like(w))
-    scale, zero = pm.rtn_asym_params(torch.where(full_rows, w, sal_vals), cfg.salient_bits)
+    scale, zero = rtn_asym_params(torch.where(full_rows, w, sal_vals), cfg.salient_bits)
     mu, alpha = binarize_rows(w, ~mask)
 
     def quantize_column(col: torch.Tensor, idx: int) -> torch.Tensor:
-        hi = pm.rtn_dequantize(pm.rtn_quantize(col[:, None], scale, zero, cfg.salient_bits), scale, zero)[:, 0]
+        hi = rtn_dequantize(rtn_quantize(col[:, None], scale, zero, cfg.salient_bits), scale, zero)[:, 0]
         lo = apply_binary(col[:, None], mu, alpha)[:, 0]
         return torch.where(mask[:, idx], hi, lo)
 
     return gptq_quantize(w, hinv, quantize_column, cfg.blocksize), int(mask.sum())
 
 
-@register_method
 class PBLLM(LayerwiseMethod):
     """PB-LLM on the shared block-wise driver."""
 
     name = "pbllm"
     config_class = PBLLMConfig
     config: PBLLMConfig
-    paper_label = "1.7 (+1)"
 
     def quantize_layer(self, w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, int]]:
         """W [m, n], H [n, n] -> dequantized Q [m, n] and the salient count."""

@@ -3,7 +3,9 @@
 Per linear: the top ``salient_ratio`` input channels by activation statistic are kept
 at 4 bits (per-row asymmetric RTN); the other columns are binarized as
 r1 r2^T o (s * sign(W - mu) + mu) with s, r1, r2 trained per block against the FP
-block's outputs on both input streams (MSE + negative log cosine).
+block's outputs on both input streams (MSE + negative log cosine). The algorithm, and where
+paper and reference code differ, is described in the README ("Where this implementation
+differs from the reference code").
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..calibration.capture import run_block
+from ..calibration import run_block
+from ..config import option
 from ..errors import PTQ161Error
-from ..packing.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
+from ..nn import PackedPTQ161Linear
+from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
+from ..primitives.quant import STORAGE_DTYPE, assemble, binary_dequantize, rtn_asym_params, rtn_dequantize, rtn_quantize
 from . import ptq161_math as pm
-from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts, register_method
+from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
 
 
 @dataclass
@@ -34,15 +39,24 @@ class PTQ161Config(MethodConfig):
     use_mask = False binarizes every column (XNOR everywhere).
     """
 
-    salient_ratio: float = 0.2
-    statistic: Literal["max", "mean"] = "mean"
+    salient_ratio: float = option(
+        0.2,
+        "share of input channels kept at 4 bits (default 0.2)",
+        flag="--ratio",
+        minimum=0,
+        maximum=1,
+        exclusive=True,
+    )
+    statistic: Literal["max", "mean"] = option(
+        "mean", "activation statistic for the mask (default mean, the paper's; max is the reference code's)"
+    )
     salient_bits: int = 4
-    salient_range: Literal["salient", "row"] = "salient"
-    s_init: Literal["uncentred", "centred"] = "uncentred"
+    salient_range: Literal["salient", "row"] = option("salient", "4-bit min/max over (default salient)")
+    s_init: Literal["uncentred", "centred"] = option("uncentred", "init of the scale s (default uncentred)")
     use_mask: bool = True
     use_cosine: bool = True
-    epochs: int = 20
-    batch_size: int = 1
+    epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
+    batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
     lr_s: float = 5e-4
     lr_r: float = 1e-3
 
@@ -92,7 +106,7 @@ class LearnableBinaryLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         """Current fake-quantized weight [m, n]."""
         w_bin = self.r2[None, :] * self.r1[:, None] * (self.s[:, None] * self.sign + self.mu[:, None])
-        return pm.assemble(self.mask, self.w_salient, w_bin)
+        return assemble(self.mask, self.w_salient, w_bin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight(), self.bias)
@@ -100,19 +114,13 @@ class LearnableBinaryLinear(nn.Module):
     def folded_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a = r1 s, b = r1 mu, r2) rounded to the storage dtype."""
         with torch.no_grad():
-            a = (self.r1 * self.s).to(pm.STORAGE_DTYPE)
-            b = (self.r1 * self.mu).to(pm.STORAGE_DTYPE)
-            return a, b, self.r2.detach().to(pm.STORAGE_DTYPE)
+            a = (self.r1 * self.s).to(STORAGE_DTYPE)
+            b = (self.r1 * self.mu).to(STORAGE_DTYPE)
+            return a, b, self.r2.detach().to(STORAGE_DTYPE)
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
-@register_method
 class PTQ161(Method):
-    """PTQ1.61, see the module docstring and docs/method.md."""
+    """PTQ1.61, see the module docstring."""
 
     name = "ptq161"
     config_class = PTQ161Config
@@ -126,10 +134,10 @@ class PTQ161(Method):
         mask = mask.to(w.device)
         w_sal = w[:, mask]
         range_of = w_sal if cfg.salient_range == "salient" and w_sal.shape[1] else w
-        scale, zero = pm.rtn_asym_params(range_of, cfg.salient_bits)
-        codes = pm.rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
+        scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
+        codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
         sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
-        module = LearnableBinaryLinear(mask, pm.rtn_dequantize(codes, scale, zero), sign, mu, s, lin.bias)
+        module = LearnableBinaryLinear(mask, rtn_dequantize(codes, scale, zero), sign, mu, s, lin.bias)
         module.codes, module.scale, module.zero = codes, scale, zero  # kept for the stored parts
         return module
 
@@ -167,13 +175,13 @@ class PTQ161(Method):
             for p in frozen:
                 p.requires_grad_(False)
             for name, mod in modules.items():
-                _set_submodule(ctx.block, name, mod)
+                ctx.block.set_submodule(name, mod)
             try:
                 with torch.enable_grad():
                     log = self._train(ctx, modules, t2)
             finally:
                 for name, lin in ctx.linears.items():
-                    _set_submodule(ctx.block, name, lin)
+                    ctx.block.set_submodule(name, lin)
                 for p in frozen:
                     p.requires_grad_(True)
         parts: dict[str, Parts] = {}
@@ -200,9 +208,9 @@ class PTQ161(Method):
         n_sal = int(mask.sum())
         codes = parts["codes"] if self.config.salient_bits != 4 else unpack_nibbles(parts["codes"], n_sal)
         sign = unpack_bits(parts["sign"], mask.numel() - n_sal)
-        w_sal = pm.rtn_dequantize(codes, parts["scale"], parts["zero"])
-        w_bin = pm.binary_dequantize(sign, parts["a"], parts["b"], parts["r2"])
-        return pm.assemble(parts["mask"], w_sal, w_bin)
+        w_sal = rtn_dequantize(codes, parts["scale"], parts["zero"])
+        w_bin = binary_dequantize(sign, parts["a"], parts["b"], parts["r2"])
+        return assemble(parts["mask"], w_sal, w_bin)
 
     def layer_bits(self, parts: Parts) -> LayerBits:
         """Paper count and stored bits of one layer."""
@@ -211,6 +219,15 @@ class PTQ161(Method):
         n_sal = int(parts["mask"].sum())
         bits = self.config.salient_bits
         return LayerBits(m * n, pm.paper_bits_per_weight(m, n, n_sal, bits), pm.stored_bits(m, n, n_sal, bits))
+
+    @property
+    def packs(self) -> bool:
+        """The packed format holds 4-bit codes: only ``salient_bits == 4`` packs."""
+        return self.config.salient_bits == 4
+
+    def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
+        """A ``PackedPTQ161Linear`` holding ``parts`` (and ``bias`` [m])."""
+        return PackedPTQ161Linear.from_parts(parts, bias)
 
 
 def expected_bits_per_weight(m: int, n: int, ratio: float = 0.2, bits: int = 4) -> float:

@@ -1,8 +1,9 @@
-"""PTQ1.61 math as small pure functions (no modules, no orchestration).
+"""PTQ1.61's own math as small pure functions (no modules, no orchestration).
 
 Notation: a linear weight W has shape [m = out_features, n = in_features]; an input
 channel j is the column W[:, j]. Salient columns (mask True) are kept at 4 bits per row;
-the others are binarized as  W_hat = r1 r2^T o (s * sign(W - mu) + mu).
+the others are binarized as  W_hat = r1 r2^T o (s * sign(W - mu) + mu). The generic
+quantizers (RTN, binary dequantization, column assembly) are in ``ptq161.primitives.quant``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-STORAGE_DTYPE = torch.float16  # per-row / per-column factors are stored in fp16
 
 
 def salient_mask(stat: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -26,32 +25,6 @@ def salient_mask(stat: torch.Tensor, ratio: float) -> torch.Tensor:
     k = min(math.floor(ratio * n), n - 1)
     threshold = torch.sort(stat, descending=True).values[k]
     return stat >= threshold
-
-
-def rtn_asym_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row asymmetric min-max parameters with the range forced to include 0.
-
-    w: [m, k] -> (scale fp16 [m], zero uint8 [m]). The scale is rounded to fp16 first,
-    so codes are computed against exactly the stored scale.
-    """
-    qmax = 2**bits - 1
-    lo = torch.clamp(w.min(dim=1).values, max=0)
-    hi = torch.clamp(w.max(dim=1).values, min=0)
-    scale = ((hi - lo) / qmax).to(STORAGE_DTYPE)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    zero = torch.clamp(torch.round(-lo / scale.float()), 0, qmax).to(torch.uint8)
-    return scale, zero
-
-
-def rtn_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes of w [m, k] for per-row (scale [m], zero [m]): uint8 [m, k] in [0, 2^bits - 1]."""
-    q = torch.round(w / scale.float()[:, None]) + zero.float()[:, None]
-    return torch.clamp(q, 0, 2**bits - 1).to(torch.uint8)
-
-
-def rtn_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """(codes [m, k] - zero [m]) * scale [m] -> float32 [m, k]."""
-    return (codes.float() - zero.float()[:, None]) * scale.float()[:, None]
 
 
 def binary_init(
@@ -73,24 +46,6 @@ def binary_init(
         nz = (w != 0).float()
         s = (w.abs() * nz).sum(dim=1) / nz.sum(dim=1).clamp(min=1)
     return sign, mu, s
-
-
-def binary_dequantize(sign: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """r2[j] * (a[i] * sign[i, j] + b[i]) with a = r1 s, b = r1 mu folded per row.
-
-    sign [m, k] (float +-1 or bool with True = +1), a [m], b [m], r2 [k] -> float32 [m, k].
-    """
-    sgn = sign.float() * 2 - 1 if sign.dtype == torch.bool else sign.float()
-    return r2.float()[None, :] * (a.float()[:, None] * sgn + b.float()[:, None])
-
-
-def assemble(mask: torch.Tensor, w_salient: torch.Tensor, w_binary: torch.Tensor) -> torch.Tensor:
-    """Full weight from salient columns [m, n_s] and binarized columns [m, n_b]; mask bool [n] -> [m, n]."""
-    m, n = w_salient.shape[0], mask.numel()
-    out = w_salient.new_empty(m, n) if w_salient.numel() else w_binary.new_empty(m, n)
-    out[:, mask] = w_salient
-    out[:, ~mask] = w_binary
-    return out
 
 
 def nlc_term(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ..config import option
 from ..errors import PTQ161Error
-from . import ptq161_math as pm
-from .base import MethodConfig, register_method
+from ..primitives.quant import binarize, rtn_grouped, rtn_stored_bits
+from .base import MethodConfig
 from .layerwise import LayerwiseMethod
-from .quant_math import binarize
 
 
 @dataclass
 class RTNConfig(MethodConfig):
     """bits 2..8: asymmetric min-max per row (group_size 0) or per group; bits 1: alpha sign(w - mu) + mu."""
 
-    bits: int = 4
-    group_size: int = 0
+    bits: int = option(4, "weight bits 1-8 (1 = XNOR binarization; default 4)", minimum=1)
+    group_size: int = option(0, "quantization group, any size (default 0 = per row)", minimum=0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:
@@ -28,18 +27,6 @@ class RTNConfig(MethodConfig):
             raise PTQ161Error("group size must be >= 0 (0 = per row)")
 
 
-def rtn_grouped(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Dequantized per-group RTN of w [m, n]; group_size 0 = one group per row."""
-    g = group_size or w.shape[1]
-    out = torch.empty_like(w)
-    for j in range(0, w.shape[1], g):
-        blk = w[:, j : j + g]
-        scale, zero = pm.rtn_asym_params(blk, bits)
-        out[:, j : j + g] = pm.rtn_dequantize(pm.rtn_quantize(blk, scale, zero, bits), scale, zero)
-    return out
-
-
-@register_method
 class RTN(LayerwiseMethod):
     """Round to nearest, no calibration (the Hessian is not needed)."""
 
@@ -59,5 +46,4 @@ class RTN(LayerwiseMethod):
         b = self.config.bits
         if b == 1:
             return 1.0, m * n + 32 * m
-        groups = math.ceil(n / (self.config.group_size or n))
-        return float(b), m * n * b + m * groups * (16 + b)
+        return float(b), rtn_stored_bits(m, n, b, self.config.group_size)

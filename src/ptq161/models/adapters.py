@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from ..nn import PackedPTQ161Linear
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,6 @@ def _matches(adapter: Adapter, model: nn.Module) -> bool:
         layers = adapter.decoder_layers(model)
         if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
             return False
-        from ..nn.packed import PackedPTQ161Linear
-
         linear_types = (nn.Linear, PackedPTQ161Linear)
         return all(isinstance(m, linear_types) for m in adapter.block_linears(layers[0]).values())
     except AttributeError:

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from ..errors import PTQ161Error
 from ..utils import staging_dir
 from .adapters import get_adapter
+from .hf_quantizer import register as register_quantizer
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def load_model(
     ``UnsupportedModelError`` for architectures without an adapter.
     """
     where = resolve_model_path(spec)
+    register_quantizer()  # packed ptq161 directories load through transformers' quantizer hooks
     try:
         config = AutoConfig.from_pretrained(where)
     except (OSError, ValueError) as e:

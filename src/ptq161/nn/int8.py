@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..packing.kernels import int8_matvec
+from ..primitives.kernels import int8_matvec
 from .lowbit import lowbit_forward
 
 ROW_TILE = 4096
@@ -79,6 +79,10 @@ class Int8Embedding(nn.Module):
     def from_weight(cls, w: torch.Tensor) -> Int8Embedding:
         """Quantize a float table [V, d]."""
         return _fill(cls(*w.shape), w)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 table [V, d]."""
+        return self.weight_int8.float() * self.scale.float()[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight_int8[ids].float() * self.scale[ids].float()[..., None]

@@ -6,7 +6,8 @@ Stored buffers (m = out_features, n = in_features, n_s salient and n_b binary co
   codes   uint8 [m, ceil(n_s / 2)]          — 4-bit codes, low nibble first
   scale fp16 [m], zero uint8 [m]            — 4-bit quantizer of the salient columns
   a, b fp16 [m], r2 fp16 [n_b]              — W_bin = r2 * (a * sign + b)  (r1 folded into a, b)
-On CPU the forward runs the table-lookup kernel of ``ptq161.packing.kernels``; elsewhere
+Bias: an optional float ``bias`` [m] (Qwen2's q/k/v projections have one).
+On CPU the forward runs the table-lookup kernel of ``ptq161.primitives.kernels``; elsewhere
 (GPU) it rebuilds the weight with the same pure functions the quantizer used.
 """
 
@@ -18,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..methods import ptq161_math as pm
-from ..packing.bits import unpack_bits, unpack_nibbles
-from ..packing.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
+from ..primitives.bits import unpack_bits, unpack_nibbles
+from ..primitives.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
+from ..primitives.quant import assemble, binary_dequantize, rtn_dequantize
 from .lowbit import LUT_MAX_TOKENS, lowbit_forward
 
 ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
@@ -28,7 +29,7 @@ PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "
 
 
 class PackedPTQ161Linear(nn.Module):
-    """Drop-in replacement for ``nn.Linear`` holding packed PTQ1.61 weights (no bias support needed for LLaMA)."""
+    """Drop-in replacement for ``nn.Linear`` holding packed PTQ1.61 weights and an optional bias."""
 
     def __init__(self, in_features: int, out_features: int, n_salient: int, bias: bool = False) -> None:
         super().__init__()
@@ -49,7 +50,7 @@ class PackedPTQ161Linear(nn.Module):
 
     @classmethod
     def from_parts(cls, parts: dict[str, torch.Tensor], bias: torch.Tensor | None = None) -> PackedPTQ161Linear:
-        """Build from the parts ``PTQ161.quantize_block`` stores (mask, packed sign, packed codes, factors)."""
+        """Build from PTQ1.61 parts (mask bool [n], packed sign, packed codes, factors) and an optional bias [m]."""
         mask = parts["mask"].bool()
         n, n_s, m = mask.numel(), int(mask.sum()), parts["a"].numel()
         mod = cls(n, m, n_s, bias=bias is not None)
@@ -72,13 +73,13 @@ class PackedPTQ161Linear(nn.Module):
     def dequantize(self, rows: slice = slice(None)) -> torch.Tensor:
         """Rows of the weight, float32 [rows, n], exactly as the quantizer evaluated them."""
         n_s, n_b = self.n_salient, self.in_features - self.n_salient
-        w_sal = pm.rtn_dequantize(unpack_nibbles(self.codes[rows], n_s), self.scale[rows], self.zero[rows])
-        w_bin = pm.binary_dequantize(unpack_bits(self.sign[rows], n_b), self.a[rows], self.b[rows], self.r2)
-        return pm.assemble(self.mask(), w_sal, w_bin)
+        w_sal = rtn_dequantize(unpack_nibbles(self.codes[rows], n_s), self.scale[rows], self.zero[rows])
+        w_bin = binary_dequantize(unpack_bits(self.sign[rows], n_b), self.a[rows], self.b[rows], self.r2)
+        return assemble(self.mask(), w_sal, w_bin)
 
     def dense_rows(self, rows: slice) -> torch.Tensor:
         """``dequantize(rows)`` by the numba kernel on the CPU (same bits, about 10x faster); float32 [rows, n]."""
-        if self.sign.device.type != "cpu" or dequantize_rows is None or rows.step not in (None, 1):
+        if self.sign.device.type != "cpu" or rows.step not in (None, 1):
             return self.dequantize(rows)
         lo, hi, _ = rows.indices(self.out_features)
         out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)

@@ -3,19 +3,20 @@ import json
 import pytest
 import torch
 
-import ptq161.preprocess as prep
+import ptq161.pipeline.preprocess as prep
 from ptq161 import CalibConfig, quantize
 from ptq161.cli import main
 from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161Config
 from ptq161.models import load_model
-from ptq161.preprocess import LoRAConfig, preprocess
+from ptq161.pipeline.preprocess import LoRAConfig, preprocess
+from ptq161.pipeline.state import STATE_DIR, RunState
 
 pytest.importorskip("peft")
 
 
 def _lora(text_file, **kw) -> LoRAConfig:
-    base = dict(rank=4, alpha=8, steps=4, seqlen=32, warmup=1, lr=5e-3, data=f"text:{text_file}", save_every=2)
+    base = dict(rank=4, alpha=8, steps=4, seqlen=32, warmup=1, lr=5e-3, data=f"text:{text_file}", save_every=1)
     return LoRAConfig(**{**base, **kw})
 
 
@@ -38,7 +39,7 @@ def test_merge_equals_the_unmerged_lora_model(tiny_model_dir, text_file, tmp_pat
     windows = torch.randint(0, 256, (lora.steps, lora.seqlen), generator=torch.Generator().manual_seed(0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        pm, losses = prep._train(model, lora, windows, tmp_path, progress=False)
+        pm, losses = prep._train(model, lora, windows, RunState(tmp_path, {}), {}, progress=False)
     assert len(losses) == lora.steps
     pm.eval()
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -59,7 +60,7 @@ def test_saved_directory_loads_and_quantizes(tiny_model_dir, text_file, tmp_path
     res = _run(tiny_model_dir, text_file, out)
     meta = json.loads((out / prep.PREPROCESS_META).read_text())
     assert meta["lora"]["steps"] == 4 and len(meta["losses"]) == 4 and meta["method"] == "ptq161"
-    assert not (out / prep.PREPROCESS_STATE).exists() and not (out / "ptq161.json").exists()
+    assert not (out / STATE_DIR).exists() and not (out / "ptq161.json").exists()
     loaded, _ = load_model(str(out))
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -74,8 +75,8 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, text_file, tmp_pat
     ref = _run(tiny_model_dir, text_file, tmp_path / "ref")
     real_save = prep._save_checkpoint
 
-    def save_then_die(state, pm, opt, sched, step, losses):
-        real_save(state, pm, opt, sched, step, losses)
+    def save_then_die(state, pm, opt, sched, step, stage):
+        real_save(state, pm, opt, sched, step, stage)
         if step == 2:
             raise KeyboardInterrupt
 
@@ -83,8 +84,12 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, text_file, tmp_pat
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_model_dir, text_file, out)
-    progress = json.loads((out / prep.PREPROCESS_STATE / "checkpoint" / "progress.json").read_text())
-    assert progress["step"] == 2
+    progress = json.loads((out / STATE_DIR / "progress.json").read_text())["progress"]
+    assert progress["step"] == 2 and len(progress["losses"]) == 2
+    assert sorted(f.name for f in (out / STATE_DIR).glob("*.safetensors")) == [
+        "checkpoint_000002.safetensors",
+        "quantized.safetensors",
+    ]  # the previous checkpoint is dropped once the new one is committed
     monkeypatch.setattr(prep, "_save_checkpoint", real_save)
     with pytest.raises(PTQ161Error, match="--resume"):
         _run(tiny_model_dir, text_file, out)

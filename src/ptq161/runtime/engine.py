@@ -4,7 +4,7 @@ Decoding one token through transformers' eager modules costs hundreds of small t
 calls per layer; for a packed model whose matrix work is only a few milliseconds, that
 overhead dominates (measured in benchmarks/results/packed_inference.md). The engine runs
 each decoder layer of one step as a single numba call over the packed buffers:
-RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.packing.kernels``),
+RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.primitives.kernels``),
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
 Threads share the rows of each linear; q/k/v and gate/up run in one parallel region each,
 so a layer has five.
@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
-from ..packing.kernels import kernel_threads, linear_chunk
-from .packed import PackedPTQ161Linear
-
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a core dependency
-    numba = None
+from ..nn import PackedPTQ161Linear
+from ..primitives.kernels import kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
@@ -127,11 +123,10 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
         h[j] += o[j]
 
 
-if numba is not None:
-    _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
-    _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
-    _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
-    _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
+_rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
+_rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
+_attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
+_layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
 
 
 class DecodeEngine:
@@ -177,8 +172,6 @@ class DecodeEngine:
     @staticmethod
     def unsupported_reason(model: nn.Module) -> str | None:
         """Why the engine cannot run ``model`` (None when it can)."""
-        if numba is None:
-            return "numba is not installed"
         cfg = getattr(model, "config", None)
         try:
             adapter = get_adapter(model)

@@ -20,6 +20,9 @@ from transformers.quantizers.auto import (
 )
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..errors import PTQ161Error
+from ..nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
+
 QUANT_METHOD = "ptq161"
 PACKED_FORMAT_VERSION = 1
 
@@ -64,8 +67,6 @@ class PTQ161HfQuantizer(HfQuantizer):
     requires_calibration = True
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        from .errors import PTQ161Error
-
         version = self.quantization_config.format_version
         if version != PACKED_FORMAT_VERSION:
             raise PTQ161Error(
@@ -86,30 +87,19 @@ class PTQ161HfQuantizer(HfQuantizer):
         return False
 
 
-def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule at ``path``."""
-    parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
-
-
 def replace_with_packed(model: nn.Module, layers: dict[str, dict[str, int]], int8_modules: list[str]) -> None:
     """Swap each listed linear for an empty ``PackedPTQ161Linear`` and each int8 module for its int8 twin."""
-    from .nn.int8 import Int8Embedding, Int8Linear
-    from .nn.packed import PackedPTQ161Linear
-
     for path, info in layers.items():
         lin = model.get_submodule(path)
-        set_module(
-            model,
-            path,
-            PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None),
+        model.set_submodule(
+            path, PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None)
         )
     for path in int8_modules:
         mod = model.get_submodule(path)
         if isinstance(mod, nn.Embedding):
-            set_module(model, path, Int8Embedding(mod.num_embeddings, mod.embedding_dim))
+            model.set_submodule(path, Int8Embedding(mod.num_embeddings, mod.embedding_dim))
         else:
-            set_module(model, path, Int8Linear(mod.in_features, mod.out_features))
+            model.set_submodule(path, Int8Linear(mod.in_features, mod.out_features))
     if int8_modules:
         model.config.tie_word_embeddings = False
 

@@ -1,4 +1,4 @@
-"""Batch-1 generation speed: greedy decoding tokens/s and prefill tokens/s."""
+"""Batch-1 greedy generation (the fused engine or the model's own forward) and its speed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from ..errors import PTQ161Error
+from .engine import DecodeEngine
 
 
 @dataclass
@@ -19,7 +22,7 @@ class SpeedResult:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     tokens: list[int]
-    engine: bool = False  # decoded by the fused numba engine (ptq161.nn.engine) instead of the model's forward
+    engine: bool = False  # decoded by the fused numba engine (ptq161.runtime.engine) instead of the model's forward
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -32,9 +35,6 @@ def pick_engine(model: nn.Module, engine: str, max_len: int):
     engine: "auto" (use it when the model is a packed LLaMA-layout model on the CPU),
     "on" (required: ``PTQ161Error`` with the reason otherwise) or "off".
     """
-    from ..errors import PTQ161Error
-    from ..nn.engine import DecodeEngine
-
     if engine not in ("auto", "on", "off"):
         raise PTQ161Error(f"engine must be auto, on or off, got '{engine}'")
     if engine == "off":

@@ -19,22 +19,16 @@ benchmarks/results/packed_inference.md). One parallel region per call.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-
-try:
-    import numba
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - numba is a core dependency; kept for clear errors
-    HAVE_NUMBA = False
 
 CODE_PAD = 32  # code rows padded to a multiple of this many bytes: the 4-bit loop vectorizes without a tail
 ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs)
 
 
 def kernel_threads() -> int:
-    """How many row chunks the kernels split a layer into: numba's current thread count (1 without numba)."""
-    return numba.get_num_threads() if HAVE_NUMBA else 1
+    """How many row chunks the kernels split a layer into: numba's current thread count."""
+    return numba.get_num_threads()
 
 
 def padded_codes(codes: np.ndarray) -> np.ndarray:
@@ -186,16 +180,14 @@ def _int8_matvec(x, w, scale, out):
                 out[t, i] = acc * scale[i]
 
 
-if HAVE_NUMBA:
-    _jit = numba.njit(cache=True, nogil=True, fastmath=True)
-    _prepare_jit = _jit(_prepare)
-    _code_dot_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_code_dot)
-    _rows_jit = _jit(_rows)
-    _chunk_bounds_jit = _jit(_chunk_bounds)
-    _linear_chunk_jit = _jit(_linear_chunk)
-    linear_chunk = _linear_chunk_jit
-    packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
-    int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
-    dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath
-else:  # pragma: no cover
-    linear_chunk = packed_matvec = int8_matvec = dequantize_rows = None
+# Compiled at the end of the module: the kernels call each other through these globals.
+_jit = numba.njit(cache=True, nogil=True, fastmath=True)
+_prepare_jit = _jit(_prepare)
+_code_dot_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_code_dot)
+_rows_jit = _jit(_rows)
+_chunk_bounds_jit = _jit(_chunk_bounds)
+_linear_chunk_jit = _jit(_linear_chunk)
+linear_chunk = _linear_chunk_jit
+packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
+int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
+dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from .api import evaluate_perplexity, load_model, quantize
-from .config import PRESETS, CalibConfig
-from .data import default_eval_corpus
-from .eval.report import markdown_table
-from .methods.ptq161 import PTQ161Config
+from ..api import evaluate_perplexity, load_model, quantize
+from ..config import PRESETS, CalibConfig
+from ..data import default_eval_corpus
+from ..eval.report import markdown_table
+from ..methods.ptq161 import PTQ161Config
+from .common import add_data_dir, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("demo", help="quantize smollm2-135m and compare with FP (what `make demo` runs)")
+    p.add_argument("--windows", type=positive_int, default=4, help="evaluation windows of 2048 tokens (default: 4)")
+    add_data_dir(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo."""
+    return run_demo(data_dir=args.data_dir, windows=args.windows)
 
 
 def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, preset: str = "demo") -> int:

@@ -1,4 +1,4 @@
-"""Quantization preprocessing ("restorative LoRA", paper section 4 / method.md section 4).
+"""Quantization preprocessing (the paper's "restorative LoRA", its section 4).
 
 1. quantize the model once (PTQ1.61 by default, any registered method) and keep its
    fake-quantized dense weights W_hat1;
@@ -7,38 +7,36 @@
 3. merge: W' = W_hat1 + (alpha / r) B A, saved as a plain Hugging Face model directory,
    the new starting point that ``ptq161 quantize`` accepts like any model.
 
-Progress is checkpointed in ``<output>/.ptq161-preprocess`` (the quantized weights once,
-then adapter, optimizer, scheduler and RNG state every ``save_every`` steps), so an
-interrupted run continues from its last saved step to the same result.
+Progress is checkpointed with the pipeline's one resume mechanism (``RunState``: the
+quantized weights once, then adapter, optimizer, scheduler and RNG state every
+``save_every`` steps, as safetensors + JSON), so an interrupted run continues from its
+last saved step to the same result.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifact import check_output_dir
-from .config import CalibConfig, get_preset
-from .data.corpora import calibration_windows
-from .errors import PTQ161Error
-from .methods.base import MethodConfig, get_method
-from .models import get_adapter, load_model
-from .utils import atomic_write_json, peak_rss_mb
+from ..config import CalibConfig, get_preset
+from ..data import calibration_windows
+from ..errors import PTQ161Error
+from ..methods import MethodConfig, get_method
+from ..models import get_adapter, load_model
+from ..utils import atomic_write_json, peak_rss_mb
+from .output_dir import check_output_dir
+from .quantize import quantize
+from .state import RunState, load_optimizer_state, optimizer_state
 
 PREPROCESS_META = "ptq161_preprocess.json"
-PREPROCESS_STATE = ".ptq161-preprocess"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # not o_proj, as the reference
 
 
@@ -139,28 +137,42 @@ def _quantized_linears(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": lin.weight.detach().contiguous() for name, lin in linears.items()}
 
 
-def _save_checkpoint(state: Path, peft_model: nn.Module, opt, sched, step: int, losses: list[float]) -> None:
+def _save_checkpoint(state: RunState, peft_model: nn.Module, opt, sched, step: int, stage: dict[str, Any]) -> None:
+    """Save adapter, optimizer and RNG tensors for ``step``, then commit the step (scheduler state as JSON)."""
     from peft import get_peft_model_state_dict
 
-    tmp = state / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    adapter = {k: v.contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    save_file(adapter, str(tmp / "adapter.safetensors"))
-    train_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
-    torch.save(train_state, tmp / "train.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
-    final = state / "checkpoint"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    opt_tensors, opt_rest = optimizer_state(opt)
+    tensors = {f"adapter.{k}": v for k, v in get_peft_model_state_dict(peft_model).items()}
+    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+    tensors["rng"] = torch.get_rng_state()
+    state.save(f"checkpoint_{step:06d}", tensors)
+    previous = stage.get("step", 0)
+    stage.update(step=step, optimizer=opt_rest, scheduler=sched.state_dict())
+    state.commit(stage, drop=[f"checkpoint_{previous:06d}"] if previous and previous != step else [])
+
+
+def _load_checkpoint(state: RunState, peft_model: nn.Module, opt, sched, stage: dict[str, Any]) -> None:
+    """Restore what ``_save_checkpoint`` saved for ``stage["step"]``."""
+    from peft import set_peft_model_state_dict
+
+    tensors = state.load(f"checkpoint_{stage['step']:06d}")
+    set_peft_model_state_dict(
+        peft_model, {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    )
+    opt_tensors = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")}
+    load_optimizer_state(opt, opt_tensors, stage["optimizer"])
+    sched.load_state_dict(stage["scheduler"])
+    torch.set_rng_state(tensors["rng"])
 
 
 def _train(
-    model: nn.Module, lora: LoRAConfig, windows: torch.Tensor, state: Path, progress: bool
+    model: nn.Module, lora: LoRAConfig, windows: torch.Tensor, state: RunState, stage: dict[str, Any], progress: bool
 ) -> tuple[nn.Module, list[float]]:
-    """Wrap ``model`` with the LoRA, train it on ``windows`` [steps * batch, seqlen], checkpointing in ``state``."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    """Wrap ``model`` with the LoRA and train it on ``windows`` [steps * batch, seqlen], checkpointing in ``state``.
+
+    ``stage`` is the committed progress record (``step`` > 0: continue from that checkpoint).
+    """
+    from peft import LoraConfig, get_peft_model
 
     peft_cfg = LoraConfig(
         r=lora.rank,
@@ -173,16 +185,10 @@ def _train(
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lora.lr)
     sched = _schedule(opt, lora)
-    step, losses = 0, []
-    ckpt = state / "checkpoint"
-    if ckpt.exists():
-        set_peft_model_state_dict(pm, load_file(str(ckpt / "adapter.safetensors")))
-        train_state = torch.load(ckpt / "train.pt", weights_only=False)
-        opt.load_state_dict(train_state["optimizer"])
-        sched.load_state_dict(train_state["scheduler"])
-        torch.set_rng_state(train_state["rng"])
-        prog = json.loads((ckpt / "progress.json").read_text())
-        step, losses = prog["step"], prog["losses"]
+    step = stage.get("step", 0)
+    if step:
+        _load_checkpoint(state, pm, opt, sched, stage)
+    losses: list[float] = stage.setdefault("losses", [])
     pm.train()
     bar = tqdm(total=lora.steps, initial=step, desc="LoRA steps", unit="step", disable=not progress)
     while step < lora.steps:
@@ -200,7 +206,7 @@ def _train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if step % lora.save_every == 0 or step == lora.steps:
-            _save_checkpoint(state, pm, opt, sched, step, losses)
+            _save_checkpoint(state, pm, opt, sched, step, stage)
     bar.close()
     return pm, losses
 
@@ -223,15 +229,12 @@ def preprocess(
     ``ptq161.quantize``); ``lora`` the adapter and its training. With ``resume=True`` an
     interrupted run in ``output`` continues from its last checkpoint.
     """
-    from .api import quantize
-
     lora = lora or LoRAConfig()
     calib = calib or CalibConfig()
     method_cls = get_method(method)
     method_config = method_config or method_cls.config_class()
     out = Path(output)
-    check_output_dir(out, resume, meta=PREPROCESS_META, state=PREPROCESS_STATE)
-    state = out / PREPROCESS_STATE
+    check_output_dir(out, resume, meta=PREPROCESS_META)
     settings = {
         "model": model_spec,
         "method": method,
@@ -239,25 +242,21 @@ def preprocess(
         "calibration": calib.to_dict(),
         "lora": lora.to_dict(),
     }
+    state = RunState(out, settings)
     t0 = time.perf_counter()
-    if (state / "settings.json").exists():
-        if json.loads((state / "settings.json").read_text()) != settings:
-            raise PTQ161Error(f"'{out}' holds an interrupted run with other settings; choose another --output")
+    stage = state.progress()
+    if stage is not None:
         model, tok = load_model(model_spec)
-        quantized = load_file(str(state / "quantized.safetensors"))
-        model.load_state_dict(quantized, strict=False)
-        first = json.loads((state / "quantize.json").read_text())
+        model.load_state_dict(state.load("quantized"), strict=False)
     else:
         res = quantize(
             model_spec, method, method_config=method_config, calib=calib, data_dir=data_dir, progress=progress
         )
         model, tok = res.model, res.tokenizer
         first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
-        state.mkdir(parents=True, exist_ok=True)
-        save_file(_quantized_linears(model), str(state / ".quantized.tmp"))
-        os.replace(state / ".quantized.tmp", state / "quantized.safetensors")
-        atomic_write_json(state / "quantize.json", first)
-        atomic_write_json(state / "settings.json", settings)
+        state.save("quantized", _quantized_linears(model))
+        stage = {"first_pass": first, "step": 0, "losses": []}
+        state.commit(stage)
 
     windows, data_source = calibration_windows(
         lora.data, tok, nsamples=lora.steps * lora.batch_size, seqlen=lora.seqlen, seed=lora.seed, data_dir=data_dir
@@ -267,13 +266,13 @@ def preprocess(
     # caller's RNG is untouched; its state is checkpointed with the adapter for resume
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(lora.seed)
-        pm, losses = _train(model, lora, windows, state, progress)
+        pm, losses = _train(model, lora, windows, state, stage, progress)
     pm.eval()
     merged = pm.merge_and_unload()
     merged.config.use_cache = True
     meta = {
         **settings,
-        "first_pass": first,
+        "first_pass": stage["first_pass"],
         "lora_data_source": data_source,
         "losses": losses,
         "seconds": time.perf_counter() - t0,
@@ -283,7 +282,7 @@ def preprocess(
     merged.save_pretrained(out)
     tok.save_pretrained(out)
     atomic_write_json(out / PREPROCESS_META, meta)
-    shutil.rmtree(state, ignore_errors=True)
+    state.remove()
     return PreprocessResult(merged, tok, out, meta)
 
 

@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from ptq161.packing import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
+from ptq161.primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 8), (2, 9), (17, 33), (4, 0)])

@@ -2,7 +2,7 @@
 
 PTQ1.61 results are written packed (``weights_format: packed``): a Hugging Face model
 directory whose quantized linears are stored as sign bits, 4-bit codes and fp16 factors
-(see ``ptq161.packing.artifact``). Baselines are written dequantized ("fake quant",
+(see ``ptq161.nn.packed``). Baselines are written dequantized ("fake quant",
 ``weights_format: dense``) with ``ptq161_parts.safetensors`` beside them. Both carry
 ``ptq161.json`` (method, settings, calibration, per-block log, bits), written last: a
 directory without it is an unfinished run.
@@ -11,27 +11,31 @@ directory without it is an unfinished run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from .calibration.driver import STATE_DIR, unflatten_parts
-from .errors import PTQ161Error
-from .methods.base import Method, Parts
+from ..errors import PTQ161Error
+from ..methods import Method, Parts
+from ..nn.packed import PACKED_BUFFERS
+from ..utils import atomic_save_file, atomic_write_json
+from .convert import pack_model_in_place
+from .driver import flatten_parts, unflatten_parts
+from .state import STATE_DIR
 
 FORMAT_VERSION = 1
 META = "ptq161.json"
 PARTS = "ptq161_parts.safetensors"
 
 
-def check_output_dir(path: Path, resume: bool, meta: str = META, state: str = STATE_DIR) -> None:
+def check_output_dir(path: Path, resume: bool, meta: str = META) -> None:
     """Refuse directories that hold something else, a finished result, or (without --resume) a partial run.
 
-    ``meta`` names the file a finished result has, ``state`` the directory of an interrupted run.
+    ``meta`` names the file a finished result has; an interrupted run has a ``STATE_DIR``.
     """
     if not path.exists():
         return
@@ -42,38 +46,34 @@ def check_output_dir(path: Path, resume: bool, meta: str = META, state: str = ST
         return
     if meta in entries:
         raise PTQ161Error(f"output '{path}' already holds a finished result; choose another --output or remove it")
-    if state in entries:
+    if STATE_DIR in entries:
         if not resume:
             raise PTQ161Error(f"output '{path}' holds an interrupted run; pass --resume to continue it")
         return
     raise PTQ161Error(f"output '{path}' is not empty and holds something else; choose another --output")
 
 
-def write_artifact(
+def write_output(
     path: Path,
     model: Any,
     tokenizer: Any,
+    method: Method,
     parts: dict[str, Parts],
     meta: dict[str, Any],
-    packable: bool,
     int8_head: bool = False,
 ) -> None:
-    """Write the model (packed in place when ``packable``), parts and metadata; ``ptq161.json`` last."""
-    from .packing.artifact import pack_model_in_place, save_packed
-    from .utils import atomic_write_json
+    """Write the model (packed in place when ``method.packs``), parts and metadata; ``ptq161.json`` last.
 
+    The resume state of the run (``STATE_DIR``) is removed once the result is complete.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    if packable:
-        pack_model_in_place(model, parts, meta["config"], int8_head=int8_head)
-        save_packed(model, tokenizer, path)
-    else:
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        flat = {f"{layer}::{k}": v.contiguous() for layer, p in parts.items() for k, v in p.items()}
-        tmp = path / f".{PARTS}.tmp"
-        save_file(flat, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, path / PARTS)
-    meta = {**meta, "weights_format": "packed" if packable else "dense"}
+    if method.packs:
+        pack_model_in_place(model, method, parts, int8_head=int8_head)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if not method.packs:
+        atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
+    meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
 
@@ -141,8 +141,6 @@ def verify_parts(method: Method, model: torch.nn.Module, parts: dict[str, Parts]
 
 
 def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
-    from safetensors import safe_open
-
     parts: dict[str, Parts] = {}
     with safe_open(str(path / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -152,7 +150,7 @@ def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
             mask = torch.zeros(n, dtype=torch.bool)
             mask[sal] = True
             p = {"mask": mask}
-            for k in ("sign", "codes", "scale", "zero", "a", "b", "r2"):
+            for k in PACKED_BUFFERS[2:]:  # after sal_idx, bin_idx
                 if f"{layer}.{k}" not in keys:
                     raise PTQ161Error(f"{path} is missing tensor {layer}.{k}")
                 p[k] = f.get_tensor(f"{layer}.{k}")
@@ -162,8 +160,6 @@ def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
 
 def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
     """Bits per weight of the decoder linears counted from the bytes of their tensors on disk."""
-    from safetensors import safe_open
-
     total_bytes = 0
     numel = sum(v["numel"] for v in layers.values())
     prefixes = tuple(f"{layer}." for layer in layers)

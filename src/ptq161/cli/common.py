@@ -1,0 +1,155 @@
+"""What the subcommands share: the one-line-error parser, option types, common options, and the
+method options generated from the config dataclasses (``ptq161.config.option`` fields)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, NoReturn
+
+from ..errors import PTQ161Error
+from ..methods import METHODS, Method, MethodConfig
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def bounded(
+    kind: type, minimum: float | None = None, maximum: float | None = None, exclusive: bool = False
+) -> Callable[[str], Any]:
+    """argparse type: an int or float within the bounds (open bounds when ``exclusive``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+        if exclusive and ((minimum is not None and value <= minimum) or (maximum is not None and value >= maximum)):
+            raise argparse.ArgumentTypeError(f"must be in ({minimum}, {maximum}), got {value}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected a number <= {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+
+
+def csv_list(text: str) -> list[str]:
+    """argparse type: comma-separated names."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``."""
+    p.add_argument("--data-dir", help="data directory laid out like shared/data (default: $PTQ161_DATA)")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``."""
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+def add_dtype(p: argparse.ArgumentParser) -> None:
+    """``--dtype``."""
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)"
+    )
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype called ``name``."""
+    import torch
+
+    return getattr(torch, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodFlag:
+    """One command-line flag and the config fields (of one or more methods) it sets."""
+
+    flag: str
+    kwargs: dict[str, Any]
+    signature: tuple  # how the flag parses: identical for every method that declares it
+    fields: dict[str, str]  # method name -> config field name
+    helps: dict[str, str]  # method name -> help text
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _flag_kwargs(f: dataclasses.Field, hint: Any) -> tuple[dict[str, Any], tuple]:
+    """(argparse type/choices, parse signature) of a config field from its annotation and ``option`` bounds."""
+    meta = f.metadata["cli"]
+    if typing.get_origin(hint) is Literal:
+        choices = list(typing.get_args(hint))
+        return {"choices": choices}, ("choices", *choices)
+    if hint in (int, float):
+        bounds = (meta["minimum"], meta["maximum"], meta["exclusive"])
+        return {"type": bounded(hint, *bounds)}, (hint.__name__, *bounds)
+    raise TypeError(f"config field {f.name}: no command-line type for {hint}")
+
+
+def method_flags(methods: dict[str, type[Method]] = METHODS) -> list[MethodFlag]:
+    """Every flag the methods' configs declare, merged by flag name (the same flag must parse the same way)."""
+    merged: dict[str, MethodFlag] = {}
+    for name, cls in methods.items():
+        hints = typing.get_type_hints(cls.config_class)
+        for f in dataclasses.fields(cls.config_class):
+            if "cli" not in f.metadata:
+                continue
+            meta = f.metadata["cli"]
+            flag = meta["flag"] or "--" + f.name.replace("_", "-")
+            kwargs, signature = _flag_kwargs(f, hints[f.name])
+            if flag not in merged:
+                merged[flag] = MethodFlag(flag, kwargs, signature, {}, {})
+            elif merged[flag].signature != signature:
+                raise TypeError(f"{flag} is declared with different types or bounds by several methods")
+            merged[flag].fields[name], merged[flag].helps[name] = f.name, meta["help"]
+    return list(merged.values())
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """The flags of every method's config; each method accepts only its own (checked in ``method_config``)."""
+    g = p.add_argument_group("method options (generated from each method's config)")
+    for mf in method_flags():
+        help_text = "; ".join(f"{m}: {h}" for m, h in mf.helps.items())
+        g.add_argument(mf.flag, dest=mf.dest, help=help_text, **mf.kwargs)
+
+
+def options_of(method: str) -> str:
+    """The flags that ``method`` accepts, for help texts and errors."""
+    return ", ".join(mf.flag for mf in method_flags() if method in mf.fields) or "no options"
+
+
+def method_config(args: argparse.Namespace, method_cls: type[Method], defaults: dict[str, Any]) -> MethodConfig:
+    """The method's config from the flags given (refusing flags it does not take) over ``defaults``."""
+    names = {f.name for f in dataclasses.fields(method_cls.config_class)}
+    values = {k: v for k, v in defaults.items() if k in names}
+    for mf in method_flags():
+        value = getattr(args, mf.dest, None)
+        if value is None:
+            continue
+        if method_cls.name not in mf.fields:
+            raise PTQ161Error(
+                f"method '{method_cls.name}' does not take {mf.flag} (it takes: {options_of(method_cls.name)})"
+            )
+        values[mf.fields[method_cls.name]] = value
+    return method_cls.config_class(**values)

@@ -1,0 +1,57 @@
+"""``ptq161 ppl``: perplexity of a model on named datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import evaluate_perplexity, load_model
+from ..data.corpora import EVAL_CORPORA, check_eval_name
+from ..eval.report import markdown_table, run_metadata
+from ..pipeline.output_dir import read_meta
+from ..utils import atomic_write_json
+from .common import add_data_dir, add_device, add_dtype, csv_list, positive_int, torch_dtype
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "ppl",
+        help="perplexity on WikiText-2 / C4 / a text file",
+        description="Perplexity with the GPTQ protocol: non-overlapping seqlen windows, remainder dropped.",
+    )
+    p.add_argument("model", help="smollm2-135m, a local model directory (FP or ptq161 output) or a hub id")
+    p.add_argument(
+        "--datasets",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated: {', '.join(EVAL_CORPORA)} (default: wikitext2 if in the data dir, else wiki-sample)",
+    )
+    p.add_argument("--seqlen", type=positive_int, default=2048, help="window length in tokens (default: 2048)")
+    p.add_argument("--max-windows", type=positive_int, default=None, help="evaluate only the first K windows")
+    p.add_argument("--json", help="write results and settings to this JSON file")
+    add_data_dir(p)
+    add_device(p)
+    add_dtype(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print a table (and JSON with ``--json``)."""
+    for name in args.datasets or []:
+        check_eval_name(name)
+    model, tok = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    results = evaluate_perplexity(
+        model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
+    )
+    rows = [(r.dataset, r.ppl, r.windows, r.seqlen, r.tokens, round(r.tokens_per_s), r.source) for r in results]
+    meta = read_meta(args.model) if Path(args.model).is_dir() else None
+    quant = ""
+    if meta:
+        quant = f" (method {meta['method']}, {meta['bits']['stored_bits_per_weight']:.4f} bits/weight stored)"
+    print(f"model: {args.model}{quant}")
+    print(markdown_table(["dataset", "ppl", "windows", "seqlen", "tokens", "tok/s", "data"], rows))
+    if args.json:
+        meta = run_metadata(model=args.model, seqlen=args.seqlen, max_windows=args.max_windows, dtype=args.dtype)
+        atomic_write_json(args.json, {**meta, "results": {r.dataset: r.to_dict() for r in results}})
+    return 0

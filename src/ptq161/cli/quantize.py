@@ -1,0 +1,78 @@
+"""``ptq161 quantize``: quantize a model block by block and save the result."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..api import quantize
+from ..config import PRESETS, CalibConfig, get_preset
+from ..methods import METHODS, get_method
+from .common import add_data_dir, add_device, add_method_options, method_config, options_of, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "quantize",
+        epilog="methods and their options: " + "; ".join(f"{name}: {options_of(name)}" for name in sorted(METHODS)),
+        help="quantize a model block by block (PTQ1.61 by default)",
+        description="Quantize MODEL block by block and save a model directory that `ptq161 ppl` and "
+        "`ptq161 info` read. Presets: "
+        + "; ".join(f"{k}: {v.nsamples} x {v.seqlen} tokens, {v.epochs} epochs ({v.why})" for k, v in PRESETS.items()),
+    )
+    p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
+    p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161); see the list below")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="budget preset (default: cpu)")
+    p.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    p.add_argument(
+        "--int8-head",
+        action="store_true",
+        help="also store the embedding and lm_head as per-row int8 (smaller, faster decoding)",
+    )
+    p.add_argument("--calib", help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH (default: wikitext2)")
+    p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
+    p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
+    p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
+    add_method_options(p)
+    add_data_dir(p)
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize, save, print a summary."""
+    preset = get_preset(args.preset)
+    method_cls = get_method(args.method)
+    cfg = method_config(args, method_cls, {"epochs": preset.epochs})
+    calib = CalibConfig(
+        dataset=args.calib,
+        nsamples=args.nsamples or preset.nsamples,
+        seqlen=args.calib_seqlen or preset.seqlen,
+        seed=args.seed,
+    )
+    output = args.output or f"ptq161-out/{args.model.rstrip('/').replace('/', '_')}-{args.method}-{args.preset}"
+    res = quantize(
+        args.model,
+        args.method,
+        method_config=cfg,
+        calib=calib,
+        output=output,
+        resume=args.resume,
+        data_dir=args.data_dir,
+        device=args.device,
+        int8_head=args.int8_head,
+    )
+    bits = res.meta["bits"]
+    print(f"saved {output}")
+    print(
+        f"method {args.method}, preset {args.preset}: {calib.nsamples} x {calib.seqlen} tokens from "
+        f"{res.meta['calibration_source']}, seed {calib.seed}"
+    )
+    print(
+        f"bits/weight (decoder linears): stored {bits['stored_bits_per_weight']:.4f}, "
+        f"paper formula {bits['paper_bits_per_weight']:.4f}"
+    )
+    print(f"time {res.meta['seconds']:.1f} s, peak RSS {res.meta['peak_rss_mb']:.0f} MiB")
+    print(f"evaluate with: ptq161 ppl {output}")
+    return 0

@@ -1,0 +1,78 @@
+"""Swap a model's modules in place: quantized linears -> packed modules, and back to dense.
+
+This is the only place that replaces modules of a whole model (the transformers quantizer
+builds empty packed modules before loading; see ``ptq161.models.hf_quantizer``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..methods import Method, Parts
+from ..models import PTQ161HfConfig, get_adapter
+from ..models.hf_quantizer import PACKED_FORMAT_VERSION
+from ..nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
+
+
+def pack_model_in_place(model: nn.Module, method: Method, parts: dict[str, Parts], int8_head: bool = False) -> None:
+    """Swap every quantized linear of ``model`` for ``method.packed_module`` of its parts.
+
+    Records the packed layout in ``model.config.quantization_config`` so that the saved
+    directory loads back through transformers. ``int8_head`` also stores the input
+    embedding and the lm_head as per-row int8 (untied).
+    """
+    layers = {}
+    for path, p in parts.items():
+        lin = model.get_submodule(path)
+        packed = method.packed_module(p, lin.bias.detach() if lin.bias is not None else None)
+        model.set_submodule(path, packed)
+        layers[path] = {"n_salient": packed.n_salient}
+    model.config.quantization_config = PTQ161HfConfig(
+        format_version=PACKED_FORMAT_VERSION, method=method.name, config=method.config.to_dict(), layers=layers
+    )
+    if int8_head:
+        add_int8_head(model)
+
+
+def add_int8_head(model: nn.Module) -> None:
+    """Store the input embedding and the lm_head of a packed model as per-row int8 (untied)."""
+    adapter = get_adapter(model)
+    head, embed = model.get_submodule(adapter.lm_head), model.get_submodule(adapter.embed)
+    model.set_submodule(adapter.lm_head, Int8Linear.from_weight(head.weight))
+    model.set_submodule(adapter.embed, Int8Embedding.from_weight(embed.weight))
+    model.config.tie_word_embeddings = False
+    model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
+
+
+def _dense_twin(mod: nn.Module) -> nn.Module | None:
+    """The plain ``nn.Linear`` / ``nn.Embedding`` with the dequantized weight of a low-bit module (else None)."""
+    if isinstance(mod, PackedPTQ161Linear | Int8Linear):
+        dense = nn.Linear(mod.in_features, mod.out_features, bias=getattr(mod, "bias", None) is not None)
+        dense.weight = nn.Parameter(mod.dequantize().float(), requires_grad=False)
+        if dense.bias is not None:
+            dense.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+        return dense
+    if isinstance(mod, Int8Embedding):
+        return nn.Embedding.from_pretrained(mod.dequantize(), freeze=True)
+    return None
+
+
+def dequantize_model_in_place(model: nn.Module) -> int:
+    """Swap every packed / int8 module for a plain ``nn.Linear`` / ``nn.Embedding`` with its dequantized weight.
+
+    Same numbers, dense speed: the packed modules' multi-token path multiplies by the same
+    dequantized fp32 weights row tile by row tile, so scoring (lm-eval, perplexity) gives
+    the same results up to float summation order. Meant for evaluation; the model keeps its
+    ``quantization_config`` and must not be saved as a packed directory. Returns the number
+    of modules swapped.
+    """
+    swapped = 0
+    for path, mod in list(model.named_modules()):
+        dense = _dense_twin(mod)
+        if dense is not None:
+            model.set_submodule(path, dense)
+            swapped += 1
+    return swapped
+
+
+__all__ = ["add_int8_head", "dequantize_model_in_place", "pack_model_in_place"]

@@ -1,0 +1,84 @@
+"""Quantize a model end to end: load, sample calibration windows, run the block-wise driver, write the output."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from ..config import CalibConfig
+from ..data import calibration_windows
+from ..errors import PTQ161Error
+from ..methods import MethodConfig, get_method
+from ..models import get_adapter, load_model
+from ..utils import peak_rss_mb
+from . import output_dir
+from .driver import quantize_blockwise
+from .state import RunState
+
+
+@dataclass
+class QuantizeResult:
+    """A finished quantization: the model (fake-quant weights in place), where it was saved, its metadata."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    output: Path | None
+    meta: dict[str, Any]
+
+
+def quantize(
+    model_spec: str,
+    method: str = "ptq161",
+    *,
+    method_config: MethodConfig | None = None,
+    calib: CalibConfig | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    int8_head: bool = False,
+) -> QuantizeResult:
+    """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
+
+    With ``output``, progress is saved after every block and ``resume=True`` continues
+    an interrupted run to a result identical to an uninterrupted one. Methods with a packed
+    format (PTQ1.61) are saved packed, and the returned model is then the packed one;
+    ``int8_head`` also stores the embedding and lm_head in 8 bits.
+    """
+    method_cls = get_method(method)
+    cfg = method_config or method_cls.config_class()
+    impl = method_cls(cfg)
+    if int8_head and not impl.packs:
+        raise PTQ161Error(f"--int8-head needs a packed format; method '{method}' with these settings has none")
+    calib = calib or CalibConfig()
+    out = Path(output) if output is not None else None
+    if out is not None:
+        output_dir.check_output_dir(out, resume)
+    model, tok = load_model(model_spec, device=device)
+    max_ctx = getattr(model.config, "max_position_embeddings", None)
+    if max_ctx is not None and calib.seqlen > max_ctx:
+        raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
+    windows, calib_source = calibration_windows(
+        calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
+    )
+    settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
+    state = RunState(out, settings) if out is not None else None
+    t0 = time.perf_counter()
+    res = quantize_blockwise(model, get_adapter(model), windows, impl, state=state, progress=progress)
+    meta = {
+        **settings,
+        "calibration_source": calib_source,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "bits": output_dir.bits_report(impl, res.parts),
+        "block_logs": res.block_logs,
+    }
+    if out is not None:
+        output_dir.write_output(out, model, tok, impl, res.parts, {**meta, "int8_head": int8_head}, int8_head)
+    return QuantizeResult(model, tok, out, meta)

@@ -1,0 +1,38 @@
+import pytest
+import torch
+from tests.helpers import random_packed_llama, tiny_llama
+from transformers import DynamicCache
+
+from ptq161.runtime import DecodeEngine, greedy_generate
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}]
+)
+def test_decode_engine_matches_the_model_forward(overrides):
+    model = random_packed_llama(**overrides)
+    assert DecodeEngine.unsupported_reason(model) is None
+    eng = DecodeEngine(model, max_len=64)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
+    cache = DynamicCache()
+    with torch.no_grad():
+        ref = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        assert torch.equal(eng.prefill(ids), ref)  # the prompt goes through the model itself
+        token, pos = int(ref.argmax()), ids.shape[1]
+        for _ in range(6):  # each step: the model's own forward with its cache vs the engine
+            want = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+            got = eng.step(token, pos)
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+            token, pos = int(want.argmax()), pos + 1
+    tokens, _, _ = eng.generate(ids, 6)
+    assert tokens == greedy_generate(model, ids, 6)[0]
+
+
+def test_decode_engine_refuses_what_it_does_not_run():
+    reason = DecodeEngine.unsupported_reason(tiny_llama())
+    assert "not a packed PTQ1.61 linear" in reason
+    with pytest.raises(ValueError, match="does not serve"):
+        DecodeEngine(tiny_llama())
+    eng = DecodeEngine(random_packed_llama(), max_len=8)
+    with pytest.raises(ValueError, match="max_len"):
+        eng.generate(torch.zeros(1, 8, dtype=torch.long), 2)
