@@ -1,11 +1,21 @@
-"""Helpers for benchmark scripts: results go to benchmarks/results/NAME.{json,md}."""
+"""Helpers for benchmark scripts: results go to benchmarks/results/NAME.{json,md}.
+
+Every script follows one pattern: ``bench_parser`` (adds ``--redo``, ``--render-only`` and
+the hidden ``--child``), ``serve_child`` (this process is one row's fresh child process),
+``run_pending`` (run each missing row in a fresh child, keeping what is stored), tables
+built from the stored data, and prose from ``benchmarks/notes/NAME.md`` (``note``).
+Reference values quoted from elsewhere live in ``results/references.json`` with their source.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
+import string
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +23,8 @@ from ptq161.eval.report import run_metadata
 from ptq161.utils import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NOTES = Path(__file__).resolve().parent / "notes"
+META_KEYS = ("date", "command", "machine", "versions", "settings")
 
 
 def command_line() -> str:
@@ -24,10 +36,25 @@ def command_line() -> str:
     )
 
 
-def write_results(name: str, title: str, table_md: str, data: dict[str, Any], notes: str = "", **settings: Any) -> None:
-    """Write ``results/NAME.json`` (data + metadata) and ``results/NAME.md`` (table + how it was made)."""
-    meta = run_metadata(**settings)
-    meta["command"] = command_line()
+def write_results(
+    name: str,
+    title: str,
+    table_md: str,
+    data: dict[str, Any],
+    notes: str = "",
+    keep_meta: dict[str, Any] | None = None,
+    **settings: Any,
+) -> None:
+    """Write ``results/NAME.json`` (data + metadata) and ``results/NAME.md`` (table + how it was made).
+
+    ``keep_meta``: the metadata of the stored run (``--render-only`` re-renders without re-running).
+    """
+    if keep_meta is not None:
+        meta = {k: keep_meta[k] for k in META_KEYS}
+    else:
+        meta = run_metadata(**settings)
+        meta["command"] = command_line()
+    data = {k: v for k, v in data.items() if k not in META_KEYS}
     atomic_write_json(RESULTS / f"{name}.json", {**meta, **data})
     m = meta["machine"]
     md = (
@@ -37,17 +64,82 @@ def write_results(name: str, title: str, table_md: str, data: dict[str, Any], no
         + f"- date: {meta['date']}\n"
         + f"- machine: {m['cpu_count']} CPU cores, {m['platform']}, torch threads {m['torch_threads']}\n"
         + f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}\n"
-        + f"- settings: {', '.join(f'{k}={v}' for k, v in settings.items())}\n"
+        + f"- settings: {', '.join(f'{k}={v}' for k, v in meta['settings'].items())}\n"
     )
     atomic_write_text(RESULTS / f"{name}.md", md)
 
 
-def run_child(module: str, *args: str) -> dict[str, Any]:
-    """Run ``python -m module --child ...`` in a fresh process; its last stdout line is a JSON row."""
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+def bench_parser(doc: str | None, redo: bool = True, render_only: bool = True) -> argparse.ArgumentParser:
+    """The argument parser every benchmark starts from (``redo`` / ``render_only``: the script honours them)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.set_defaults(redo="", render_only=False)
+    if redo:
+        ap.add_argument("--redo", default="", help="comma-separated rows to recompute even if stored")
+    if render_only:
+        ap.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the stored JSON only")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    return ap
+
+
+def serve_child(args: argparse.Namespace, job: Callable[[str], dict[str, Any]]) -> bool:
+    """In a child process (``--child NAME``): print ``job(NAME)`` as the last stdout line, return True."""
+    if not args.child:
+        return False
+    print(json.dumps(job(args.child)))
+    return True
+
+
+def run_child(module: str, name: str, child_args: Iterable[str] = ()) -> dict[str, Any]:
+    """Run ``python -m module --child NAME ...`` in a fresh process; its last stdout line is a JSON row."""
+    cmd = [sys.executable, "-m", module, "--child", name, *child_args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+        sys.exit(f"{' '.join(cmd[2:])} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_pending(
+    module: str,
+    rows: dict[str, Any],
+    names: Iterable[str],
+    args: argparse.Namespace,
+    child_args: Iterable[str] = (),
+    after: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every row of ``names`` not in ``rows`` (or named in ``--redo``) in a fresh child; ``after(name)`` each."""
+    redo = set(filter(None, args.redo.split(",")))
+    child_args = list(child_args)
+    for name in names:
+        if (name in rows and name not in redo) or args.render_only:
+            continue
+        print(f"running {name} ...", flush=True)
+        rows[name] = run_child(module, name, child_args)
+        if after is not None:
+            after(name)
+    return rows
+
+
+def stored(name: str) -> dict[str, Any]:
+    """The stored ``results/NAME.json`` (empty when absent)."""
+    f = RESULTS / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def reference(key: str) -> dict[str, Any]:
+    """A reference value quoted from elsewhere, with its ``source``, from ``results/references.json``."""
+    return json.loads((RESULTS / "references.json").read_text())[key]
+
+
+def note(name: str, section: str = "main", **values: Any) -> str:
+    """Prose of ``notes/NAME.md``: the ``<!-- section -->`` part, ``$placeholders`` filled, lines joined."""
+    parts: dict[str, list[str]] = {}
+    current = None
+    for line in (NOTES / f"{name}.md").read_text().splitlines():
+        if line.startswith("<!-- ") and line.endswith(" -->"):
+            current = parts.setdefault(line[5:-4].strip(), [])
+        elif current is not None and line.strip():
+            current.append(line.strip())
+    return string.Template(" ".join(parts[section])).substitute(values)
 
 
 def fp_perplexities(windows: int, model_spec: str = "smollm2-135m") -> dict[str, float]:

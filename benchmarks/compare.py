@@ -11,7 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks.common import OUTPUTS, RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
+from benchmarks.common import (
+    OUTPUTS,
+    RESULTS,
+    bench_parser,
+    fp_perplexities,
+    note,
+    quantize_and_evaluate,
+    run_pending,
+    serve_child,
+    stored,
+    write_results,
+)
 from ptq161.eval.report import markdown_table
 
 ROWS: dict[str, tuple[str, dict]] = {
@@ -36,7 +47,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
     """Quantize + evaluate one row in this process."""
     from ptq161 import CalibConfig
     from ptq161.config import PRESETS
-    from ptq161.methods.base import get_method
+    from ptq161.methods import get_method
 
     method, opts = ROWS[name]
     opts = dict(opts)
@@ -66,54 +77,55 @@ def reuse_ptq161(nsamples: int, seqlen: int, windows: int) -> dict | None:
     return None
 
 
-def render(rows: dict, fp: dict, args: argparse.Namespace) -> None:
-    table_rows = [("FP (dequantized Q4_1)", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
+def table_rows(rows: dict, fp: dict) -> list[tuple]:
+    """One row per method (FP first) from the stored rows."""
+    out = [("FP (dequantized Q4_1)", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
     for name in ROWS:
         if name not in rows:
             continue
         r = rows[name]
-        label = (
-            PAPER_LABEL[r["method"]].format(**r["config"])
-            if r["method"] in ("rtn", "gptq")
-            else PAPER_LABEL[r["method"]]
-        )
+        label = PAPER_LABEL[r["method"]]
+        label = label.format(**r["config"]) if r["method"] in ("rtn", "gptq") else label
         g = r["config"].get("group_size")
-        table_rows.append(
+        seconds = round(r["quantize_seconds"])
+        out.append(
             (
                 name + (f" (g{g})" if g else ""),
                 label,
                 round(r["stored_bits_per_weight"], 3),
                 round(r["wikitext2_ppl"], 2),
                 round(r["c4_ppl"], 2),
-                f"{round(r['quantize_seconds'])}*" if r.get("timing_contended") else round(r["quantize_seconds"]),
+                f"{seconds}*" if r.get("timing_contended") else seconds,
                 round(r["peak_rss_mb"]),
             )
         )
-    head = [
-        "method",
-        "weight bits (+extra), papers' count",
-        "true bits/weight (stored)",
-        "WikiText-2 ppl",
-        "C4 ppl",
-        "quantize s",
-        "peak RSS MiB",
-    ]
-    notes = (
-        f"smollm2-135m; calibration {args.nsamples} x {args.seqlen} tokens of WikiText-2 validation (no train "
-        f"split here), seed 2, the same windows for every method. Perplexity: first {args.windows} windows of "
-        "2048 tokens of WikiText-2 test and of C4 GPTQ-style (c4_validation_2k.parquet, seed 0). True bits count "
-        "every stored part of the decoder linears (weights, masks/bitmaps, scales, zero-points); FP is stored "
-        "here as fp16 for the bits column. Times on 2 CPU cores, one fresh process per method."
-    )
+    return out
+
+
+HEAD = [
+    "method",
+    "weight bits (+extra), papers' count",
+    "true bits/weight (stored)",
+    "WikiText-2 ppl",
+    "C4 ppl",
+    "quantize s",
+    "peak RSS MiB",
+]
+
+
+def render(store: dict, args: argparse.Namespace) -> None:
+    rows, fp = store["rows"], store["fp"]
+    notes = note("compare", nsamples=args.nsamples, seqlen=args.seqlen, windows=args.windows)
     contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
     if contended:
-        notes += " * time measured under contention, not comparable: " + "; ".join(contended) + "."
+        notes += " " + note("compare", "contended", rows="; ".join(contended))
     write_results(
         "compare",
         "Methods side by side on smollm2-135m (paper Table 1 analogue)",
-        markdown_table(head, table_rows),
+        markdown_table(HEAD, table_rows(rows, fp)),
         {"fp": fp, "rows": rows},
         notes,
+        keep_meta=store if args.render_only else None,
         nsamples=args.nsamples,
         seqlen=args.seqlen,
         windows=args.windows,
@@ -124,46 +136,33 @@ def render(rows: dict, fp: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     from ptq161.config import PRESETS
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = bench_parser(__doc__)
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--nsamples", type=int, default=PRESETS["cpu"].nsamples)
     ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--reuse-ptq161", action="store_true")
-    ap.add_argument("--redo", default="", help="comma-separated rows to recompute even if stored")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(run_row(args.child, args.nsamples, args.seqlen, args.windows)))
+    if serve_child(args, lambda name: run_row(name, args.nsamples, args.seqlen, args.windows)):
         return
-    store = RESULTS / "compare.json"
-    saved = json.loads(store.read_text()) if store.exists() else {}
-    rows, fp = saved.get("rows", {}), saved.get("fp")
-    if fp is None:
-        fp = fp_perplexities(args.windows)
-    redo = set(filter(None, args.redo.split(",")))
-    for name in args.rows.split(","):
-        if name in rows and name not in redo:
-            continue
-        if name == "ptq161" and args.reuse_ptq161 and (row := reuse_ptq161(args.nsamples, args.seqlen, args.windows)):
-            rows[name] = row
-        else:
-            print(f"running {name} ...", flush=True)
-            rows[name] = run_child(
-                "benchmarks.compare",
-                "--child",
-                name,
-                "--nsamples",
-                str(args.nsamples),
-                "--seqlen",
-                str(args.seqlen),
-                "--windows",
-                str(args.windows),
-            )
-        r = rows[name]
+    store = stored("compare")
+    store.setdefault("rows", {})
+    if "fp" not in store:
+        store["fp"] = fp_perplexities(args.windows)
+    names = args.rows.split(",")
+    if args.reuse_ptq161 and "ptq161" in names and "ptq161" not in store["rows"]:
+        if row := reuse_ptq161(args.nsamples, args.seqlen, args.windows):
+            store["rows"]["ptq161"] = row
+    child_args = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--windows", str(args.windows)]
+
+    def after(name: str) -> None:
+        r = store["rows"][name]
         bits = r["stored_bits_per_weight"]
         print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} bits {bits:.3f}", flush=True)
-        render(rows, fp, args)
+        render(store, args)
+
+    run_pending("benchmarks.compare", store["rows"], names, args, child_args, after)
+    render(store, args)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks.common import write_results
+from benchmarks.common import bench_parser, run_child, serve_child, write_results
 from ptq161.eval.report import markdown_table
 
 INT8 = "packed, int8 embedding + lm_head"
@@ -30,15 +29,10 @@ PROMPT = "The history of the city begins in the early middle ages, when " * 40
 def fake_quant_copy(packed_dir: Path) -> nn.Module:
     """The fake-quant model: the packed model with every packed linear replaced by nn.Linear(dequantize())."""
     import ptq161
-    from ptq161.nn.packed import PackedPTQ161Linear
+    from ptq161.pipeline.convert import dequantize_model_in_place
 
     model, _ = ptq161.load(packed_dir)
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, PackedPTQ161Linear):
-            lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-            lin.weight.data = mod.dequantize()
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, lin)
+    dequantize_model_in_place(model)
     return model
 
 
@@ -46,7 +40,7 @@ def engine_logit_diff(packed: nn.Module, fake: nn.Module, ids: torch.Tensor, ste
     """Max |logit| difference between the fused engine on ``packed`` and ``fake``'s own forward, per decode step."""
     from transformers import DynamicCache
 
-    from ptq161.nn.engine import DecodeEngine
+    from ptq161.runtime import DecodeEngine
 
     eng = DecodeEngine(packed, max_len=ids.shape[1] + steps + 1)
     cache = DynamicCache()
@@ -62,20 +56,21 @@ def engine_logit_diff(packed: nn.Module, fake: nn.Module, ids: torch.Tensor, ste
 
 
 def rss_child(spec: str, prompt_tokens: int, new_tokens: int, engine: str = "off") -> float:
-    """Peak RSS (MiB) of a fresh process that loads ``spec`` and generates."""
-    import subprocess
+    """Peak RSS (MiB) of a fresh process that loads ``spec`` and generates (``serve_child`` runs it)."""
+    args = ["--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens), "--engine", engine]
+    return run_child("benchmarks.packed_inference", spec, args)["peak_rss_mb"]
 
-    code = (
-        "import ptq161, torch, sys\n"
-        "from ptq161.eval.speed import measure_speed\n"
-        "from ptq161.utils import peak_rss_mb\n"
-        f"m, t = ptq161.load({spec!r})\n"
-        f"ids = t({PROMPT!r}, return_tensors='pt').input_ids[:, :{prompt_tokens}]\n"
-        f"measure_speed(m, ids, {new_tokens}, engine={engine!r})\n"
-        "print(peak_rss_mb())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+
+def rss_job(spec: str, prompt_tokens: int, new_tokens: int, engine: str) -> dict:
+    """In the child: load ``spec``, generate, report this process's peak RSS."""
+    import ptq161
+    from ptq161.runtime import measure_speed
+    from ptq161.utils import peak_rss_mb
+
+    model, tok = ptq161.load(spec)
+    ids = tok(PROMPT, return_tensors="pt").input_ids[:, :prompt_tokens]
+    measure_speed(model, ids, new_tokens, engine=engine)
+    return {"peak_rss_mb": peak_rss_mb()}
 
 
 def median_result(results: list):
@@ -102,8 +97,8 @@ def layer_4096_bits() -> float:
     """Bits per weight from the bytes of a saved packed 4096 x 4096 layer."""
     from safetensors.torch import save_file
 
-    from ptq161.nn.packed import PackedPTQ161Linear
-    from ptq161.packing.bits import pack_bits, pack_nibbles
+    from ptq161.nn import PackedPTQ161Linear
+    from ptq161.primitives.bits import pack_bits, pack_nibbles
 
     n, n_s = 4096, math.floor(0.2 * 4096) + 1
     g = torch.Generator().manual_seed(0)
@@ -130,18 +125,21 @@ def layer_4096_bits() -> float:
 def main() -> None:
     import ptq161
     from ptq161 import CalibConfig, evaluate_perplexity, quantize
-    from ptq161.artifact import file_bits_per_weight, read_meta
     from ptq161.config import PRESETS
-    from ptq161.eval.speed import measure_speed
     from ptq161.methods.ptq161 import PTQ161Config
-    from ptq161.packing.artifact import add_int8_head, save_packed
+    from ptq161.pipeline.convert import add_int8_head
+    from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
+    from ptq161.runtime import measure_speed
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = bench_parser(__doc__, redo=False, render_only=False)
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="speed rounds (every model once per round); medians")
+    ap.add_argument("--engine", default="off", help=argparse.SUPPRESS)  # of the peak-RSS child
     args = ap.parse_args()
+    if serve_child(args, lambda spec: rss_job(spec, args.prompt_tokens, args.new_tokens, args.engine)):
+        return
 
     with tempfile.TemporaryDirectory(prefix="ptq161-packed-") as tmp:
         out = Path(tmp) / "packed"
@@ -160,7 +158,8 @@ def main() -> None:
         fake = fake_quant_copy(out)
         out8 = Path(tmp) / "packed-int8-head"
         add_int8_head(packed)
-        save_packed(packed, tok, out8)
+        packed.save_pretrained(out8)
+        tok.save_pretrained(out8)
         packed8, _ = ptq161.load(out8)
         dir8_bytes = sum(f.stat().st_size for f in out8.iterdir())
         packed, _ = ptq161.load(out)
@@ -226,7 +225,7 @@ def main() -> None:
         "Embeddings / lm_head (tied, 28 % of the parameters) stay fp32 in the packed directory unless the int8 "
         "variant is asked for; they dominate its size. 'model forward' rows run transformers' eager modules every "
         "step (the packed linears call the lookup kernel one by one); 'fused decode engine' rows run all decoder "
-        "layers of a step in one numba call per layer (ptq161.nn.engine; the rows of each linear are split "
+        "layers of a step in one numba call per layer (ptq161.runtime.engine; the rows of each linear are split "
         "between the threads, each building its own lookup tables), prefill through the model's own forward "
         "(packed linears: row tiles rebuilt by a numba kernel, then BLAS). "
         "Speeds are medians over rounds, each round running every model once; speed-ups are medians of the "

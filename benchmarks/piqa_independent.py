@@ -7,14 +7,13 @@ original ``piqa/valid.jsonl`` and adds ``valid-labels.lst`` in ``process_docs``,
 text, choices and metrics of lm-eval's built-in ``piqa`` task. ``ptq161 eval`` runs in a
 second process. Both score all 1838 validation items.
 
-The issue quotes acc 0.6425 / acc_norm 0.6442 for an earlier independent run whose model
-loading was not recorded; the per-item log-likelihoods of the run here show which items
+Issue 7 quotes an earlier independent run whose model loading was not recorded (its numbers
+and source are in ``results/references.json``); the per-item log-likelihoods of the run here show which items
 are close enough to a tie to flip, and by how much.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -25,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import write_results
+from benchmarks.common import bench_parser, note, reference, stored, write_results
 from ptq161.data.sources import resolve_data_dir
 from ptq161.eval.report import markdown_table
 from ptq161.models.loading import smollm2_dir
-
-QUOTED = {"acc": 0.6425, "acc_norm": 0.6442}  # the issue's numbers (earlier independent run)
 
 YAML = """task: piqa_independent
 dataset_path: json
@@ -157,65 +154,72 @@ def acc_norm_by_length(samples: list[dict]) -> dict[str, int]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-size", type=int, default=1, help="both runs (lm-eval's default is 1)")
-    args = ap.parse_args()
-    ddir = resolve_data_dir(None).resolve()
-    with tempfile.TemporaryDirectory(prefix="ptq161-piqa-") as tmp:
-        work = Path(tmp)
-        ind, samples = independent_run(ddir, work, args.batch_size)
-        ours = ptq161_run(work, args.batch_size)
-    n = len(samples)
+def render(store: dict, keep_meta: dict | None = None) -> str:
+    """Tables and notes of the stored comparison; returns the tables."""
+    ours, ind, n, quoted = store["ptq161"], store["independent"], store["items"], reference("piqa_issue7")
     rows = [
         ("ptq161 eval (local task files, in-memory model)", ours["acc"], ours["acc_norm"]),
         ("independent lm-eval CLI run (here)", ind["acc"], ind["acc_norm"]),
-        ("independent run quoted in the issue (setup not recorded)", QUOTED["acc"], QUOTED["acc_norm"]),
+        ("independent run quoted in the issue (setup not recorded)", quoted["acc"], quoted["acc_norm"]),
     ]
     table = markdown_table(
         ["run", "acc", "acc_norm", "correct (acc / acc_norm)"],
         [(r, f"{a:.4f}", f"{b:.4f}", f"{round(a * n)} / {round(b * n)}") for r, a, b in rows],
     )
-    ties = near_ties(samples)
     tie_rows = [
         (metric, t["doc"], f"{t['margin']:.2e}", t["gold"], t["pred"], t["correct"])
-        for metric, items in ties.items()
+        for metric, items in store["near_ties"].items()
         for t in items
     ]
-    by_len = acc_norm_by_length(samples)
     table += f"\n\nacc_norm of the independent run here with other length normalizations (correct of {n}):\n\n"
-    table += markdown_table(["length", "correct"], list(by_len.items()))
+    table += markdown_table(["length", "correct"], list(store["acc_norm_correct_by_length"].items()))
     table += "\n\nSmallest decision margins of the independent run here (other numerics flip these first):\n\n"
     table += markdown_table(["metric", "doc", "margin", "gold", "pred", "correct"], tie_rows)
-    equal = abs(ours["acc"] - ind["acc"]) < 1e-12 and abs(ours["acc_norm"] - ind["acc_norm"]) < 1e-12
-    notes = (
-        f"Items: {n}. ptq161 equals the independent run here: {equal}. "
-        "The quoted run differs by -1 item (acc) and +2 items (acc_norm). Variants tried on the near-tie items "
-        "(fp32 SDPA / eager attention, batch 1 / 2 / 16, 1 / 2 threads, model loaded from the GGUF directly: "
-        "identical weights and logits) keep our predictions; float16 and bfloat16 change them, but a full float16 "
-        "pass again gives 1182 / 1182, and so does a full pass with a BOS token prepended (lm-eval add_bos_token; "
-        "benchmarks/piqa_batch_check.py --dtype float16 / --add-bos). The quoted numbers are therefore not "
-        "reproduced by any setup tried, nor by another length normalization (table above); "
-        "the smallest acc_norm margins (< 1e-4 nats per character, all three currently wrong) are where a "
-        "different numeric setup moves acc_norm up by 2."
+    notes = note(
+        "piqa_independent",
+        items=n,
+        equal=store["equal"],
+        ref_acc=quoted["acc"],
+        ref_acc_norm=quoted["acc_norm"],
+        ref_source=quoted["source"],
     )
+    data = {k: v for k, v in store.items() if k != "quoted"}
     write_results(
         "piqa_independent",
         "FP PIQA (all items): ptq161 eval vs an independent lm-eval run",
         table,
-        {
-            "ptq161": ours,
-            "independent": ind,
-            "quoted": QUOTED,
-            "items": n,
-            "equal": equal,
-            "near_ties": ties,
-            "acc_norm_correct_by_length": by_len,
-        },
+        {**data, "quoted": quoted},
         notes,
-        batch_size=args.batch_size,
+        keep_meta=keep_meta,
+        batch_size=store.get("settings", {}).get("batch_size", 1) if keep_meta else store["batch_size"],
     )
-    print(table)
+    return table
+
+
+def main() -> None:
+    ap = bench_parser(__doc__, redo=False)
+    ap.add_argument("--batch-size", type=int, default=1, help="both runs (lm-eval's default is 1)")
+    args = ap.parse_args()
+    if args.render_only:
+        saved = stored("piqa_independent")
+        print(render(saved, keep_meta=saved))
+        return
+    ddir = resolve_data_dir(None).resolve()
+    with tempfile.TemporaryDirectory(prefix="ptq161-piqa-") as tmp:
+        work = Path(tmp)
+        ind, samples = independent_run(ddir, work, args.batch_size)
+        ours = ptq161_run(work, args.batch_size)
+    equal = abs(ours["acc"] - ind["acc"]) < 1e-12 and abs(ours["acc_norm"] - ind["acc_norm"]) < 1e-12
+    store = {
+        "ptq161": ours,
+        "independent": ind,
+        "items": len(samples),
+        "equal": equal,
+        "near_ties": near_ties(samples),
+        "acc_norm_correct_by_length": acc_norm_by_length(samples),
+        "batch_size": args.batch_size,
+    }
+    print(render(store))
 
 
 if __name__ == "__main__":

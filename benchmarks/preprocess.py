@@ -21,7 +21,18 @@ import argparse
 import json
 import time
 
-from benchmarks.common import OUTPUTS, RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
+from benchmarks.common import (
+    OUTPUTS,
+    RESULTS,
+    bench_parser,
+    fp_perplexities,
+    note,
+    quantize_and_evaluate,
+    run_pending,
+    serve_child,
+    stored,
+    write_results,
+)
 from ptq161.eval.report import markdown_table
 from ptq161.utils import atomic_write_json
 
@@ -54,7 +65,7 @@ def run_lora(steps: int) -> dict:
 
     from ptq161.config import PRESETS
     from ptq161.methods.ptq161 import PTQ161Config
-    from ptq161.preprocess import preprocess, preset_settings
+    from ptq161.pipeline.preprocess import preprocess, preset_settings
     from ptq161.utils import peak_rss_mb
 
     calib, epochs, lora = preset_settings("cpu")
@@ -90,7 +101,7 @@ def run_lora(steps: int) -> dict:
 
 def run_fig5(name: str, steps: int, nsamples: int, seqlen: int) -> dict:
     from ptq161 import CalibConfig
-    from ptq161.methods.base import get_method
+    from ptq161.methods import get_method
 
     method, opts = FIG5[name]
     cfg = get_method(method).config_class(**opts)
@@ -297,74 +308,53 @@ def render(store: dict, steps_list: list[int], args: argparse.Namespace) -> None
             + f"\n\nMaps (top-1 % |W| positions, channels sorted by the original model's activation statistic, "
             f"top-20 % shaded): ![maps]({conc['maps']['file']})"
         )
-    notes = (
-        "smollm2-135m. Preprocessing: the `cpu` preset of `ptq161 preprocess` (first pass PTQ1.61 demo preset "
-        "16 x 256 x 2 epochs on WikiText-2 validation; LoRA r 64, alpha 16, dropout 0.1 on q/k/v/gate/up/down, "
-        "AdamW 1e-4, cosine with warm-up min(40, steps/10), sequences of 256 tokens from the C4 train sample, "
-        "seed 0) at several step counts. Fig. 5 rows 'original' come from results/compare.json (same calibration "
-        "64 x 256 of WikiText-2 validation, seed 2); PTQ1.61 is compared at the demo preset on both models. "
-        f"Perplexity: first {WINDOWS} windows of 2048 tokens of WikiText-2 test and C4 GPTQ-style. No setting "
-        "was chosen by looking at test-split numbers. Times on 2 CPU cores, one fresh process per run; "
-        "'N thr' is the torch thread count of that run (1-thread runs shared the machine with one other "
-        "1-thread job). Reading the concentration table: the preprocessed model is the first-pass quantized "
-        "model plus the merged LoRA, so its binarized columns hold per-row/column-scaled signs without outliers; "
-        "part of the rise therefore comes from the first-pass quantization itself (o_proj, not a LoRA target, "
-        "rises too), not from the LoRA. The LoRA restores quality for the quantizer it was trained behind "
-        "(PTQ1.61), while the other methods start from a model whose FP perplexity is far above the original's."
-    )
+    notes = note("preprocess", windows=WINDOWS)
     write_results(
         "preprocess",
         "Quantization preprocessing on smollm2-135m",
         "\n\n".join(parts),
         store,
         notes,
+        keep_meta=store if args.render_only else None,
         steps=steps_list,
         windows=WINDOWS,
     )
-    plots(store, steps_list, compare)
+    if not args.render_only:  # the committed PNGs stay as they were made
+        plots(store, steps_list, compare)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = bench_parser(__doc__)
     ap.add_argument("--steps", default="100,200,400", help="LoRA step counts (the largest is used for Fig. 5)")
     ap.add_argument("--nsamples", type=int, default=64, help="calibration windows of the Fig. 5 baselines")
     ap.add_argument("--seqlen", type=int, default=256)
-    ap.add_argument("--redo", default="")
     ap.add_argument("--only", default="", help="comma-separated run names to do now (default: all)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     steps_list = sorted(int(s) for s in args.steps.split(","))
-    if args.child:
-        kind, _, arg = args.child.partition(":")
-        if kind == "lora":
-            row = run_lora(int(arg))
-        elif kind == "original":
-            row = _ptq161_demo("smollm2-135m")
-        elif kind == "fig5":
-            row = run_fig5(arg, max(steps_list), args.nsamples, args.seqlen)
-        else:
-            row = run_concentration(steps_list)
-        print(json.dumps(row))
+
+    def job(name: str) -> dict:
+        if name.startswith("lora_"):
+            return run_lora(int(name.removeprefix("lora_")))
+        if name == "original_ptq161_demo":
+            return _ptq161_demo("smollm2-135m")
+        if name.startswith("fig5_"):
+            return run_fig5(name.removeprefix("fig5_"), max(steps_list), args.nsamples, args.seqlen)
+        return run_concentration(steps_list)
+
+    if serve_child(args, job):
         return
-    store_path = RESULTS / "preprocess.json"
-    store = json.loads(store_path.read_text()) if store_path.exists() else {}
-    store = {k: v for k, v in store.items() if k not in ("date", "command", "machine", "versions", "settings")}
+    store = stored("preprocess")
     if "fp" not in store:
-        store["fp"] = json.loads((RESULTS / "compare.json").read_text())["fp"]
-    redo = set(filter(None, args.redo.split(",")))
+        store["fp"] = stored("compare")["fp"]
     only = set(filter(None, args.only.split(",")))
-    plan = [("original_ptq161_demo", "original")]
-    plan += [(f"lora_{s}", f"lora:{s}") for s in steps_list]
-    plan += [(f"fig5_{n}", f"fig5:{n}") for n in FIG5]
-    plan += [("concentration", "concentration")]
-    common = ["--steps", args.steps, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)]
-    for name, child in plan:
-        if (name in store and name not in redo) or (only and name not in only):
-            continue
-        print(f"running {name} ...", flush=True)
-        store[name] = run_child("benchmarks.preprocess", "--child", child, *common)
-        atomic_write_json(store_path, store)  # keep the row even if rendering fails
+    plan = ["original_ptq161_demo", *(f"lora_{s}" for s in steps_list), *(f"fig5_{n}" for n in FIG5), "concentration"]
+    child_args = ["--steps", args.steps, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)]
+
+    def after(_name: str) -> None:
+        atomic_write_json(RESULTS / "preprocess.json", store)  # keep the row even if rendering fails
         render(store, steps_list, args)
+
+    run_pending("benchmarks.preprocess", store, [n for n in plan if not only or n in only], args, child_args, after)
     render(store, steps_list, args)
 
 

@@ -9,9 +9,18 @@ script skips finished runs (``--redo NAME`` recomputes one).
 from __future__ import annotations
 
 import argparse
-import json
 
-from benchmarks.common import OUTPUTS, RESULTS, fp_perplexities, quantize_and_evaluate, run_child, write_results
+from benchmarks.common import (
+    OUTPUTS,
+    bench_parser,
+    fp_perplexities,
+    note,
+    quantize_and_evaluate,
+    run_pending,
+    serve_child,
+    stored,
+    write_results,
+)
 from ptq161.eval.report import markdown_table
 
 # the ablation budget (a few minutes per run); the statistic is spelled out because these runs
@@ -76,82 +85,82 @@ def scaling_rows(rows: dict[str, dict]) -> list[tuple]:
     return out
 
 
-def render(rows: dict[str, dict], fp: dict[str, float], windows: int) -> None:
-    def line(name: str, label: str) -> tuple:
-        r = rows[name]
-        c = r["calibration"]
-        return (
-            label,
-            f"{c['nsamples']}x{c['seqlen']}",
-            r["config"]["epochs"],
-            round(r["wikitext2_ppl"], 2),
-            round(r["c4_ppl"], 2),
-            round(r["stored_bits_per_weight"], 4),
-            f"{round(r['quantize_seconds'])}*" if r.get("timing_contended") else round(r["quantize_seconds"]),
-            round(r["peak_rss_mb"]),
-        )
+HEAD = ["run", "calib", "epochs", "WikiText-2 ppl", "C4 ppl", "bits/w stored", "quantize s", "peak RSS MiB"]
 
-    head = ["run", "calib", "epochs", "WikiText-2 ppl", "C4 ppl", "bits/w stored", "quantize s", "peak RSS MiB"]
-    abl = [line(n, LABELS[n]) for n in LABELS if n in rows]
-    scale = scaling_rows(rows)
+
+def run_line(r: dict, label: str) -> tuple:
+    """One table row of a stored run."""
+    c = r["calibration"]
+    seconds = round(r["quantize_seconds"])
+    return (
+        label,
+        f"{c['nsamples']}x{c['seqlen']}",
+        r["config"]["epochs"],
+        round(r["wikitext2_ppl"], 2),
+        round(r["c4_ppl"], 2),
+        round(r["stored_bits_per_weight"], 4),
+        f"{seconds}*" if r.get("timing_contended") else seconds,
+        round(r["peak_rss_mb"]),
+    )
+
+
+def render(store: dict, args: argparse.Namespace) -> None:
+    rows, fp = store["runs"], store["fp"]
+    abl = [run_line(rows[n], LABELS[n]) for n in LABELS if n in rows]
     presets = [
-        line(n, f"{n} (statistic {rows[n]['config']['statistic']})") for n in RUNS if n.startswith("cpu_") and n in rows
+        run_line(rows[n], f"{n} (statistic {rows[n]['config']['statistic']})")
+        for n in RUNS
+        if n.startswith("cpu_") and n in rows
     ]
     fp_row = ("FP (dequantized Q4_1)", "-", "-", round(fp["wikitext2"], 2), round(fp["c4"], 2), 32, "-", "-")
+    scale_head = ["run", "nsamples", "seqlen", "epochs", "trained tokens", "quantize s", "fit s"]
     table = "\n\n".join(
         [
-            "## Ablations (budget 16 x 512 tokens, 4 epochs)\n\n" + markdown_table(head, [fp_row, *abl]),
+            "## Ablations (budget 16 x 512 tokens, 4 epochs)\n\n" + markdown_table(HEAD, [fp_row, *abl]),
             "## Scaling (time vs nsamples x seqlen x epochs)\n\n"
-            + markdown_table(["run", "nsamples", "seqlen", "epochs", "trained tokens", "quantize s", "fit s"], scale)
-            + "\n\nfit: time = c0 + c1 * nsamples * seqlen * epochs (least squares over the trained runs above); "
-            "the training loop dominates and is linear in the trained tokens, so the budget of any setting can be "
-            "planned from c1. Runs whose time was measured under contention are left out of the fit.",
-            "## CPU preset candidates (20-minute budget)\n\n" + markdown_table(head, [fp_row, *presets]),
+            + markdown_table(scale_head, scaling_rows(rows))
+            + "\n\n"
+            + note("ptq161_runs", "fit"),
+            "## CPU preset candidates (20-minute budget)\n\n" + markdown_table(HEAD, [fp_row, *presets]),
         ]
     )
-    notes = (
-        f"Perplexity on the first {windows} windows of 2048 tokens: WikiText-2 test and C4 GPTQ-style "
-        "(c4_validation_2k.parquet, seed 0). Calibration: WikiText-2 validation split (no train split here), "
-        "seed 2. Each run is a fresh process on 2 CPU cores (times include capture and targets, not eval)."
-    )
+    notes = note("ptq161_runs", windows=args.windows)
     contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
     if contended:
-        notes += " * time measured under contention, not comparable: " + "; ".join(contended) + "."
+        notes += " " + note("ptq161_runs", "contended", rows="; ".join(contended))
     write_results(
         "ptq161_runs",
         "PTQ1.61 on smollm2-135m",
         table,
         {"fp": fp, "runs": rows},
         notes,
+        keep_meta=store if args.render_only else None,
         model="smollm2-135m",
-        eval_windows=windows,
+        eval_windows=args.windows,
     )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = bench_parser(__doc__)
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated run names")
     ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--redo", default="", help="comma-separated runs to recompute")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(run_one(args.child, args.windows)))
+    if serve_child(args, lambda name: run_one(name, args.windows)):
         return
-    store = RESULTS / "ptq161_runs.json"
-    rows = json.loads(store.read_text())["runs"] if store.exists() else {}
-    fp = json.loads(store.read_text())["fp"] if store.exists() else None
-    if fp is None:
-        fp = fp_perplexities(args.windows)
-    redo = set(filter(None, args.redo.split(",")))
-    for name in args.runs.split(","):
-        if name in rows and name not in redo:
-            continue
-        print(f"running {name} ...", flush=True)
-        rows[name] = r = run_child("benchmarks.ptq161_runs", "--child", name, "--windows", str(args.windows))
+    store = stored("ptq161_runs")
+    store.setdefault("runs", {})
+    if "fp" not in store:
+        store["fp"] = fp_perplexities(args.windows)
+
+    def after(name: str) -> None:
+        r = store["runs"][name]
         print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s")
-        render(rows, fp, args.windows)
-    render(rows, fp, args.windows)
+        render(store, args)
+
+    run_pending(
+        "benchmarks.ptq161_runs", store["runs"], args.runs.split(","), args, ["--windows", str(args.windows)], after
+    )
+    render(store, args)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, run_child, write_results
+from benchmarks.common import RESULTS, bench_parser, note, reference, run_pending, serve_child, stored, write_results
 from ptq161.eval.report import markdown_table
 
 ROOT = RESULTS.parents[1]
-INDEPENDENT_PIQA = {"acc": 0.6425, "acc_norm": 0.6442}  # issue 7: lm-eval run on the same files, all 1838 items
 MODELS = ("fp", "ptq161", "billm", "pbllm", "gptq_w2")
 LABELS = {"fp": "FP", "ptq161": "PTQ1.61", "billm": "BiLLM", "pbllm": "PB-LLM", "gptq_w2": "GPTQ W2"}
 TASK_ORDER = (
@@ -53,7 +52,7 @@ def run_model(name: str, tasks: list[str], limit: int | None, batch_size: int) -
     """Evaluate one model in this process."""
     from ptq161 import load
     from ptq161.eval.zeroshot import evaluate_zeroshot
-    from ptq161.packing.artifact import dequantize_model_in_place
+    from ptq161.pipeline.convert import dequantize_model_in_place
     from ptq161.utils import peak_rss_mb
 
     spec, row = artifact_of(name)
@@ -73,125 +72,103 @@ def run_model(name: str, tasks: list[str], limit: int | None, batch_size: int) -
     }
 
 
+def piqa_check_table(check: dict) -> str:
+    """FP PIQA on all items: ptq161 eval vs lm-eval's CLI run here vs the reference quoted in issue 7."""
+    n_piqa, piqa = check["n_samples"]["piqa"], check["tasks"]["piqa"]
+    cli = stored("piqa_independent").get("independent")
+    quoted = reference("piqa_issue7")
+
+    def same(a: float | None, b: float) -> str:
+        return "-" if a is None else ("yes" if round(a, 4) == round(b, 4) else "NO")
+
+    rows = [
+        (
+            metric,
+            f"{piqa[metric]:.4f}",
+            "-" if cli is None else f"{cli[metric]:.4f}",
+            same(None if cli is None else cli[metric], piqa[metric]),
+            f"{quoted[metric]:.4f}",
+            same(quoted[metric], piqa[metric]),
+        )
+        for metric in ("acc", "acc_norm")
+    ]
+    head = ["metric", "ptq161 eval", "lm-eval CLI run here", "equal (4 decimals)", "run quoted in issue 7"]
+    head.append("equal (4 decimals)")
+    return f"## Harness check: FP PIQA, all {n_piqa} validation items ({check['wall_seconds']:.0f} s)\n\n" + (
+        markdown_table(head, rows)
+    )
+
+
+def table_columns() -> list[tuple[str, str | None]]:
+    """(task, metric) columns of the Table 2 analogue."""
+    cols: list[tuple[str, str | None]] = []
+    for t in TASK_ORDER:
+        if t in ("lambada_openai", "lambada_standard"):
+            cols += [(t, "acc"), (t, "perplexity")]
+        elif t == "race":
+            cols.append((t, None))
+        else:
+            cols.append((t, "acc"))
+            if t != "winogrande":
+                cols.append((t, "acc_norm"))
+    return cols
+
+
+def model_row(name: str, r: dict, cols: list[tuple[str, str | None]]) -> tuple:
+    """One model's row: bits, WikiText-2 ppl, every task column, mean acc, wall time."""
+    cells, accs = [], []
+    for t, m in cols:
+        if t in r["unavailable"]:
+            cells.append("n/a")
+        elif t in r["tasks"]:
+            v = r["tasks"][t][m]
+            cells.append(f"{v:.2f}" if m == "perplexity" else f"{100 * v:.1f}")
+            if m == "acc":
+                accs.append(v)
+        else:
+            cells.append("-")
+    ppl = r.get("wikitext2_ppl")
+    return (
+        LABELS[name],
+        round(r["stored_bits_per_weight"], 3),
+        "-" if ppl is None else round(ppl, 1),
+        *cells,
+        f"{100 * sum(accs) / max(len(accs), 1):.1f}",
+        round(r["wall_seconds"]),
+    )
+
+
 def render(store: dict, args: argparse.Namespace) -> None:
     parts = []
-    check = store.get("piqa_full")
+    check, table = store.get("piqa_full"), store.get("table", {})
     if check:
-        n_piqa = check["n_samples"]["piqa"]
-        piqa = check["tasks"]["piqa"]
-        cli_path = RESULTS / "piqa_independent.json"
-        cli = json.loads(cli_path.read_text())["independent"] if cli_path.exists() else None
-
-        def same(a: float | None, b: float) -> str:
-            return "-" if a is None else ("yes" if round(a, 4) == round(b, 4) else "NO")
-
-        rows = [
-            (
-                metric,
-                f"{piqa[metric]:.4f}",
-                "-" if cli is None else f"{cli[metric]:.4f}",
-                same(None if cli is None else cli[metric], piqa[metric]),
-                f"{INDEPENDENT_PIQA[metric]:.4f}",
-                same(INDEPENDENT_PIQA[metric], piqa[metric]),
-            )
-            for metric in ("acc", "acc_norm")
-        ]
-        parts.append(
-            f"## Harness check: FP PIQA, all {n_piqa} validation items "
-            f"({check['wall_seconds']:.0f} s)\n\n"
-            + markdown_table(
-                [
-                    "metric",
-                    "ptq161 eval",
-                    "lm-eval CLI run here",
-                    "equal (4 decimals)",
-                    "run quoted in issue 7",
-                    "equal (4 decimals)",
-                ],
-                rows,
-            )
-        )
-    table = store.get("table", {})
+        parts.append(piqa_check_table(check))
     if table:
-        head = ["model", "bits/w", "WikiText-2 ppl"]
-        cols = []
-        for t in TASK_ORDER:
-            if t in ("lambada_openai", "lambada_standard"):
-                cols += [(t, "acc"), (t, "perplexity")]
-            elif t == "race":
-                cols.append((t, None))
-            else:
-                cols.append((t, "acc"))
-                if t != "winogrande":
-                    cols.append((t, "acc_norm"))
-        head += [f"{t} {m}" if m else t for t, m in cols] + ["mean acc", "wall s"]
-        rows = []
-        for name in MODELS:
-            if name not in table:
-                continue
-            r = table[name]
-            cells = []
-            accs = []
-            for t, m in cols:
-                if t in r["unavailable"]:
-                    cells.append("n/a")
-                elif t in r["tasks"]:
-                    v = r["tasks"][t][m]
-                    cells.append(f"{v:.2f}" if m == "perplexity" else f"{100 * v:.1f}")
-                    if m == "acc":
-                        accs.append(v)
-                else:
-                    cells.append("-")
-            ppl = r.get("wikitext2_ppl")
-            rows.append(
-                (
-                    LABELS[name],
-                    round(r["stored_bits_per_weight"], 3),
-                    "-" if ppl is None else round(ppl, 1),
-                    *cells,
-                    f"{100 * sum(accs) / max(len(accs), 1):.1f}",
-                    round(r["wall_seconds"]),
-                )
-            )
+        cols = table_columns()
+        head = ["model", "bits/w", "WikiText-2 ppl", *(f"{t} {m}" if m else t for t, m in cols), "mean acc", "wall s"]
+        rows = [model_row(name, table[name], cols) for name in MODELS if name in table]
         limit = next(iter(table.values()))["limit"]
         parts.append(
             f"## Table 2 analogue (0-shot, first {limit} documents of each task)\n\n" + markdown_table(head, rows)
         )
-    notes = (
-        "Accuracies in %, lm-eval's own metrics (acc, acc_norm; LAMBADA acc and perplexity) and task definitions "
-        "(version 1.0 each, recorded in the JSON), on the local files of ../shared/data converted to the hub "
-        "datasets' fields. HellaSwag comes from llama.cpp's text format, whose cleanup differs slightly from "
-        "lm-eval's (ctx_b not capitalised; see src/ptq161/eval/zeroshot.py). RACE: no offline copy here, reported "
-        f"as n/a. The table uses the first {args.limit} documents of each task to fit the CPU budget (a full pass "
-        "over HellaSwag alone takes hours on 2 cores for 5 models); with that many items one standard error is "
-        f"at most {100 * (0.25 / args.limit) ** 0.5:.1f} points of accuracy. Quantized models are the artifacts "
-        "of benchmarks/compare (the same "
-        "calibration, 64 x 256 tokens of WikiText-2 validation). 'mean acc' averages the acc column of the "
-        "available tasks. WikiText-2 ppl: first 8 windows of 2048 tokens, from the comparison benchmark."
-    )
+    notes = note("zeroshot", limit=args.limit, stderr=f"{100 * (0.25 / args.limit) ** 0.5:.1f}")
     if check:
+        n_piqa, piqa = check["n_samples"]["piqa"], check["tasks"]["piqa"]
+        quoted = reference("piqa_issue7")
         counts = f"{round(piqa['acc'] * n_piqa)} / {round(piqa['acc_norm'] * n_piqa)} correct of {n_piqa}"
-        notes += (
-            " PIQA check: ptq161 eval gives the same accuracies as lm-eval's own command line run here on the same "
-            "local files (its hf model loading the same FP folder by path, a task YAML reading the raw valid.jsonl "
-            f"+ valid-labels.lst, no ptq161 code): {counts} (benchmarks/results/piqa_independent.md). "
-            "The run quoted in issue 7 (0.6425 / 0.6442, setup not recorded) differs by 1 item (acc) and 2 items "
-            "(acc_norm); no setup tried reproduces it (lm-eval batch size 1 / 16, float16, a BOS token, SDPA / eager "
-            "attention, 1 / 2 threads, weights read from the GGUF directly; `python benchmarks/piqa_batch_check.py`). "
-            "The items it would flip are near ties (acc_norm margins < 1e-4 nats per character)."
+        notes += " " + note(
+            "zeroshot", "piqa_check", counts=counts, ref_acc=quoted["acc"], ref_acc_norm=quoted["acc_norm"]
         )
-    threads = sorted({r.get("torch_threads") for r in store["table"].values() if r.get("torch_threads")})
+    threads = sorted({r.get("torch_threads") for r in table.values() if r.get("torch_threads")})
     if threads:
-        notes += (
-            f" Wall times: one fresh process per model with {'/'.join(map(str, threads))} torch thread(s); "
-            "1-thread runs shared the 2 cores with one other 1-thread job."
-        )
+        notes += " " + note("zeroshot", "threads", threads="/".join(map(str, threads)))
     write_results(
         "zeroshot",
         "Zero-shot tasks on smollm2-135m (paper Table 2 analogue)",
         "\n\n".join(parts),
-        store,
+        {**store, "piqa_reference": reference("piqa_issue7")},
         notes,
+        keep_meta=store if args.render_only else None,
         model="smollm2-135m",
         limit=args.limit,
         batch_size=args.batch_size,
@@ -201,35 +178,30 @@ def render(store: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     from ptq161.eval.zeroshot import PAPER_TASKS
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = bench_parser(__doc__)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--limit", type=int, default=200, help="documents per task in the table (default: 200)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--redo", default="", help="comma-separated rows to recompute (piqa_full for the check)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    tasks = list(PAPER_TASKS)
-    if args.child == "piqa_full":
-        print(json.dumps(run_model("fp", ["piqa"], None, args.batch_size)))
+
+    def job(name: str) -> dict:
+        if name == "piqa_full":  # the harness check: FP PIQA on all items
+            return run_model("fp", ["piqa"], None, args.batch_size)
+        return run_model(name, list(PAPER_TASKS), args.limit, args.batch_size)
+
+    if serve_child(args, job):
         return
-    if args.child:
-        print(json.dumps(run_model(args.child, tasks, args.limit, args.batch_size)))
-        return
-    store_path = RESULTS / "zeroshot.json"
-    saved = json.loads(store_path.read_text()) if store_path.exists() else {}
-    store = {"piqa_full": saved.get("piqa_full"), "table": saved.get("table", {})}
-    redo = set(filter(None, args.redo.split(",")))
-    common = ["--batch-size", str(args.batch_size), "--limit", str(args.limit)]
-    if store["piqa_full"] is None or "piqa_full" in redo:
-        print("running FP PIQA (all items) ...", flush=True)
-        store["piqa_full"] = run_child("benchmarks.zeroshot", "--child", "piqa_full", *common)
-        render(store, args)
-    for name in args.models.split(","):
-        if name in store["table"] and name not in redo and store["table"][name]["limit"] == args.limit:
-            continue
-        print(f"running {name} ...", flush=True)
-        store["table"][name] = run_child("benchmarks.zeroshot", "--child", name, *common)
-        render(store, args)
+    saved = stored("zeroshot")
+    store = {**saved, "piqa_full": saved.get("piqa_full"), "table": saved.get("table", {})}
+    if not args.render_only:  # a table made with another --limit is redone
+        store["table"] = {k: v for k, v in store["table"].items() if v["limit"] == args.limit}
+    child_args = ["--batch-size", str(args.batch_size), "--limit", str(args.limit)]
+    checks = {} if store["piqa_full"] is None else {"piqa_full": store["piqa_full"]}
+    run_pending("benchmarks.zeroshot", checks, ["piqa_full"], args, child_args, lambda _n: None)
+    store["piqa_full"] = checks.get("piqa_full")
+    run_pending(
+        "benchmarks.zeroshot", store["table"], args.models.split(","), args, child_args, lambda _n: render(store, args)
+    )
     render(store, args)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .errors import PTQ161Error
+
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` so that a reader never sees a half-written file."""
@@ -53,6 +55,14 @@ def atomic_save_file(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: str | os.PathLike[str], hint: str = "") -> Any:
+    """Parse the JSON file at ``path``; a damaged file is a one-line ``PTQ161Error`` (``hint`` says what to do)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise PTQ161Error(f"{path} is corrupted ({e}){hint}") from None
 
 
 @contextlib.contextmanager

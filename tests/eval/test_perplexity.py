@@ -41,6 +41,7 @@ def test_windows_and_errors():
         perplexity(tiny_llama(), torch.zeros(1, 2000, dtype=torch.long), seqlen=1024, progress=False)
 
 
+@pytest.mark.realmodel
 def test_real_model_first_windows_match_independent_transformers(smollm2, shared_data):
     """Known answer on the real model: our protocol equals a plain transformers computation."""
     from ptq161.data import eval_tokens

@@ -10,7 +10,6 @@ directory without it is an unfinished run.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from safetensors.torch import load_file
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
 from ..nn.packed import PACKED_BUFFERS
-from ..utils import atomic_save_file, atomic_write_json
+from ..utils import atomic_save_file, atomic_write_json, read_json
 from .convert import pack_model_in_place
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
@@ -83,10 +82,7 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     f = Path(path) / META
     if not f.is_file():
         return None
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise PTQ161Error(f"{f} is corrupted: {e}") from None
+    meta = read_json(f)
     if meta.get("format_version") != FORMAT_VERSION:
         raise PTQ161Error(f"{f} has format version {meta.get('format_version')}, this ptq161 reads {FORMAT_VERSION}")
     return meta

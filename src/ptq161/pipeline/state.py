@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import PTQ161Error
-from ..utils import atomic_save_file, atomic_write_json
+from ..utils import atomic_save_file, atomic_write_json, read_json
 
 STATE_DIR = ".ptq161-state"
 PROGRESS = "progress.json"
@@ -42,10 +42,7 @@ class RunState:
         f = self.dir / PROGRESS
         if not f.is_file():
             return None
-        try:
-            info = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise PTQ161Error(f"{f} is corrupted ({e}); remove {self.dir} to start over") from None
+        info = read_json(f, f"; remove {self.dir} to start over")
         if info.get("fingerprint") != self.fingerprint:
             raise PTQ161Error(f"the saved state in {self.dir} was made with other settings; remove it to start over")
         return info["progress"]
