@@ -91,3 +91,15 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     targets = imported_modules(fake)
     assert targets == [(1, "ptq161.pipeline")]
     assert LAYERS[component(targets[0][1])] >= LAYERS["nn"]
+
+
+def test_readme_layout_lists_every_package_of_the_tree():
+    readme = (SRC.parents[1] / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {
+        line.split()[0].rstrip("/") for line in block.splitlines()[2:] if line.startswith("  ") and line[2] != " "
+    }
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {"errors.py", "utils.py", "config.py", "api.py"}
+    assert packages <= listed and listed - packages <= modules, (listed, packages)
+    assert all(m in block for m in modules)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from ptq161.primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 
 

@@ -1,0 +1,50 @@
+import argparse
+import dataclasses
+
+import pytest
+
+from ptq161.cli import build_parser
+from ptq161.cli.common import method_config, method_flags
+from ptq161.errors import PTQ161Error
+from ptq161.methods import METHODS
+
+
+def test_every_flag_sets_a_real_config_field_and_every_option_field_has_a_flag():
+    flags = method_flags()
+    for mf in flags:
+        for method, field in mf.fields.items():
+            assert field in {f.name for f in dataclasses.fields(METHODS[method].config_class)}
+    declared = {
+        (name, f.name)
+        for name, cls in METHODS.items()
+        for f in dataclasses.fields(cls.config_class)
+        if "cli" in f.metadata
+    }
+    assert declared == {(m, f) for mf in flags for m, f in mf.fields.items()}
+    by_flag = {mf.flag: mf for mf in flags}
+    assert set(by_flag["--ratio"].fields) == {"ptq161", "pbllm"}  # one flag, two methods, same parsing
+    assert set(by_flag["--bits"].fields) == {"rtn", "gptq"}
+
+
+def test_method_config_takes_the_methods_own_flags_and_refuses_others():
+    parser = build_parser()
+    args = parser.parse_args(["quantize", "m", "--method", "rtn", "--bits", "3", "--group-size", "16"])
+    cfg = method_config(args, METHODS["rtn"], {"epochs": 5})  # epochs: not an rtn field, ignored
+    assert (cfg.bits, cfg.group_size) == (3, 16)
+    args = parser.parse_args(["quantize", "m", "--ratio", "0.3"])
+    cfg = method_config(args, METHODS["ptq161"], {"epochs": 5})
+    assert (cfg.salient_ratio, cfg.epochs) == (0.3, 5)
+    args = parser.parse_args(["quantize", "m", "--method", "billm", "--bits", "3"])
+    with pytest.raises(PTQ161Error, match="method 'billm' does not take --bits"):
+        method_config(args, METHODS["billm"], {})
+
+
+def _options(command: str) -> set[str]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {s for a in sub.choices[command]._actions for s in a.option_strings}
+
+
+def test_only_flags_the_command_honours_are_offered():
+    assert "--dtype" not in _options("quantize") and "--dtype" not in _options("preprocess")
+    assert "--device" not in _options("preprocess")
+    assert {"--device", "--dtype"} <= _options("ppl") and {"--device", "--dtype"} <= _options("eval")
