@@ -101,3 +101,14 @@ def hessian_layer(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def out_err(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> float:
     """Mean squared output error of the quantized weight q against w on inputs x."""
     return ((x @ (q - w).T) ** 2).mean().item()
+
+
+def quantize_tiny(model_dir, text_file, out, epochs: int = 2, nsamples: int = 4, **kw):
+    """PTQ1.61 of a tiny model directory on a text file (windows of 64 tokens), saved to ``out``."""
+    from ptq161 import CalibConfig, quantize
+    from ptq161.methods.ptq161 import PTQ161Config
+
+    calib = CalibConfig(dataset=f"text:{text_file}", nsamples=nsamples, seqlen=64)
+    return quantize(
+        str(model_dir), method_config=PTQ161Config(epochs=epochs), calib=calib, output=out, progress=False, **kw
+    )

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import tiny_llama
+from tests.helpers import quantize_tiny, tiny_llama
 
 from ptq161 import CalibConfig, quantize
 from ptq161.calibration.capture import capture_block_inputs, run_block
@@ -98,12 +98,7 @@ def test_bad_settings_are_rejected(bad):
 
 def test_quantize_api_writes_a_faithful_artifact(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "q"
-    res = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=2),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64),
-        output=out,
-    )
+    res = quantize_tiny(tiny_model_dir, text_file, out)
     meta = json.loads((out / "ptq161.json").read_text())
     assert meta["config"]["epochs"] == 2 and meta["calibration"]["seed"] == 2
     assert len(meta["block_logs"]) == 2 and not (out / ".ptq161-state").exists()

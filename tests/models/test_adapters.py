@@ -8,14 +8,8 @@ from ptq161.errors import UnsupportedModelError
 from ptq161.models import get_adapter, supported_architectures
 from ptq161.models.adapters import discover_adapter
 
-SMALL = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
+SMALL = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+SMALL |= {"num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def test_llama_adapter_finds_seven_linears_with_shared_input_groups():

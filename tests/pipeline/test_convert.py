@@ -1,22 +1,14 @@
 import torch
+from tests.helpers import quantize_tiny
 
 import ptq161
-from ptq161 import CalibConfig, quantize
-from ptq161.methods.ptq161 import PTQ161Config
 from ptq161.nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
 from ptq161.pipeline.convert import dequantize_model_in_place
 
 
 def test_int8_head_output_loads_and_dequantizes_to_the_same_logits(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "int8"
-    res = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=1),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
-        output=out,
-        progress=False,
-        int8_head=True,
-    )
+    res = quantize_tiny(tiny_model_dir, text_file, out, epochs=1, nsamples=2, int8_head=True)
     model, _ = ptq161.load(out)
     assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.embed_tokens, Int8Embedding)
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))

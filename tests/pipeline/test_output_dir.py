@@ -7,25 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tests.helpers import quantize_tiny
 from transformers import AutoModelForCausalLM
 
 import ptq161
-from ptq161 import CalibConfig, quantize
 from ptq161.errors import PTQ161Error
-from ptq161.methods.ptq161 import PTQ161Config
 from ptq161.nn import PackedPTQ161Linear
 
 
 @pytest.fixture
 def packed_dir(tiny_model_dir, text_file, tmp_path) -> tuple[Path, torch.nn.Module]:
     out = tmp_path / "packed"
-    res = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=2),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64),
-        output=out,
-        progress=False,
-    )
+    res = quantize_tiny(tiny_model_dir, text_file, out)
     return out, res.model
 
 
