@@ -15,6 +15,7 @@ from ptq161.calibration.capture import capture_block_inputs, run_block
 from ptq161.calibration.stats import record_input_stats
 from ptq161.errors import PTQ161Error
 from ptq161.methods import BlockContext
+from ptq161.methods import ptq161_math as pm
 from ptq161.methods.ptq161 import PTQ161, LearnableBinaryLinear, PTQ161Config
 from ptq161.models import get_adapter
 from ptq161.pipeline.output_dir import read_parts, verify_parts
@@ -60,16 +61,16 @@ def test_gradients_reach_only_s_r1_r2():
     method = PTQ161(PTQ161Config())
     for p in ctx.block.parameters():
         p.requires_grad_(False)
-    mods = {n: method._init_layer(lin, ctx.stats[n].get("max")) for n, lin in ctx.linears.items()}
+    mods = {n: method._init_layer(lin, ctx.stats[n]) for n, lin in ctx.linears.items()}
     for n, m in mods.items():
         ctx.block.set_submodule(n, m)
     y = run_block(ctx.block, ctx.x_q, ctx.call)
     ((y - ctx.y_fp) ** 2).mean().backward()
     trainable = {name for name, p in ctx.block.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.{k}" for n in mods for k in ("s", "r1", "r2")}
+    assert trainable == {f"{n}.{k}" for n in mods for k in ("s_lin", "r1", "r2")}
     for m in mods.values():
         assert isinstance(m, LearnableBinaryLinear)
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.s, m.r1, m.r2))
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.s_parameter(), m.r1, m.r2))
     assert all(p.grad is None for n, p in ctx.block.named_parameters() if not p.requires_grad)
 
 
@@ -89,7 +90,17 @@ def test_salient_columns_are_the_high_activation_channels(statistic):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(salient_ratio=0.0), dict(salient_ratio=1.0), dict(epochs=-1), dict(statistic="median"), dict(batch_size=0)],
+    [
+        dict(salient_ratio=0.0),
+        dict(salient_ratio=1.0),
+        dict(epochs=-1),
+        dict(statistic="median"),
+        dict(batch_size=0),
+        dict(loss="huber"),
+        dict(s_param="exp"),
+        dict(schedule="step"),
+        dict(holdout=-1),
+    ],
 )
 def test_bad_settings_are_rejected(bad):
     with pytest.raises(PTQ161Error):
@@ -160,3 +171,46 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.endswith("self_attn.q_proj.sign") for k in a)  # the packed format
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(loss="delta"),
+        dict(loss="normalized"),
+        dict(s_param="log", lr_s=1e-2),
+        dict(schedule="cosine"),
+        dict(statistic="bound"),
+    ],
+)
+def test_block_stage_variants_train_and_store_faithful_parts(settings):
+    model = tiny_llama()
+    ctx = block_context(model)
+    res = PTQ161(PTQ161Config(epochs=15, **settings)).quantize_block(ctx)
+    assert res.log["loss_last_epoch"] < res.log["loss_first_epoch"]
+    assert res.log["t1_last_epoch"] < res.log["t1_first_epoch"]  # the two terms are logged apart
+    method = PTQ161(PTQ161Config())
+    for name, parts in res.parts.items():
+        assert torch.equal(ctx.linears[name].weight.detach(), method.dequantize(parts))
+
+
+def test_log_parameterised_s_moves_by_a_share_and_stays_positive():
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    sign, mu, s = pm.binary_init(w)
+    expected = torch.exp(-0.1 * torch.sign(sign.sum(dim=1)))  # Adam's first step is lr * sign(grad) on theta
+    for scale in (1.0, 1e-3):  # the same relative step whatever the size of the weights
+        mask = torch.zeros(10, dtype=torch.bool)
+        mod = LearnableBinaryLinear(mask, torch.zeros(6, 0), sign, mu, s * scale, None, log_s=True)
+        opt = torch.optim.Adam([mod.s_parameter()], lr=0.1)
+        mod.weight().sum().backward()
+        opt.step()
+        assert torch.all(mod.s > 0)
+        assert torch.allclose(mod.s.detach() / (s * scale), expected, rtol=1e-4)
+
+
+def test_holdout_keeps_the_epoch_with_the_lowest_held_out_loss():
+    model = tiny_llama()
+    ctx = block_context(model, n=6)
+    res = PTQ161(PTQ161Config(epochs=5, holdout=2)).quantize_block(ctx)
+    held = res.log["heldout_by_epoch"]
+    assert len(held) == 5 and res.log["best_epoch"] == 1 + held.index(min(held))

@@ -56,3 +56,42 @@ def test_bits_per_weight_at_paper_width_and_on_smollm2_shapes():
     # hand count for a small layer: 6 x 10, 3 salient columns
     assert pm.stored_bits(6, 10, 3) == 10 + 6 * 7 + 4 * 6 * 3 + (16 + 4 + 32) * 6 + 16 * 7
     assert math.isclose(expected_bits_per_weight(6, 10), pm.stored_bits(6, 10, 3) / 60)
+
+
+def test_normalized_loss_is_mse_over_a_known_per_channel_factor():
+    t = randn(2, 5, 4)
+    y = t.clone()
+    y[..., 2] += 0.5  # error in channel 2 only
+    norm = pm.channel_norm(t)
+    plain = pm.mse_terms(y, t, t, "paper")[0]
+    scaled = pm.mse_terms(y, t, t, "normalized", norm=norm)[0]
+    assert torch.allclose(scaled, plain / norm[2], rtol=1e-6)
+    assert torch.allclose(norm, t.pow(2).mean(dim=(0, 1)))
+    assert torch.allclose(pm.mse_terms(y, t, t, "normalized", norm=torch.ones(4))[0], plain)
+
+
+def test_delta_loss_drops_the_inherited_input_error():
+    x_fp = randn(2, 5, 4, seed=1)
+    x_q = x_fp + 0.3 * randn(2, 5, 4, seed=2)  # error left by earlier blocks
+    t1 = x_fp + randn(2, 5, 4, seed=3)  # residual block: output = input + its change
+    y = x_q + (t1 - x_fp)  # a quantized block that reproduces the FP change exactly
+    paper = pm.mse_terms(y, t1, y, "paper", x_fp, x_q)
+    delta = pm.mse_terms(y, t1, y, "delta", x_fp, x_q)
+    assert paper[0] > 0.05 and delta[0] < 1e-12  # only the paper's term sees the inherited error
+    assert delta[1] == paper[1]  # the T2 term is the same in both
+
+
+def test_binarization_bound_ranks_columns_by_activation_times_error():
+    w = torch.ones(4, 3)
+    w[:, 1] = torch.tensor([3.0, -2.0, 5.0, 0.5])  # the only column far from its row binarization
+    b = pm.binarization_bound(w, torch.tensor([1.0, 1.0, 1.0]))
+    assert int(b.argmax()) == 1
+    assert torch.allclose(pm.binarization_bound(w, torch.tensor([2.0, 2.0, 2.0])), 2 * b)
+
+
+def test_cosine_warmup_schedule():
+    assert pm.cosine_warmup(0, 100, 10) == pytest.approx(0.1)
+    assert pm.cosine_warmup(9, 100, 10) == pytest.approx(1.0)
+    assert pm.cosine_warmup(10, 100, 10) == pytest.approx(1.0)
+    assert pm.cosine_warmup(55, 100, 10) == pytest.approx(0.5)
+    assert pm.cosine_warmup(100, 100, 10) == pytest.approx(0.0)

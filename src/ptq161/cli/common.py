@@ -107,30 +107,54 @@ def _flag_kwargs(f: dataclasses.Field, hint: Any) -> tuple[dict[str, Any], tuple
     raise TypeError(f"config field {f.name}: no command-line type for {hint}")
 
 
+def config_flags(config_cls: type) -> list[tuple[str, str, dict[str, Any], tuple, str]]:
+    """(flag, field name, argparse kwargs, parse signature, help) of every ``option`` field of a config dataclass."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if "cli" in f.metadata:
+            meta = f.metadata["cli"]
+            kwargs, signature = _flag_kwargs(f, hints[f.name])
+            out.append((meta["flag"] or "--" + f.name.replace("_", "-"), f.name, kwargs, signature, meta["help"]))
+    return out
+
+
 def method_flags(methods: dict[str, type[Method]] = METHODS) -> list[MethodFlag]:
     """Every flag the methods' configs declare, merged by flag name (the same flag must parse the same way)."""
     merged: dict[str, MethodFlag] = {}
     for name, cls in methods.items():
-        hints = typing.get_type_hints(cls.config_class)
-        for f in dataclasses.fields(cls.config_class):
-            if "cli" not in f.metadata:
-                continue
-            meta = f.metadata["cli"]
-            flag = meta["flag"] or "--" + f.name.replace("_", "-")
-            kwargs, signature = _flag_kwargs(f, hints[f.name])
+        for flag, field_name, kwargs, signature, help_text in config_flags(cls.config_class):
             if flag not in merged:
                 merged[flag] = MethodFlag(flag, kwargs, signature, {}, {})
             elif merged[flag].signature != signature:
                 raise TypeError(f"{flag} is declared with different types or bounds by several methods")
-            merged[flag].fields[name], merged[flag].helps[name] = f.name, meta["help"]
+            merged[flag].fields[name], merged[flag].helps[name] = field_name, help_text
     return list(merged.values())
+
+
+def add_config_options(p: argparse.ArgumentParser, config_cls: type, title: str) -> None:
+    """The flags of one config dataclass's ``option`` fields, as an argument group."""
+    g = p.add_argument_group(title)
+    for flag, field_name, kwargs, _sig, help_text in config_flags(config_cls):
+        default = next(f.default for f in dataclasses.fields(config_cls) if f.name == field_name)
+        help_text = f"{help_text} (default: {default})".replace("%", "%%")  # argparse formats help
+        g.add_argument(flag, dest=field_name, help=help_text, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, config_cls: type, defaults: dict[str, Any]) -> Any:
+    """A config from the flags given over ``defaults`` over the dataclass defaults."""
+    values = dict(defaults)
+    for _flag, field_name, *_ in config_flags(config_cls):
+        if getattr(args, field_name, None) is not None:
+            values[field_name] = getattr(args, field_name)
+    return config_cls(**values)
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """The flags of every method's config; each method accepts only its own (checked in ``method_config``)."""
     g = p.add_argument_group("method options (generated from each method's config)")
     for mf in method_flags():
-        help_text = "; ".join(f"{m}: {h}" for m, h in mf.helps.items())
+        help_text = "; ".join(f"{m}: {h}" for m, h in mf.helps.items()).replace("%", "%%")  # argparse formats help
         g.add_argument(mf.flag, dest=mf.dest, help=help_text, **mf.kwargs)
 
 

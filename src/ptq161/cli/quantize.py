@@ -7,7 +7,17 @@ import argparse
 from ..api import quantize
 from ..config import PRESETS, CalibConfig, get_preset
 from ..methods import METHODS, get_method
-from .common import add_data_dir, add_device, add_method_options, method_config, options_of, positive_int
+from ..pipeline.e2e import E2EConfig
+from .common import (
+    add_config_options,
+    add_data_dir,
+    add_device,
+    add_method_options,
+    config_from_args,
+    method_config,
+    options_of,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
     p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
     add_method_options(p)
+    add_config_options(p, E2EConfig, "end-to-end stage (ptq161; beyond the paper)")
     add_data_dir(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -62,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         int8_head=args.int8_head,
+        e2e=config_from_args(args, E2EConfig, {}),
     )
     bits = res.meta["bits"]
     print(f"saved {output}")

@@ -100,3 +100,13 @@ class Method:
     def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
         """The packed module that replaces a linear with ``parts`` (and ``bias`` [m]); only when ``packs``."""
         raise NotImplementedError(f"method '{self.name}' has no packed format")
+
+    @property
+    def trains_end_to_end(self) -> bool:
+        """Whether ``trainable_module`` gives modules (the end-to-end stage applies)."""
+        return False
+
+    def trainable_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module | None:
+        """A module computing the layer from ``parts`` whose continuous factors train end to end
+        (bits unchanged), or None when the method has no such stage. Its ``parts()`` returns the stored parts."""
+        return None

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..calibration import run_block
+from ..calibration import ChannelStats, run_block
 from ..config import option
 from ..errors import PTQ161Error
 from ..nn import PackedPTQ161Linear
@@ -47,8 +47,10 @@ class PTQ161Config(MethodConfig):
         maximum=1,
         exclusive=True,
     )
-    statistic: Literal["max", "mean"] = option(
-        "mean", "activation statistic for the mask (default mean, the paper's; max is the reference code's)"
+    statistic: Literal["max", "mean", "bound"] = option(
+        "mean",
+        "salient-channel criterion: mean |x| (default, the paper's pseudocode), max |x| (the reference code's), "
+        "bound (mean |x_j| times the binarization error of column j, the paper's derivation)",
     )
     salient_bits: int = 4
     salient_range: Literal["salient", "row"] = option("salient", "4-bit min/max over (default salient)")
@@ -59,12 +61,40 @@ class PTQ161Config(MethodConfig):
     batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
     lr_s: float = 5e-4
     lr_r: float = 1e-3
+    loss: Literal["paper", "delta", "normalized"] = option(
+        "paper",
+        "block loss: paper (MSE to both targets + cosine), delta (the FP-input term on the block's own change, "
+        "so error inherited from earlier blocks drops out), normalized (MSE per output channel over the FP "
+        "target's mean square)",
+        flag="--block-loss",
+    )
+    s_param: Literal["linear", "log"] = option(
+        "linear",
+        "parameterisation of s: linear (the paper's; lr is absolute) or log (s = s0 exp(theta): lr is relative)",
+    )
+    schedule: Literal["constant", "cosine"] = option(
+        "constant",
+        "learning-rate schedule of the block stage: constant (the paper's) or cosine with 10 % warm-up",
+        flag="--block-schedule",
+    )
+    holdout: int = option(
+        0,
+        "calibration windows held out for early stopping (keep the epoch with the lowest held-out loss)",
+        minimum=0,
+        flag="--block-holdout",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.salient_ratio < 1:
             raise PTQ161Error(f"salient ratio must be in (0, 1), got {self.salient_ratio}")
-        if self.statistic not in ("max", "mean"):
-            raise PTQ161Error(f"statistic must be max or mean, got '{self.statistic}'")
+        if self.statistic not in ("max", "mean", "bound"):
+            raise PTQ161Error(f"statistic must be max, mean or bound, got '{self.statistic}'")
+        if self.loss not in ("paper", "delta", "normalized"):
+            raise PTQ161Error(f"loss must be paper, delta or normalized, got '{self.loss}'")
+        if self.s_param not in ("linear", "log") or self.schedule not in ("constant", "cosine"):
+            raise PTQ161Error("s_param must be linear or log and schedule constant or cosine")
+        if self.holdout < 0:
+            raise PTQ161Error(f"holdout must be >= 0, got {self.holdout}")
         if self.salient_range not in ("salient", "row"):
             raise PTQ161Error(f"salient range must be salient or row, got '{self.salient_range}'")
         if self.s_init not in ("uncentred", "centred"):
@@ -91,6 +121,7 @@ class LearnableBinaryLinear(nn.Module):
         mu: torch.Tensor,
         s: torch.Tensor,
         bias: torch.Tensor | None,
+        log_s: bool = False,
     ) -> None:
         super().__init__()
         m, n_bin = sign.shape
@@ -99,9 +130,23 @@ class LearnableBinaryLinear(nn.Module):
         self.register_buffer("sign", sign)
         self.register_buffer("mu", mu)
         self.bias = bias
-        self.s = nn.Parameter(s.clone())
+        self.log_s = log_s
+        if log_s:  # s = s0 exp(theta): an optimizer step changes s by a share, whatever its size
+            self.register_buffer("s0", s.clone())
+            self.theta = nn.Parameter(torch.zeros_like(s))
+        else:
+            self.s_lin = nn.Parameter(s.clone())
         self.r1 = nn.Parameter(torch.ones(m, dtype=s.dtype, device=s.device))
         self.r2 = nn.Parameter(torch.ones(n_bin, dtype=s.dtype, device=s.device))
+
+    @property
+    def s(self) -> torch.Tensor:
+        """The binarization magnitude s [m]."""
+        return self.s0 * torch.exp(self.theta) if self.log_s else self.s_lin
+
+    def s_parameter(self) -> nn.Parameter:
+        """The trainable tensor behind s (theta or s itself)."""
+        return self.theta if self.log_s else self.s_lin
 
     def weight(self) -> torch.Tensor:
         """Current fake-quantized weight [m, n]."""
@@ -119,6 +164,55 @@ class LearnableBinaryLinear(nn.Module):
             return a, b, self.r2.detach().to(STORAGE_DTYPE)
 
 
+class FoldedBinaryLinear(nn.Module):
+    """A stored PTQ1.61 layer whose continuous factors train end to end; signs, codes, zero points and mask fixed.
+
+    W = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)) with every factor a stored
+    one times a trainable multiplier (initialised to 1): an optimizer step changes a factor by a
+    share of itself, whatever the size of the weights. ``parts()`` rounds the factors to fp16
+    exactly as the block stage stores them, so the bits do not change.
+    """
+
+    def __init__(self, parts: Parts, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        mask = parts["mask"].bool()
+        n_s, n = int(mask.sum()), mask.numel()
+        self.register_buffer("mask", mask)
+        self.register_buffer("sign", unpack_bits(parts["sign"], n - n_s).float() * 2 - 1)
+        self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
+        self.register_buffer("zero", parts["zero"].clone())
+        self.stored = {k: parts[k].float() for k in ("scale", "a", "b", "r2")}
+        for k, v in self.stored.items():
+            self.register_buffer(f"{k}0", v.clone())
+            self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(v)))
+        self.bias = None if bias is None else bias.detach().clone()
+
+    def factor(self, k: str) -> torch.Tensor:
+        """The current factor ``k`` (scale [m], a [m], b [m] or r2 [n_b])."""
+        return getattr(self, f"{k}0") * getattr(self, f"g_{k}")
+
+    def weight(self) -> torch.Tensor:
+        """Current weight [m, n]."""
+        w_sal = (self.codes.float() - self.zero.float()[:, None]) * self.factor("scale")[:, None]
+        w_bin = self.factor("r2")[None, :] * (self.factor("a")[:, None] * self.sign + self.factor("b")[:, None])
+        return assemble(self.mask, w_sal, w_bin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight().to(x.dtype), self.bias)
+
+    def parts(self) -> Parts:
+        """The stored parts with the trained factors rounded to the storage dtype."""
+        with torch.no_grad():
+            out = {
+                "mask": self.mask.cpu(),
+                "sign": pack_bits(self.sign.cpu() > 0),
+                "codes": pack_nibbles(self.codes.cpu()),
+                "zero": self.zero.cpu(),
+            }
+            out.update({k: self.factor(k).to(STORAGE_DTYPE).cpu() for k in ("scale", "a", "b", "r2")})
+        return out
+
+
 class PTQ161(Method):
     """PTQ1.61, see the module docstring."""
 
@@ -126,10 +220,14 @@ class PTQ161(Method):
     config_class = PTQ161Config
     config: PTQ161Config
 
-    def _init_layer(self, lin: nn.Linear, stat: torch.Tensor) -> LearnableBinaryLinear:
+    def _init_layer(self, lin: nn.Linear, stats: ChannelStats) -> LearnableBinaryLinear:
         cfg = self.config
         w = lin.weight.detach().float()
         n = w.shape[1]
+        if cfg.statistic == "bound":
+            stat = pm.binarization_bound(w.cpu(), stats.get("mean"))
+        else:
+            stat = stats.get(cfg.statistic)
         mask = pm.salient_mask(stat, cfg.salient_ratio) if cfg.use_mask else torch.zeros(n, dtype=torch.bool)
         mask = mask.to(w.device)
         w_sal = w[:, mask]
@@ -137,38 +235,86 @@ class PTQ161(Method):
         scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
         codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
         sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
-        module = LearnableBinaryLinear(mask, rtn_dequantize(codes, scale, zero), sign, mu, s, lin.bias)
+        module = LearnableBinaryLinear(
+            mask, rtn_dequantize(codes, scale, zero), sign, mu, s, lin.bias, log_s=cfg.s_param == "log"
+        )
         module.codes, module.scale, module.zero = codes, scale, zero  # kept for the stored parts
         return module
 
+    def _loss(self, ctx: BlockContext, y: torch.Tensor, t2: torch.Tensor, sl: slice, norm: torch.Tensor | None):
+        """(total loss, T1 term, T2 term) of the outputs y of samples ``sl``."""
+        cfg = self.config
+        t1_fp, t2_q = ctx.y_fp[sl], t2[sl]
+        m1, m2 = pm.mse_terms(y, t1_fp, t2_q, cfg.loss, ctx.x_fp[sl], ctx.x_q[sl], norm)
+        loss = m1 + m2
+        if cfg.use_cosine:
+            loss = loss + (pm.nlc_term(y, t1_fp) + pm.nlc_term(y, t2_q)).mean()
+        return loss, m1, m2
+
     def _train(self, ctx: BlockContext, modules: dict[str, LearnableBinaryLinear], t2: torch.Tensor) -> dict:
         cfg = self.config
-        params_s = [m.s for m in modules.values()]
+        params_s = [m.s_parameter() for m in modules.values()]
         params_r = [p for m in modules.values() for p in (m.r1, m.r2)]
         opt = torch.optim.AdamW(
             [{"params": params_s, "lr": cfg.lr_s}, {"params": params_r, "lr": cfg.lr_r}], weight_decay=0.0
         )
-        n, bs = ctx.x_q.shape[0], cfg.batch_size
-        epoch_losses: list[float] = []
+        n_all, bs = ctx.x_q.shape[0], cfg.batch_size
+        n = n_all - cfg.holdout if cfg.holdout < n_all else n_all  # the last windows are held out
+        total_steps = cfg.epochs * -(-n // bs)
+        sched = None
+        if cfg.schedule == "cosine":
+            warm = max(1, total_steps // 10)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: pm.cosine_warmup(k, total_steps, warm))
+        norm = pm.channel_norm(ctx.y_fp) if cfg.loss == "normalized" else None
+        history: list[dict] = []
+        best: tuple[float, list[torch.Tensor]] | None = None
+        trainable = params_s + params_r
         for epoch in range(cfg.epochs):
-            total = 0.0
+            sums = [0.0, 0.0, 0.0]
             for i in range(0, n, bs):
-                y = run_block(ctx.block, ctx.x_q[i : i + bs], ctx.call, batch_size=bs)
-                loss = pm.block_loss(y, ctx.y_fp[i : i + bs], t2[i : i + bs], cfg.use_cosine)
+                sl = slice(i, min(i + bs, n))
+                y = run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs)
+                loss, m1, m2 = self._loss(ctx, y, t2, sl, norm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * y.shape[0]
-            epoch_losses.append(total / n)
-            ctx.report(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{epoch_losses[-1]:.4g}")
-        return {"loss_first_epoch": epoch_losses[0], "loss_last_epoch": epoch_losses[-1]}
+                if sched is not None:
+                    sched.step()
+                for k, v in enumerate((loss, m1, m2)):
+                    sums[k] += v.item() * y.shape[0]
+            rec = {"loss": sums[0] / n, "t1": sums[1] / n, "t2": sums[2] / n}
+            if n < n_all:
+                with torch.no_grad():
+                    sl = slice(n, n_all)
+                    rec["heldout"] = self._loss(ctx, run_block(ctx.block, ctx.x_q[sl], ctx.call), t2, sl, norm)[
+                        0
+                    ].item()
+                if best is None or rec["heldout"] < best[0]:
+                    best = (rec["heldout"], [p.detach().clone() for p in trainable])
+            history.append(rec)
+            ctx.report(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{rec['loss']:.4g}")
+        log = {
+            "loss_first_epoch": history[0]["loss"],
+            "loss_last_epoch": history[-1]["loss"],
+            "t1_first_epoch": history[0]["t1"],
+            "t1_last_epoch": history[-1]["t1"],
+            "t2_first_epoch": history[0]["t2"],
+            "t2_last_epoch": history[-1]["t2"],
+        }
+        if best is not None:
+            with torch.no_grad():
+                for p, v in zip(trainable, best[1], strict=True):
+                    p.copy_(v)
+            log["heldout_by_epoch"] = [h["heldout"] for h in history]
+            log["best_epoch"] = 1 + min(range(len(history)), key=lambda e: history[e]["heldout"])
+        return log
 
     def quantize_block(self, ctx: BlockContext) -> BlockResult:
         """Initialise every linear, train s, r1, r2 on the block, write the stored weights back."""
         cfg = self.config
         with torch.no_grad():
             t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
-        modules = {name: self._init_layer(lin, ctx.stats[name].get(cfg.statistic)) for name, lin in ctx.linears.items()}
+        modules = {name: self._init_layer(lin, ctx.stats[name]) for name, lin in ctx.linears.items()}
         log: dict = {}
         if cfg.epochs > 0:
             frozen = [p for p in ctx.block.parameters() if p.requires_grad]
@@ -228,6 +374,15 @@ class PTQ161(Method):
     def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
         """A ``PackedPTQ161Linear`` holding ``parts`` (and ``bias`` [m])."""
         return PackedPTQ161Linear.from_parts(parts, bias)
+
+    @property
+    def trains_end_to_end(self) -> bool:
+        """The factors of the packed format train end to end (4-bit salient codes only)."""
+        return self.packs
+
+    def trainable_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module | None:
+        """``FoldedBinaryLinear`` of the parts (4-bit salient codes only)."""
+        return FoldedBinaryLinear(parts, bias) if self.packs else None
 
 
 def expected_bits_per_weight(m: int, n: int, ratio: float = 0.2, bits: int = 4) -> float:

@@ -54,15 +54,67 @@ def nlc_term(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -torch.log(cos.mean(dim=-1).abs().clamp(min=1e-8))
 
 
+def channel_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per output channel mean square of the FP target t [..., d] over all tokens -> [d] (floored at 1e-12)."""
+    return t.float().pow(2).reshape(-1, t.shape[-1]).mean(dim=0).clamp(min=1e-12)
+
+
+def mse_terms(
+    y: torch.Tensor,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    kind: str = "paper",
+    x_fp: torch.Tensor | None = None,
+    x_q: torch.Tensor | None = None,
+    norm: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two MSE terms of the block loss: (Y against T1 = F(x_fp), Y against T2 = F(x_q)).
+
+    y, t1, t2, x_fp, x_q: [b, seq, d]; norm: [d] (``channel_norm`` of the FP targets).
+    kind "paper": MSE(Y, T1), MSE(Y, T2).
+    kind "delta": the T1 term on the block's own change, MSE(Y - x_q, T1 - x_fp): the error that
+      earlier blocks left in the input (x_q - x_fp), which no parameter of this block can remove,
+      drops out; the T2 term is unchanged (its input is x_q on both sides).
+    kind "normalized": both terms divided per output channel by ``norm`` (a few huge residual
+      channels no longer dominate the gradient).
+    """
+    if kind == "delta":
+        return F.mse_loss(y - x_q, t1 - x_fp), F.mse_loss(y, t2)
+    if kind == "normalized":
+        return ((y - t1).pow(2) / norm).mean(), ((y - t2).pow(2) / norm).mean()
+    return F.mse_loss(y, t1), F.mse_loss(y, t2)
+
+
 def block_loss(y: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, use_cosine: bool = True) -> torch.Tensor:
     """MSE(T1, Y) + MSE(T2, Y) - log|mean cos(Y, T1)| - log|mean cos(Y, T2)|, averaged over the batch.
 
-    y, t1, t2: [b, seq, d] -> scalar.
+    y, t1, t2: [b, seq, d] -> scalar. (The paper's loss; ``mse_terms`` gives the variants.)
     """
     loss = F.mse_loss(y, t1) + F.mse_loss(y, t2)
     if use_cosine:
         loss = loss + (nlc_term(y, t1) + nlc_term(y, t2)).mean()
     return loss
+
+
+def binarization_bound(w: torch.Tensor, mean_abs_x: torch.Tensor) -> torch.Tensor:
+    """The paper's salient-channel criterion: mean |x_j| times the binarization error of column j.
+
+    w [m, n], mean_abs_x [n] -> [n]. The error is ||W[:, j] - B[:, j]||_2 with B the initial
+    row-wise binarization s sign(W - mu) + mu of the whole row; by the triangle inequality
+    ||x W^T - x B^T|| <= sum_j |x_j| ||W[:, j] - B[:, j]||, so the columns with the largest
+    terms are the ones whose binarization costs the output most.
+    """
+    sign, mu, s = binary_init(w, "centred")
+    err = (w - (s[:, None] * sign + mu[:, None])).norm(dim=0)
+    return mean_abs_x.float() * err
+
+
+def cosine_warmup(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor at ``step`` of ``total``: linear warm-up over ``warmup`` steps, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def paper_bits_per_weight(m: int, n: int, n_salient: int, salient_bits: int = 4) -> float:

@@ -18,6 +18,7 @@ from ..models import get_adapter, load_model
 from ..utils import peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise
+from .e2e import E2EConfig, teacher_topk, train_end_to_end
 from .state import RunState
 
 
@@ -43,13 +44,15 @@ def quantize(
     device: str = "cpu",
     progress: bool = True,
     int8_head: bool = False,
+    e2e: E2EConfig | None = None,
 ) -> QuantizeResult:
     """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
 
     With ``output``, progress is saved after every block and ``resume=True`` continues
     an interrupted run to a result identical to an uninterrupted one. Methods with a packed
     format (PTQ1.61) are saved packed, and the returned model is then the packed one;
-    ``int8_head`` also stores the embedding and lm_head in 8 bits.
+    ``int8_head`` also stores the embedding and lm_head in 8 bits. ``e2e`` (steps > 0) adds the
+    end-to-end stage after the block stage (``ptq161.pipeline.e2e``).
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -57,6 +60,9 @@ def quantize(
     if int8_head and not impl.packs:
         raise PTQ161Error(f"--int8-head needs a packed format; method '{method}' with these settings has none")
     calib = calib or CalibConfig()
+    e2e = e2e or E2EConfig()
+    if e2e.steps and not impl.trains_end_to_end:
+        raise PTQ161Error(f"method '{method}' with these settings has no end-to-end stage (--e2e-steps)")
     out = Path(output) if output is not None else None
     if out is not None:
         output_dir.check_output_dir(out, resume)
@@ -68,9 +74,16 @@ def quantize(
         calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
     )
     settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
+    if e2e.steps:
+        settings["e2e"] = e2e.to_dict()
     state = RunState(out, settings) if out is not None else None
     t0 = time.perf_counter()
+    teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
     res = quantize_blockwise(model, get_adapter(model), windows, impl, state=state, progress=progress)
+    e2e_log = None
+    if e2e.steps:
+        e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
+        res.parts, e2e_log = train_end_to_end(model, impl, res.parts, windows, teacher, e2e, e2e_state, progress)
     meta = {
         **settings,
         "calibration_source": calib_source,
@@ -78,6 +91,7 @@ def quantize(
         "peak_rss_mb": peak_rss_mb(),
         "bits": output_dir.bits_report(impl, res.parts),
         "block_logs": res.block_logs,
+        **({"e2e_log": e2e_log} if e2e_log is not None else {}),
     }
     if out is not None:
         output_dir.write_output(out, model, tok, impl, res.parts, {**meta, "int8_head": int8_head}, int8_head)

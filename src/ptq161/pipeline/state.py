@@ -33,8 +33,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 class RunState:
     """Resume state of one run in ``root / STATE_DIR``, bound to the run's ``settings``."""
 
-    def __init__(self, root: Path, settings: dict[str, Any]) -> None:
-        self.dir = root / STATE_DIR
+    def __init__(self, root: Path, settings: dict[str, Any], stage: str = "") -> None:
+        self.dir = root / STATE_DIR / stage if stage else root / STATE_DIR
         self.fingerprint = fingerprint(settings)
 
     def progress(self) -> dict[str, Any] | None:

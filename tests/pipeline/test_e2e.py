@@ -1,0 +1,85 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.helpers import random_parts
+
+import ptq161.pipeline.e2e as e2e
+from ptq161 import CalibConfig, quantize
+from ptq161.errors import PTQ161Error
+from ptq161.methods.ptq161 import PTQ161, FoldedBinaryLinear, PTQ161Config
+from ptq161.pipeline.e2e import E2EConfig, topk_kl
+from ptq161.pipeline.output_dir import read_meta, read_parts
+
+
+def test_folded_module_starts_at_the_stored_weight_and_stores_the_same_bits():
+    parts = random_parts(9, 20, 5)
+    mod = FoldedBinaryLinear(parts, None)
+    assert torch.equal(mod.weight().detach(), PTQ161(PTQ161Config()).dequantize(parts))
+    again = mod.parts()
+    assert again.keys() == parts.keys()
+    for k, v in parts.items():
+        assert again[k].dtype == v.dtype and again[k].shape == v.shape
+        assert torch.equal(again[k], v), k
+
+
+def test_topk_kl_is_zero_for_the_teacher_itself_and_positive_otherwise():
+    logits = torch.randn(5, 30, generator=torch.Generator().manual_seed(0))
+    top = torch.topk(logits, 30, dim=-1)
+    assert topk_kl(logits, top.values, top.indices).abs() < 1e-6
+    assert topk_kl(logits.flip(-1), top.values, top.indices) > 0.1
+
+
+def _run(tiny_model_dir, text_file, out, steps=12, **kw):
+    return quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=1),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
+        output=out,
+        progress=False,
+        e2e=E2EConfig(steps=steps, lr=5e-2, topk=32, heldout=2, save_every=4),
+        **kw,
+    )
+
+
+def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    plain = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=1),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
+        output=tmp_path / "plain",
+        progress=False,
+    )
+    res = _run(tiny_model_dir, text_file, tmp_path / "full")
+    log = res.meta["e2e_log"]
+    assert log["train_kl_after"] < log["train_kl_before"] - 0.01  # on its own training windows
+    assert res.meta["bits"] == plain.meta["bits"]  # signs, codes, mask fixed: the same bits
+    a, b = read_parts(tmp_path / "full"), read_parts(tmp_path / "plain")
+    for layer in a:
+        for k in ("mask", "sign", "codes", "zero"):
+            assert torch.equal(a[layer][k], b[layer][k])
+    assert read_meta(tmp_path / "full")["e2e"]["steps"] == 12
+
+    real = e2e._checkpoint
+
+    def save_then_die(state, params, opt, sched, stage):
+        real(state, params, opt, sched, stage)
+        if stage["step"] == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(e2e, "_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_model_dir, text_file, tmp_path / "part")
+    monkeypatch.setattr(e2e, "_checkpoint", real)
+    _run(tiny_model_dir, text_file, tmp_path / "part", resume=True)
+    x, y = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "part" / "model.safetensors")),
+    )
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_bad_e2e_settings_are_one_line_errors(tiny_model_dir, text_file, tmp_path):
+    with pytest.raises(PTQ161Error):
+        E2EConfig(steps=-1)
+    with pytest.raises(PTQ161Error, match="no end-to-end stage"):
+        quantize(str(tiny_model_dir), "rtn", e2e=E2EConfig(steps=2), progress=False)
