@@ -54,6 +54,7 @@ def write_results(
     else:
         meta = run_metadata(**settings)
         meta["command"] = command_line()
+        meta["machine"]["git_commit"] = git_commit()
     data = {k: v for k, v in data.items() if k not in META_KEYS}
     atomic_write_json(RESULTS / f"{name}.json", {**meta, **data})
     m = meta["machine"]
@@ -63,10 +64,22 @@ def write_results(
         + f"- command: `{meta['command']}`\n"
         + f"- date: {meta['date']}\n"
         + f"- machine: {m['cpu_count']} CPU cores, {m['platform']}, torch threads {m['torch_threads']}\n"
+        + (f"- git commit: {m['git_commit']}\n" if m.get("git_commit") else "")
         + f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}\n"
         + f"- settings: {', '.join(f'{k}={v}' for k, v in meta['settings'].items())}\n"
     )
     atomic_write_text(RESULTS / f"{name}.md", md)
+
+
+def git_commit() -> str:
+    """The commit the benchmark code ran from (``+dirty`` when the tree had uncommitted changes)."""
+    root = RESULTS.parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return head + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def bench_parser(doc: str | None, redo: bool = True, render_only: bool = True) -> argparse.ArgumentParser:
@@ -155,7 +168,13 @@ OUTPUTS = RESULTS.parents[1] / "outputs"  # quantized artifacts kept for later b
 
 
 def quantize_and_evaluate(
-    method: str, cfg: Any, calib: Any, windows: int, save: Path | None = None, model: str = "smollm2-135m"
+    method: str,
+    cfg: Any,
+    calib: Any,
+    windows: int,
+    save: Path | None = None,
+    model: str = "smollm2-135m",
+    e2e: Any = None,
 ) -> dict[str, Any]:
     """Quantize ``model`` and evaluate WikiText-2 test and C4 on the first ``windows`` windows.
 
@@ -165,13 +184,15 @@ def quantize_and_evaluate(
     import shutil
     import time
 
+    import torch
+
     from ptq161 import evaluate_perplexity, quantize
     from ptq161.utils import peak_rss_mb
 
     if save is not None and save.exists():
         shutil.rmtree(save)
     t0 = time.perf_counter()
-    res = quantize(model, method, method_config=cfg, calib=calib, output=save, progress=False)
+    res = quantize(model, method, method_config=cfg, calib=calib, output=save, progress=False, e2e=e2e)
     seconds = time.perf_counter() - t0
     results = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
     ppl = {r.dataset: r.ppl for r in results}
@@ -187,5 +208,9 @@ def quantize_and_evaluate(
         "c4_ppl": ppl["c4"],
         "eval_windows": windows,
         "block_logs": res.meta["block_logs"],
+        "e2e": None if e2e is None else e2e.to_dict(),
+        "e2e_log": res.meta.get("e2e_log"),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
         **({"artifact": str(save.relative_to(RESULTS.parents[1]))} if save is not None else {}),
     }

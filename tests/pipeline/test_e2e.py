@@ -83,3 +83,20 @@ def test_bad_e2e_settings_are_one_line_errors(tiny_model_dir, text_file, tmp_pat
         E2EConfig(steps=-1)
     with pytest.raises(PTQ161Error, match="no end-to-end stage"):
         quantize(str(tiny_model_dir), "rtn", e2e=E2EConfig(steps=2), progress=False)
+
+
+def test_folded_linear_gradients_equal_autograd_through_the_weight():
+    parts = random_parts(7, 12, 4, seed=1)
+    mod = FoldedBinaryLinear(parts, torch.randn(7))
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.mul_(torch.rand_like(p) + 0.5)
+    x = torch.randn(2, 3, 12, requires_grad=True)
+    mod(x).square().sum().backward()
+    got = [p.grad.clone() for p in mod.parameters()] + [x.grad.clone()]
+    mod.zero_grad()
+    x.grad = None
+    (torch.nn.functional.linear(x, mod.weight(), mod.bias)).square().sum().backward()
+    want = [p.grad for p in mod.parameters()] + [x.grad]
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -164,13 +164,50 @@ class LearnableBinaryLinear(nn.Module):
             return a, b, self.r2.detach().to(STORAGE_DTYPE)
 
 
+def _folded_weight(mask, sign, codes, zero, scale, a, b, r2) -> torch.Tensor:
+    """W [m, n] = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)); sign int8 +-1 [m, n_b]."""
+    w_sal = (codes.float() - zero.float()[:, None]) * scale[:, None]
+    w_bin = r2[None, :] * (a[:, None] * sign.float() + b[:, None])
+    return assemble(mask, w_sal, w_bin)
+
+
+class _FoldedLinearFn(torch.autograd.Function):
+    """y = x W^T with W rebuilt from the parts; gradients only for x and the four factors.
+
+    Nothing of size [m, n] is kept for the backward pass (W is rebuilt there), so training
+    every layer of a model end to end needs the activations, not a second copy of the weights.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, sign, codes, zero, scale, a, b, r2):
+        ctx.save_for_backward(x, mask, sign, codes, zero, scale, a, b, r2)
+        w = _folded_weight(mask, sign, codes, zero, scale, a, b, r2)
+        return x @ w.to(x.dtype).T
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, mask, sign, codes, zero, scale, a, b, r2 = ctx.saved_tensors
+        w = _folded_weight(mask, sign, codes, zero, scale, a, b, r2)
+        gx = gy @ w.to(gy.dtype)
+        gw = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).float()  # dL/dW [m, n]
+        g_sal, g_bin = gw[:, mask], gw[:, ~mask]
+        sgn = sign.float()
+        g_scale = (g_sal * (codes.float() - zero.float()[:, None])).sum(dim=1)
+        g_bin_r2 = g_bin * r2[None, :]
+        g_a = (g_bin_r2 * sgn).sum(dim=1)
+        g_b = g_bin_r2.sum(dim=1)
+        g_r2 = (g_bin * (a[:, None] * sgn + b[:, None])).sum(dim=0)
+        return gx, None, None, None, None, g_scale, g_a, g_b, g_r2
+
+
 class FoldedBinaryLinear(nn.Module):
     """A stored PTQ1.61 layer whose continuous factors train end to end; signs, codes, zero points and mask fixed.
 
     W = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)) with every factor a stored
     one times a trainable multiplier (initialised to 1): an optimizer step changes a factor by a
     share of itself, whatever the size of the weights. ``parts()`` rounds the factors to fp16
-    exactly as the block stage stores them, so the bits do not change.
+    exactly as the block stage stores them, so the bits do not change. Signs are kept as int8
+    and the backward pass rebuilds W (``_FoldedLinearFn``): memory is about 1 byte a weight.
     """
 
     def __init__(self, parts: Parts, bias: torch.Tensor | None) -> None:
@@ -178,13 +215,12 @@ class FoldedBinaryLinear(nn.Module):
         mask = parts["mask"].bool()
         n_s, n = int(mask.sum()), mask.numel()
         self.register_buffer("mask", mask)
-        self.register_buffer("sign", unpack_bits(parts["sign"], n - n_s).float() * 2 - 1)
+        self.register_buffer("sign", (unpack_bits(parts["sign"], n - n_s).to(torch.int8) * 2 - 1))
         self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
         self.register_buffer("zero", parts["zero"].clone())
-        self.stored = {k: parts[k].float() for k in ("scale", "a", "b", "r2")}
-        for k, v in self.stored.items():
-            self.register_buffer(f"{k}0", v.clone())
-            self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(v)))
+        for k in ("scale", "a", "b", "r2"):
+            self.register_buffer(f"{k}0", parts[k].float().clone())
+            self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(parts[k], dtype=torch.float32)))
         self.bias = None if bias is None else bias.detach().clone()
 
     def factor(self, k: str) -> torch.Tensor:
@@ -192,13 +228,14 @@ class FoldedBinaryLinear(nn.Module):
         return getattr(self, f"{k}0") * getattr(self, f"g_{k}")
 
     def weight(self) -> torch.Tensor:
-        """Current weight [m, n]."""
-        w_sal = (self.codes.float() - self.zero.float()[:, None]) * self.factor("scale")[:, None]
-        w_bin = self.factor("r2")[None, :] * (self.factor("a")[:, None] * self.sign + self.factor("b")[:, None])
-        return assemble(self.mask, w_sal, w_bin)
+        """Current weight [m, n] (float32)."""
+        f = [self.factor(k) for k in ("scale", "a", "b", "r2")]
+        return _folded_weight(self.mask, self.sign, self.codes, self.zero, *f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight().to(x.dtype), self.bias)
+        f = [self.factor(k) for k in ("scale", "a", "b", "r2")]
+        y = _FoldedLinearFn.apply(x, self.mask, self.sign, self.codes, self.zero, *f)
+        return y if self.bias is None else y + self.bias
 
     def parts(self) -> Parts:
         """The stored parts with the trained factors rounded to the storage dtype."""
