@@ -37,6 +37,13 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "bound": ("+ salient channels by the paper's bound", {"statistic": "bound"}, None),
     "range_row": ("+ 4-bit range over the whole row", {"salient_range": "row"}, None),
     "e2e_only": ("old default + end-to-end stage (150 steps)", {}, E2E),
+    # the cpu preset budget (64 x 256 tokens, 10 epochs): the old default is results/ptq161_runs.json's
+    # cpu_candidate_64x256x10_mean (273.66 / 462.24); this row adds the end-to-end stage to it
+    "cpu_slog_e2e300": (
+        "cpu budget (64 x 256, 10 epochs), log-parameterised s",
+        {"nsamples": 64, "seqlen": 256, "epochs": 10, "s_param": "log", "lr_s": 1e-2},
+        {"steps": 300, "lr": 1e-3, "topk": 64, "heldout": 4},
+    ),
 }
 
 
@@ -49,8 +56,59 @@ def run_row(name: str, windows: int) -> dict:
     _label, over, e2e = ROWS[name]
     over = {**ABL, **over}
     calib = CalibConfig(dataset=over.pop("calib", None), nsamples=over.pop("nsamples"), seqlen=over.pop("seqlen"))
-    row = quantize_and_evaluate("ptq161", PTQ161Config(**over), calib, windows, e2e=E2EConfig(**e2e) if e2e else None)
-    return {**row, "name": name}
+    if e2e is None:
+        return {**quantize_and_evaluate("ptq161", PTQ161Config(**over), calib, windows), "name": name}
+    return {**block_then_e2e(PTQ161Config(**over), calib, E2EConfig(**e2e), windows), "name": name}
+
+
+def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
+    """The block stage, evaluated; then the end-to-end stage on the same model, evaluated again (one run, both rows).
+
+    The same pipeline functions ``ptq161.quantize(e2e=...)`` runs, in the same order; the teacher's
+    logits come from a second copy of the FP model, loaded for that.
+    """
+    import time
+
+    import torch
+
+    from ptq161 import evaluate_perplexity, load_model, quantize
+    from ptq161.data import calibration_windows
+    from ptq161.methods.ptq161 import PTQ161
+    from ptq161.pipeline.e2e import teacher_topk, train_end_to_end
+    from ptq161.utils import peak_rss_mb
+
+    def ppl(model, tok) -> dict:
+        return {r.dataset: r.ppl for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows)}
+
+    t0 = time.perf_counter()
+    fp, tok = load_model("smollm2-135m")
+    wins, _src = calibration_windows(calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed)
+    teacher = teacher_topk(fp, wins, e2e.topk)
+    del fp
+    teacher_s = time.perf_counter() - t0
+    res = quantize("smollm2-135m", method_config=cfg, calib=calib, progress=False)
+    block_s = time.perf_counter() - t0 - teacher_s
+    before = ppl(res.model, res.tokenizer)
+    _parts, log = train_end_to_end(res.model, PTQ161(cfg), res.parts, wins, teacher, e2e, progress=False)
+    after = ppl(res.model, res.tokenizer)
+    return {
+        "config": cfg.to_dict(),
+        "calibration": calib.to_dict(),
+        "calibration_source": res.meta["calibration_source"],
+        "quantize_seconds": block_s + teacher_s + log["seconds"],
+        "block_stage_seconds": block_s,
+        "teacher_seconds": teacher_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
+        "wikitext2_ppl": after["wikitext2"],
+        "c4_ppl": after["c4"],
+        "block_stage_ppl": before,
+        "eval_windows": windows,
+        "block_logs": res.meta["block_logs"],
+        "e2e": e2e.to_dict(),
+        "e2e_log": log,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def late_block_drop(row: dict) -> str:
@@ -66,19 +124,40 @@ def render(store: dict, args: argparse.Namespace) -> None:
     head = ["row", "WikiText-2 ppl", "C4 ppl", "x FP (WikiText-2)", "bits/w stored", "late blocks train", "minutes"]
     rows = [("FP (dequantized Q4_1)", round(fp["wikitext2"], 2), round(fp["c4"], 2), 1.0, 32, "-", "-")]
     for name, (label, _over, _e2e) in ROWS.items():
-        if name in store["rows"]:
-            r = store["rows"][name]
+        if name not in store["rows"]:
+            continue
+        r = store["rows"][name]
+        bits, late = round(r["stored_bits_per_weight"], 4), late_block_drop(r)
+        if "block_stage_ppl" in r:  # an end-to-end row: the block stage alone, then with the stage
+            b = r["block_stage_ppl"]
+            minutes = round(r["block_stage_seconds"] / 60, 1)
             rows.append(
                 (
                     label,
-                    round(r["wikitext2_ppl"], 2),
-                    round(r["c4_ppl"], 2),
-                    round(r["wikitext2_ppl"] / fp["wikitext2"], 1),
-                    round(r["stored_bits_per_weight"], 4),
-                    late_block_drop(r),
-                    round(r["quantize_seconds"] / 60, 1),
+                    round(b["wikitext2"], 2),
+                    round(b["c4"], 2),
+                    round(b["wikitext2"] / fp["wikitext2"], 1),
+                    bits,
+                    late,
+                    minutes,
                 )
             )
+            steps = r["e2e"]["steps"]
+            kl = r["e2e_log"]
+            label = f"  + end-to-end stage ({steps} steps; held-out KL "
+            label += f"{kl['heldout_kl_before']:.3f} -> {kl['heldout_kl_after']:.3f})"
+        wt = r["wikitext2_ppl"]
+        rows.append(
+            (
+                label,
+                round(wt, 2),
+                round(r["c4_ppl"], 2),
+                round(wt / fp["wikitext2"], 1),
+                bits,
+                late,
+                round(r["quantize_seconds"] / 60, 1),
+            )
+        )
     write_results(
         "quality",
         "Usable 1.6-bit models: block-stage changes and the end-to-end stage (smollm2-135m)",

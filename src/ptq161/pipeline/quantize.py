@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ from .state import RunState
 
 @dataclass
 class QuantizeResult:
-    """A finished quantization: the model (fake-quant weights in place), where it was saved, its metadata."""
+    """A finished quantization: the model (fake-quant weights in place), where it was saved, its metadata,
+    and the stored parts of every quantized linear (keyed by module path)."""
 
     model: nn.Module
     tokenizer: Tokenizer
     output: Path | None
     meta: dict[str, Any]
+    parts: dict[str, Any] = field(default_factory=dict)
 
 
 def quantize(
@@ -95,4 +97,4 @@ def quantize(
     }
     if out is not None:
         output_dir.write_output(out, model, tok, impl, res.parts, {**meta, "int8_head": int8_head}, int8_head)
-    return QuantizeResult(model, tok, out, meta)
+    return QuantizeResult(model, tok, out, meta, res.parts)
