@@ -161,7 +161,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
     write_results(
         "quality",
         "Usable 1.6-bit models: block-stage changes and the end-to-end stage (smollm2-135m)",
-        "## One change at a time (ablation budget 16 x 512 tokens, 4 epochs)\n\n" + markdown_table(head, rows),
+        "## One change at a time (ablation budget 16 x 512 tokens, 4 epochs, unless the row says otherwise)\n\n"
+        + markdown_table(head, rows),
         {"fp": fp, "rows": store["rows"]},
         note("quality", windows=args.windows),
         keep_meta=store if args.render_only else None,
