@@ -58,17 +58,37 @@ class CalibConfig:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named budget: calibration size and PTQ1.61 epochs, with the reason it exists."""
+    """A named budget: calibration size, PTQ1.61 epochs and settings, end-to-end steps, and why it exists."""
 
     nsamples: int
     seqlen: int
     epochs: int
     why: str
+    method_settings: tuple[tuple[str, Any], ...] = ()  # PTQ1.61 settings that differ from the paper's
+    e2e_steps: int = 0  # end-to-end stage (beyond the paper) for methods that have one
+
+    def method_defaults(self) -> dict[str, Any]:
+        """Config values this preset gives a method (each method takes those its config has)."""
+        return {"epochs": self.epochs, **dict(self.method_settings)}
+
+    def describe(self) -> str:
+        """One line for --help."""
+        extra = "".join(f", {k}={v}" for k, v in self.method_settings)
+        e2e = f", end-to-end stage {self.e2e_steps} steps" if self.e2e_steps else ""
+        return f"{self.nsamples} x {self.seqlen} tokens, {self.epochs} epochs{extra}{e2e} ({self.why})"
 
 
 PRESETS: dict[str, Preset] = {
-    "paper": Preset(128, 2048, 20, "the paper's setting (128 x 2048 tokens, 20 epochs): for GPU users"),
-    "cpu": Preset(64, 256, 10, "measured on smollm2-135m: about 18 min on 2 CPU cores, WikiText-2 ppl 14.3x FP"),
+    "paper": Preset(128, 2048, 20, "the paper's setting and block stage, no end-to-end stage: for GPU users"),
+    "cpu": Preset(
+        64,
+        256,
+        10,
+        "measured on smollm2-135m (benchmarks/results/quality.md): 35.8 min on 2 CPU cores, peak RSS 2.9 GB, "
+        "WikiText-2 ppl 148.4 = 7.8x FP; the paper's method at this budget: --s-param linear --e2e-steps 0 (273.7)",
+        method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
+        e2e_steps=300,
+    ),
     "demo": Preset(16, 256, 2, "what `make demo` runs: a few minutes on 2 CPU cores"),
     "smoke": Preset(4, 64, 1, "seconds, for tests"),
 }

@@ -48,3 +48,18 @@ def test_only_flags_the_command_honours_are_offered():
     assert "--dtype" not in _options("quantize") and "--dtype" not in _options("preprocess")
     assert "--device" not in _options("preprocess")
     assert {"--device", "--dtype"} <= _options("ppl") and {"--device", "--dtype"} <= _options("eval")
+
+
+def test_cpu_preset_settings_and_the_paper_one_flag_away():
+    from ptq161.cli.quantize import settings
+
+    parser = build_parser()
+    cfg, calib, e2e = settings(parser.parse_args(["quantize", "m"]))
+    assert (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
+    assert (cfg.s_param, cfg.lr_s, e2e.steps) == ("log", 1e-2, 300)
+    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--s-param", "linear", "--e2e-steps", "0"]))
+    assert (cfg.s_param, e2e.steps) == ("linear", 0)
+    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--method", "rtn"]))  # no end-to-end stage
+    assert e2e.steps == 0 and not hasattr(cfg, "s_param")
+    cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
+    assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)

@@ -6,7 +6,7 @@ import argparse
 
 from ..api import quantize
 from ..config import PRESETS, CalibConfig, get_preset
-from ..methods import METHODS, get_method
+from ..methods import METHODS, MethodConfig, get_method
 from ..pipeline.e2e import E2EConfig
 from .common import (
     add_config_options,
@@ -27,8 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="methods and their options: " + "; ".join(f"{name}: {options_of(name)}" for name in sorted(METHODS)),
         help="quantize a model block by block (PTQ1.61 by default)",
         description="Quantize MODEL block by block and save a model directory that `ptq161 ppl` and "
-        "`ptq161 info` read. Presets: "
-        + "; ".join(f"{k}: {v.nsamples} x {v.seqlen} tokens, {v.epochs} epochs ({v.why})" for k, v in PRESETS.items()),
+        "`ptq161 info` read. Presets: " + "; ".join(f"{k}: {v.describe()}" for k, v in PRESETS.items()),
     )
     p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
     p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161); see the list below")
@@ -51,17 +50,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Quantize, save, print a summary."""
+def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2EConfig]:
+    """(method config, calibration, end-to-end settings) from the preset, overridden by the flags given.
+
+    The preset's end-to-end steps apply only to methods that have the stage.
+    """
     preset = get_preset(args.preset)
     method_cls = get_method(args.method)
-    cfg = method_config(args, method_cls, {"epochs": preset.epochs})
+    cfg = method_config(args, method_cls, preset.method_defaults())
+    e2e_default = preset.e2e_steps if method_cls(cfg).trains_end_to_end else 0
     calib = CalibConfig(
         dataset=args.calib,
         nsamples=args.nsamples or preset.nsamples,
         seqlen=args.calib_seqlen or preset.seqlen,
         seed=args.seed,
     )
+    return cfg, calib, config_from_args(args, E2EConfig, {"steps": e2e_default})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize, save, print a summary."""
+    cfg, calib, e2e = settings(args)
     output = args.output or f"ptq161-out/{args.model.rstrip('/').replace('/', '_')}-{args.method}-{args.preset}"
     res = quantize(
         args.model,
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         int8_head=args.int8_head,
-        e2e=config_from_args(args, E2EConfig, {}),
+        e2e=e2e,
     )
     bits = res.meta["bits"]
     print(f"saved {output}")
