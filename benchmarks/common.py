@@ -132,6 +132,30 @@ def run_pending(
     return rows
 
 
+def run_ppl_rows(
+    module: str,
+    store: dict[str, Any],
+    key: str,
+    names: Iterable[str],
+    args: argparse.Namespace,
+    render: Callable[[dict[str, Any], argparse.Namespace], None],
+    child_args: Iterable[str] = (),
+) -> None:
+    """``run_pending`` for rows with WikiText-2 / C4 perplexity in ``store[key]``: print and re-render after each."""
+
+    def after(name: str) -> None:
+        r = store[key][name]
+        print(
+            f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f}, "
+            f"{r['stored_bits_per_weight']:.3f} bits, {r['quantize_seconds']:.0f} s",
+            flush=True,
+        )
+        render(store, args)
+
+    run_pending(module, store[key], names, args, child_args, after)
+    render(store, args)
+
+
 def stored(name: str) -> dict[str, Any]:
     """The stored ``results/NAME.json`` (empty when absent)."""
     f = RESULTS / f"{name}.json"

@@ -18,7 +18,7 @@ from benchmarks.common import (
     fp_perplexities,
     note,
     quantize_and_evaluate,
-    run_pending,
+    run_ppl_rows,
     serve_child,
     stored,
     write_results,
@@ -155,14 +155,7 @@ def main() -> None:
             store["rows"]["ptq161"] = row
     child_args = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--windows", str(args.windows)]
 
-    def after(name: str) -> None:
-        r = store["rows"][name]
-        bits = r["stored_bits_per_weight"]
-        print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} bits {bits:.3f}", flush=True)
-        render(store, args)
-
-    run_pending("benchmarks.compare", store["rows"], names, args, child_args, after)
-    render(store, args)
+    run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args)
 
 
 if __name__ == "__main__":

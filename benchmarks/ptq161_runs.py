@@ -16,7 +16,7 @@ from benchmarks.common import (
     fp_perplexities,
     note,
     quantize_and_evaluate,
-    run_pending,
+    run_ppl_rows,
     serve_child,
     stored,
     write_results,
@@ -152,15 +152,8 @@ def main() -> None:
     if "fp" not in store:
         store["fp"] = fp_perplexities(args.windows)
 
-    def after(name: str) -> None:
-        r = store["runs"][name]
-        print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s")
-        render(store, args)
-
-    run_pending(
-        "benchmarks.ptq161_runs", store["runs"], args.runs.split(","), args, ["--windows", str(args.windows)], after
-    )
-    render(store, args)
+    child_args = ["--windows", str(args.windows)]
+    run_ppl_rows("benchmarks.ptq161_runs", store, "runs", args.runs.split(","), args, render, child_args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from benchmarks.common import (
     fp_perplexities,
     note,
     quantize_and_evaluate,
-    run_pending,
+    run_ppl_rows,
     serve_child,
     stored,
     write_results,
@@ -183,15 +183,8 @@ def main() -> None:
     if "fp" not in store:
         store["fp"] = stored("compare").get("fp") or fp_perplexities(args.windows)
 
-    def after(name: str) -> None:
-        r = store["rows"][name]
-        print(f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f} in {r['quantize_seconds']:.0f} s")
-        render(store, args)
-
-    run_pending(
-        "benchmarks.quality", store["rows"], args.rows.split(","), args, ["--windows", str(args.windows)], after
-    )
-    render(store, args)
+    child_args = ["--windows", str(args.windows)]
+    run_ppl_rows("benchmarks.quality", store, "rows", args.rows.split(","), args, render, child_args)
 
 
 if __name__ == "__main__":
