@@ -33,6 +33,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python -m benchmarks.fp_perplexity
 	$(BIN)/python -m benchmarks.ptq161_runs
+	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.compare --reuse-ptq161
 	$(BIN)/python -m benchmarks.packed_inference
 	$(BIN)/python -m benchmarks.zeroshot
