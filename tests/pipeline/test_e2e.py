@@ -61,9 +61,9 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
 
     real = e2e._checkpoint
 
-    def save_then_die(state, params, opt, sched, stage):
-        real(state, params, opt, sched, stage)
-        if stage["step"] == 8:
+    def save_then_die(state, params, opt, sched, step, stage):
+        real(state, params, opt, sched, step, stage)
+        if step == 8:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(e2e, "_checkpoint", save_then_die)

@@ -166,9 +166,7 @@ class LearnableBinaryLinear(nn.Module):
 
 def _folded_weight(mask, sign, codes, zero, scale, a, b, r2) -> torch.Tensor:
     """W [m, n] = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)); sign int8 +-1 [m, n_b]."""
-    w_sal = (codes.float() - zero.float()[:, None]) * scale[:, None]
-    w_bin = r2[None, :] * (a[:, None] * sign.float() + b[:, None])
-    return assemble(mask, w_sal, w_bin)
+    return assemble(mask, rtn_dequantize(codes, scale, zero), binary_dequantize(sign, a, b, r2))
 
 
 class _FoldedLinearFn(torch.autograd.Function):

@@ -28,7 +28,7 @@ from ..config import option
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
 from ..methods.ptq161_math import cosine_warmup
-from .state import RunState, load_optimizer_state, optimizer_state
+from .state import RunState, load_training, save_training
 
 
 @dataclass
@@ -131,34 +131,33 @@ def train_end_to_end(
     t0 = time.perf_counter()
     try:
         stage = (state.progress() if state is not None else None) or {"step": 0, "losses": []}
-        if stage["step"]:
-            tensors = state.load(f"e2e_{stage['step']:06d}")
+        step = stage["step"]
+        if step:
+            tensors = load_training(state, "e2e", opt, sched, stage)
             with torch.no_grad():
                 for i, p in enumerate(params):
                     p.copy_(tensors[f"param.{i}"])
-            load_optimizer_state(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}, stage["opt"])
-            sched.load_state_dict(stage["sched"])
         else:
             stage["heldout_kl_before"] = _kl_on(model, windows, teacher, held)
             stage["train_kl_before"] = _kl_on(model, windows, teacher, range(min(n_train, 8)))
-        bar = tqdm(total=cfg.steps, initial=stage["step"], desc="end-to-end", unit="step", disable=not progress)
+        bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
         with torch.enable_grad():
-            while stage["step"] < cfg.steps:
-                i = stage["step"] % n_train
+            while step < cfg.steps:
+                i = step % n_train
                 logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0]
                 loss = topk_kl(logits, teacher["values"][i].to(device), teacher["indices"][i].to(device))
                 if not torch.isfinite(loss):
-                    raise PTQ161Error(f"end-to-end KL became {loss.item()} at step {stage['step']}; lower --e2e-lr")
+                    raise PTQ161Error(f"end-to-end KL became {loss.item()} at step {step}; lower --e2e-lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 stage["losses"].append(round(loss.item(), 6))
-                stage["step"] += 1
+                step += 1
                 bar.update(1)
                 bar.set_postfix(kl=f"{loss.item():.4f}")
-                if state is not None and (stage["step"] % cfg.save_every == 0 or stage["step"] == cfg.steps):
-                    _checkpoint(state, params, opt, sched, stage)
+                if state is not None and (step % cfg.save_every == 0 or step == cfg.steps):
+                    _checkpoint(state, params, opt, sched, step, stage)
         bar.close()
         stage["heldout_kl_after"] = _kl_on(model, windows, teacher, held)
         stage["train_kl_after"] = _kl_on(model, windows, teacher, range(min(n_train, 8)))
@@ -189,12 +188,6 @@ def train_end_to_end(
     return new_parts, log
 
 
-def _checkpoint(state: RunState, params: list[torch.Tensor], opt, sched, stage: dict[str, Any]) -> None:
-    """Save parameters and optimizer state at ``stage["step"]``, then commit the step."""
-    opt_tensors, opt_rest = optimizer_state(opt)
-    tensors = {f"param.{i}": p.detach() for i, p in enumerate(params)}
-    tensors.update({f"opt.{k}": v for k, v in opt_tensors.items()})
-    previous = stage.get("saved", 0)
-    state.save(f"e2e_{stage['step']:06d}", tensors)
-    stage.update(opt=opt_rest, sched=sched.state_dict(), saved=stage["step"])
-    state.commit(stage, drop=[f"e2e_{previous:06d}"] if previous and previous != stage["step"] else [])
+def _checkpoint(state: RunState, params: list[torch.Tensor], opt, sched, step: int, stage: dict[str, Any]) -> None:
+    """Save the trained multipliers and the optimizer at ``step``, then commit the step."""
+    save_training(state, "e2e", step, {f"param.{i}": p.detach() for i, p in enumerate(params)}, opt, sched, stage)

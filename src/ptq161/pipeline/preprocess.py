@@ -34,7 +34,7 @@ from ..models import get_adapter, load_model
 from ..utils import atomic_write_json, peak_rss_mb
 from .output_dir import check_output_dir
 from .quantize import quantize
-from .state import RunState, load_optimizer_state, optimizer_state
+from .state import RunState, load_training, save_training
 
 PREPROCESS_META = "ptq161_preprocess.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # not o_proj, as the reference
@@ -138,30 +138,21 @@ def _quantized_linears(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(state: RunState, peft_model: nn.Module, opt, sched, step: int, stage: dict[str, Any]) -> None:
-    """Save adapter, optimizer and RNG tensors for ``step``, then commit the step (scheduler state as JSON)."""
+    """Save adapter, optimizer and RNG state for ``step``, then commit the step."""
     from peft import get_peft_model_state_dict
 
-    opt_tensors, opt_rest = optimizer_state(opt)
     tensors = {f"adapter.{k}": v for k, v in get_peft_model_state_dict(peft_model).items()}
-    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
-    tensors["rng"] = torch.get_rng_state()
-    state.save(f"checkpoint_{step:06d}", tensors)
-    previous = stage.get("step", 0)
-    stage.update(step=step, optimizer=opt_rest, scheduler=sched.state_dict())
-    state.commit(stage, drop=[f"checkpoint_{previous:06d}"] if previous and previous != step else [])
+    save_training(state, "checkpoint", step, {**tensors, "rng": torch.get_rng_state()}, opt, sched, stage)
 
 
 def _load_checkpoint(state: RunState, peft_model: nn.Module, opt, sched, stage: dict[str, Any]) -> None:
     """Restore what ``_save_checkpoint`` saved for ``stage["step"]``."""
     from peft import set_peft_model_state_dict
 
-    tensors = state.load(f"checkpoint_{stage['step']:06d}")
+    tensors = load_training(state, "checkpoint", opt, sched, stage)
     set_peft_model_state_dict(
         peft_model, {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
     )
-    opt_tensors = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")}
-    load_optimizer_state(opt, opt_tensors, stage["optimizer"])
-    sched.load_state_dict(stage["scheduler"])
     torch.set_rng_state(tensors["rng"])
 
 

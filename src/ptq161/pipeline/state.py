@@ -74,6 +74,41 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
     return tensors, {"param_groups": sd["param_groups"]}
 
 
+def save_training(
+    state: RunState,
+    prefix: str,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    stage: dict[str, Any],
+) -> None:
+    """Checkpoint a training loop at ``step``: ``tensors`` (trained weights, RNG state, ...) and the optimizer
+    in ``PREFIX_STEP.safetensors``, then commit ``stage`` with the step, optimizer groups and scheduler state
+    (JSON) and drop the previous checkpoint."""
+    opt_tensors, opt_rest = optimizer_state(opt)
+    state.save(f"{prefix}_{step:06d}", {**tensors, **{f"optimizer.{k}": v for k, v in opt_tensors.items()}})
+    previous = stage.get("step", 0)
+    stage.update(step=step, optimizer=opt_rest, scheduler=sched.state_dict())
+    state.commit(stage, drop=[f"{prefix}_{previous:06d}"] if previous and previous != step else [])
+
+
+def load_training(
+    state: RunState,
+    prefix: str,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    stage: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """Restore the optimizer and scheduler that ``save_training`` saved at ``stage["step"]``; return the
+    checkpoint's other tensors."""
+    tensors = state.load(f"{prefix}_{stage['step']:06d}")
+    opt_tensors = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")}
+    load_optimizer_state(opt, opt_tensors, stage["optimizer"])
+    sched.load_state_dict(stage["scheduler"])
+    return {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+
+
 def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> None:
     """Inverse of ``optimizer_state``."""
     state: dict[int, dict[str, torch.Tensor]] = {}
