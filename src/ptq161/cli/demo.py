@@ -60,7 +60,7 @@ def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, preset: st
     print(markdown_table(["model", "ppl", "bits/weight (decoder linears, stored)", "quantize s"], rows))
     c = PRESETS["cpu"]
     print(
-        f"\nfull CPU preset ({c.nsamples} x {c.seqlen} tokens, {c.epochs} epochs; {c.why}):\n"
+        f"\nfull CPU preset ({c.describe()}):\n"
         f"  ptq161 quantize smollm2-135m --preset cpu --output ptq161-out/smollm2-cpu && "
         f"ptq161 ppl ptq161-out/smollm2-cpu"
     )
