@@ -26,17 +26,23 @@ from benchmarks.common import (
 from ptq161.eval.report import markdown_table
 
 ABL = {"nsamples": 16, "seqlen": 512, "epochs": 4}
+SLOG = {"s_param": "log", "lr_s": 1e-2}
+LONG = {"nsamples": 4, "seqlen": 2048}
 E2E = {"steps": 150, "lr": 1e-3, "topk": 64, "heldout": 2}
 # name -> (label, calibration and config overrides, end-to-end settings or None)
 ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "old_default": ("old default (paper loss, lr 5e-4 / 1e-3, constant)", {}, None),
     "loss_delta": ("+ loss on the block's own change (delta)", {"loss": "delta"}, None),
     "loss_normalized": ("+ per-channel normalized loss", {"loss": "normalized"}, None),
-    "s_log": ("+ log-parameterised s (lr 1e-2, relative)", {"s_param": "log", "lr_s": 1e-2}, None),
+    "s_log": ("+ log-parameterised s (lr 1e-2, relative)", SLOG, None),
     "cosine": ("+ cosine schedule with warm-up", {"schedule": "cosine"}, None),
     "bound": ("+ salient channels by the paper's bound", {"statistic": "bound"}, None),
     "range_row": ("+ 4-bit range over the whole row", {"salient_range": "row"}, None),
     "e2e_only": ("old default + end-to-end stage (150 steps)", {}, E2E),
+    # calibration data (log-parameterised s as in the row above them; same token count, 8192)
+    "calib_c4": ("log s, calibration C4 train sample (16 x 512)", {**SLOG, "calib": "c4"}, None),
+    "calib_wt_2048": ("log s, WikiText-2 valid in longer windows (4 x 2048)", {**SLOG, **LONG}, None),
+    "calib_c4_2048": ("log s, C4 train sample in longer windows (4 x 2048)", {**SLOG, **LONG, "calib": "c4"}, None),
     # the cpu preset budget (64 x 256 tokens, 10 epochs): the old default is results/ptq161_runs.json's
     # cpu_candidate_64x256x10_mean (273.66 / 462.24); this row adds the end-to-end stage to it
     "cpu_slog_e2e300": (
