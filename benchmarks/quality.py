@@ -28,6 +28,7 @@ from ptq161.eval.report import markdown_table
 ABL = {"nsamples": 16, "seqlen": 512, "epochs": 4}
 SLOG = {"s_param": "log", "lr_s": 1e-2}
 LONG = {"nsamples": 4, "seqlen": 2048}
+SIGNS = {"train_signs": True, "sign_lr": 5e-2}
 E2E = {"steps": 150, "lr": 1e-3, "topk": 64, "heldout": 2}
 # name -> (label, calibration and config overrides, end-to-end settings or None)
 ROWS: dict[str, tuple[str, dict, dict | None]] = {
@@ -38,7 +39,9 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "cosine": ("+ cosine schedule with warm-up", {"schedule": "cosine"}, None),
     "bound": ("+ salient channels by the paper's bound", {"statistic": "bound"}, None),
     "range_row": ("+ 4-bit range over the whole row", {"salient_range": "row"}, None),
-    "e2e_only": ("old default + end-to-end stage (150 steps)", {}, E2E),
+    # the end-to-end stage at the ablation budget, then with the signs trained too (straight-through)
+    "s_log_e2e": ("log s (as above)", SLOG, E2E),
+    "s_log_e2e_signs": ("  + signs trained too (STE, sign lr 0.05)", SLOG, {**E2E, **SIGNS}),
     # calibration data (log-parameterised s as in the row above them; same token count, 8192)
     "calib_c4": ("log s, calibration C4 train sample (16 x 512)", {**SLOG, "calib": "c4"}, None),
     "calib_wt_2048": ("log s, WikiText-2 valid in longer windows (4 x 2048)", {**SLOG, **LONG}, None),
@@ -134,7 +137,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
             continue
         r = store["rows"][name]
         bits, late = round(r["stored_bits_per_weight"], 4), late_block_drop(r)
-        if "block_stage_ppl" in r:  # an end-to-end row: the block stage alone, then with the stage
+        signs = r.get("e2e", {}).get("train_signs") if r.get("e2e") else False
+        if "block_stage_ppl" in r and not signs:  # an end-to-end row: the block stage alone, then with the stage
             b = r["block_stage_ppl"]
             minutes = round(r["block_stage_seconds"] / 60, 1)
             rows.append(
@@ -151,6 +155,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
             steps = r["e2e"]["steps"]
             kl = r["e2e_log"]
             label = f"  + end-to-end stage ({steps} steps; held-out KL "
+            label += f"{kl['heldout_kl_before']:.3f} -> {kl['heldout_kl_after']:.3f})"
+        elif signs:  # the same block stage as the row above it: only the end-to-end line
+            kl = r["e2e_log"]
+            label += f" ({100 * kl['signs_flipped_share']:.2f} % flipped; held-out KL "
             label += f"{kl['heldout_kl_before']:.3f} -> {kl['heldout_kl_after']:.3f})"
         wt = r["wikitext2_ppl"]
         rows.append(

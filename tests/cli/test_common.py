@@ -63,3 +63,15 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     assert e2e.steps == 0 and not hasattr(cfg, "s_param")
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)
+
+
+def test_train_signs_is_a_switch_and_sign_lr_is_bounded():
+    from ptq161.cli.quantize import settings
+
+    parser = build_parser()
+    assert settings(parser.parse_args(["quantize", "m"]))[2].train_signs is False
+    _, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-signs", "--sign-lr", "0.05"]))
+    assert (e2e.train_signs, e2e.sign_lr) == (True, 0.05)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["quantize", "m", "--sign-lr", "0"])
+    assert exc.value.code == 2

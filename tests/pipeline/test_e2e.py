@@ -9,6 +9,7 @@ from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161, FoldedBinaryLinear, PTQ161Config
 from ptq161.pipeline.e2e import E2EConfig, topk_kl
 from ptq161.pipeline.output_dir import read_meta, read_parts
+from ptq161.primitives.quant import assemble, binary_dequantize, rtn_dequantize
 
 
 def test_folded_module_starts_at_the_stored_weight_and_stores_the_same_bits():
@@ -100,3 +101,63 @@ def test_folded_linear_gradients_equal_autograd_through_the_weight():
     want = [p.grad for p in mod.parameters()] + [x.grad]
     for g, w in zip(got, want, strict=True):
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_latent_sign_gradient_is_the_straight_through_gradient_of_the_signs():
+    parts = random_parts(6, 10, 3, seed=2)
+    mod = FoldedBinaryLinear(parts, None, train_signs=True)
+    x = torch.randn(4, 10, generator=torch.Generator().manual_seed(3))
+    mod(x).square().sum().backward()
+    # the same loss with the signs as a float tensor: dL/dsign is what the latent weights receive
+    sign = mod.sign.float().requires_grad_(True)
+    f = [mod.factor(k).detach() for k in ("scale", "a", "b", "r2")]
+    w_bin = binary_dequantize(sign, f[1], f[2], f[3])
+    w = assemble(mod.mask, rtn_dequantize(mod.codes, f[0], mod.zero), w_bin)
+    (x @ w.T).square().sum().backward()
+    assert torch.allclose(mod.latent.grad, sign.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_trained_signs_move_towards_a_target_with_other_signs():
+    parts = random_parts(8, 24, 6, seed=4)
+    target = FoldedBinaryLinear(parts, None)
+    wrong = torch.rand(target.sign.shape, generator=torch.Generator().manual_seed(5)) < 0.2
+    target.sign[wrong] *= -1  # the target has 20 % of the signs flipped
+    w_target = target.weight().detach()
+    mod = FoldedBinaryLinear(parts, None, train_signs=True)
+    opt = torch.optim.Adam([mod.latent], lr=0.05)
+    gen = torch.Generator().manual_seed(6)
+    before = (mod.signs() == target.sign).float().mean()
+    for _ in range(200):
+        x = torch.randn(32, 24, generator=gen)
+        loss = (mod(x) - x @ w_target.T).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = (mod.signs() == target.sign).float().mean()
+    assert before < 0.85 and after > before + 0.1
+    flipped, total = mod.flipped()
+    assert flipped > 0 and total == mod.sign.numel()
+    stored = FoldedBinaryLinear(mod.parts(), None)  # the flipped signs are what is stored
+    assert torch.equal(stored.sign, mod.signs())
+
+
+def test_train_signs_keeps_the_bits_and_reports_flips(tiny_model_dir, text_file, tmp_path):
+    res = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=1),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
+        output=tmp_path / "signs",
+        progress=False,
+        e2e=E2EConfig(steps=12, lr=5e-2, topk=32, heldout=2, train_signs=True, sign_lr=0.5),
+    )
+    log = res.meta["e2e_log"]
+    assert log["train_kl_after"] < log["train_kl_before"]
+    assert 0 < log["signs_flipped"] and 0 < log["signs_flipped_share"] < 0.5
+    plain_bits = quantize(
+        str(tiny_model_dir),
+        method_config=PTQ161Config(epochs=1),
+        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
+        progress=False,
+    ).meta["bits"]
+    assert res.meta["bits"] == plain_bits
+    assert read_meta(tmp_path / "signs")["e2e"]["train_signs"] is True

@@ -101,6 +101,8 @@ def _flag_kwargs(f: dataclasses.Field, hint: Any) -> tuple[dict[str, Any], tuple
     if typing.get_origin(hint) is Literal:
         choices = list(typing.get_args(hint))
         return {"choices": choices}, ("choices", *choices)
+    if hint is bool:  # a switch: given = True, absent = None (the config's default applies)
+        return {"action": "store_const", "const": True}, ("switch",)
     if hint in (int, float):
         bounds = (meta["minimum"], meta["maximum"], meta["exclusive"])
         return {"type": bounded(hint, *bounds)}, (hint.__name__, *bounds)

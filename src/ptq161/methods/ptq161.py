@@ -169,15 +169,24 @@ def _folded_weight(mask, sign, codes, zero, scale, a, b, r2) -> torch.Tensor:
     return assemble(mask, rtn_dequantize(codes, scale, zero), binary_dequantize(sign, a, b, r2))
 
 
+def latent_signs(latent: torch.Tensor) -> torch.Tensor:
+    """int8 signs [m, n_b] of latent weights: +1 where latent >= 0, else -1."""
+    return torch.where(latent >= 0, 1, -1).to(torch.int8)
+
+
 class _FoldedLinearFn(torch.autograd.Function):
-    """y = x W^T with W rebuilt from the parts; gradients only for x and the four factors.
+    """y = x W^T with W rebuilt from the parts; gradients only for x, the four factors and the latent signs.
 
     Nothing of size [m, n] is kept for the backward pass (W is rebuilt there), so training
     every layer of a model end to end needs the activations, not a second copy of the weights.
+    With ``latent`` (float [m, n_b], or None) the signs are sign(latent) and latent gets the
+    straight-through gradient: dL/dlatent = dL/dsign = r2_j a_i dL/dW_ij on the binarized columns.
     """
 
     @staticmethod
-    def forward(ctx, x, mask, sign, codes, zero, scale, a, b, r2):
+    def forward(ctx, x, mask, sign, codes, zero, scale, a, b, r2, latent):
+        if latent is not None:
+            sign = latent_signs(latent)
         ctx.save_for_backward(x, mask, sign, codes, zero, scale, a, b, r2)
         w = _folded_weight(mask, sign, codes, zero, scale, a, b, r2)
         return x @ w.to(x.dtype).T
@@ -195,25 +204,32 @@ class _FoldedLinearFn(torch.autograd.Function):
         g_a = (g_bin_r2 * sgn).sum(dim=1)
         g_b = g_bin_r2.sum(dim=1)
         g_r2 = (g_bin * (a[:, None] * sgn + b[:, None])).sum(dim=0)
-        return gx, None, None, None, None, g_scale, g_a, g_b, g_r2
+        g_latent = g_bin_r2 * a[:, None] if ctx.needs_input_grad[9] else None
+        return gx, None, None, None, None, g_scale, g_a, g_b, g_r2, g_latent
 
 
 class FoldedBinaryLinear(nn.Module):
-    """A stored PTQ1.61 layer whose continuous factors train end to end; signs, codes, zero points and mask fixed.
+    """A stored PTQ1.61 layer whose continuous factors train end to end; codes, zero points and mask fixed.
 
     W = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)) with every factor a stored
     one times a trainable multiplier (initialised to 1): an optimizer step changes a factor by a
     share of itself, whatever the size of the weights. ``parts()`` rounds the factors to fp16
     exactly as the block stage stores them, so the bits do not change. Signs are kept as int8
     and the backward pass rebuilds W (``_FoldedLinearFn``): memory is about 1 byte a weight.
+
+    ``train_signs``: the signs become sign(latent) of a float latent weight [m, n_b] that starts
+    at +-1 and trains through the straight-through estimator; a sign flips when its latent value
+    crosses 0 (still one bit each on disk; 4 bytes a binarized weight while training, plus the
+    optimizer's two moments).
     """
 
-    def __init__(self, parts: Parts, bias: torch.Tensor | None) -> None:
+    def __init__(self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False) -> None:
         super().__init__()
         mask = parts["mask"].bool()
         n_s, n = int(mask.sum()), mask.numel()
         self.register_buffer("mask", mask)
         self.register_buffer("sign", (unpack_bits(parts["sign"], n - n_s).to(torch.int8) * 2 - 1))
+        self.latent = nn.Parameter(self.sign.float()) if train_signs else None
         self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
         self.register_buffer("zero", parts["zero"].clone())
         for k in ("scale", "a", "b", "r2"):
@@ -225,22 +241,30 @@ class FoldedBinaryLinear(nn.Module):
         """The current factor ``k`` (scale [m], a [m], b [m] or r2 [n_b])."""
         return getattr(self, f"{k}0") * getattr(self, f"g_{k}")
 
+    def signs(self) -> torch.Tensor:
+        """The current signs, int8 +-1 [m, n_b]."""
+        return self.sign if self.latent is None else latent_signs(self.latent.detach())
+
+    def flipped(self) -> tuple[int, int]:
+        """(signs that differ from the stored ones, number of signs)."""
+        return int((self.signs() != self.sign).sum()), self.sign.numel()
+
     def weight(self) -> torch.Tensor:
         """Current weight [m, n] (float32)."""
         f = [self.factor(k) for k in ("scale", "a", "b", "r2")]
-        return _folded_weight(self.mask, self.sign, self.codes, self.zero, *f)
+        return _folded_weight(self.mask, self.signs(), self.codes, self.zero, *f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = [self.factor(k) for k in ("scale", "a", "b", "r2")]
-        y = _FoldedLinearFn.apply(x, self.mask, self.sign, self.codes, self.zero, *f)
+        y = _FoldedLinearFn.apply(x, self.mask, self.sign, self.codes, self.zero, *f, self.latent)
         return y if self.bias is None else y + self.bias
 
     def parts(self) -> Parts:
-        """The stored parts with the trained factors rounded to the storage dtype."""
+        """The stored parts with the trained factors rounded to the storage dtype (and the current signs)."""
         with torch.no_grad():
             out = {
                 "mask": self.mask.cpu(),
-                "sign": pack_bits(self.sign.cpu() > 0),
+                "sign": pack_bits(self.signs().cpu() > 0),
                 "codes": pack_nibbles(self.codes.cpu()),
                 "zero": self.zero.cpu(),
             }
@@ -415,9 +439,9 @@ class PTQ161(Method):
         """The factors of the packed format train end to end (4-bit salient codes only)."""
         return self.packs
 
-    def trainable_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module | None:
+    def trainable_module(self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False) -> nn.Module | None:
         """``FoldedBinaryLinear`` of the parts (4-bit salient codes only)."""
-        return FoldedBinaryLinear(parts, bias) if self.packs else None
+        return FoldedBinaryLinear(parts, bias, train_signs) if self.packs else None
 
 
 def expected_bits_per_weight(m: int, n: int, ratio: float = 0.2, bits: int = 4) -> float:

@@ -7,6 +7,8 @@ linear is swapped for the method's trainable module (``Method.trainable_module``
 PTQ1.61 the fp16 factors a, b, r2 and the 4-bit scales, each times a trainable multiplier;
 signs, codes, zero points and masks stay, so the bits do not change), and the student is
 trained on KL(teacher top-k || student) with AdamW and a cosine schedule with warm-up.
+With ``train_signs`` the binary signs train too, through a straight-through estimator on latent
+weights (their own learning rate ``sign_lr``); a flipped sign is still one bit on disk.
 The last ``heldout`` windows are not trained on: their KL before and after says whether the
 stage generalises (the KL on the first 8 training windows is logged beside it). Progress is
 saved every ``save_every`` steps (``RunState``), so a killed run resumes to the same result.
@@ -46,6 +48,14 @@ class E2EConfig:
         exclusive=True,
     )
     topk: int = option(64, "teacher logits kept per token (top-k)", flag="--e2e-topk", minimum=1)
+    train_signs: bool = option(
+        False,
+        "let the binary signs flip too (straight-through estimator on latent weights; bits unchanged)",
+        flag="--train-signs",
+    )
+    sign_lr: float = option(
+        5e-2, "learning rate of the latent sign weights (start at +-1)", flag="--sign-lr", minimum=0, exclusive=True
+    )
     heldout: int = 4
     warmup: float = 0.1
     save_every: int = 25
@@ -53,8 +63,8 @@ class E2EConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.topk < 1 or self.heldout < 0 or self.save_every < 1:
             raise PTQ161Error("e2e needs steps >= 0, topk >= 1, heldout >= 0 and save_every >= 1")
-        if self.lr <= 0 or not 0 <= self.warmup < 1:
-            raise PTQ161Error("e2e needs lr > 0 and 0 <= warmup < 1")
+        if self.lr <= 0 or self.sign_lr <= 0 or not 0 <= self.warmup < 1:
+            raise PTQ161Error("e2e needs lr > 0, sign_lr > 0 and 0 <= warmup < 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -111,7 +121,9 @@ def train_end_to_end(
 
     Returns (new parts, log). The model's quantized linears end with the weights of the new parts.
     """
-    modules = {path: method.trainable_module(p, model.get_submodule(path).bias) for path, p in parts.items()}
+    modules = {
+        path: method.trainable_module(p, model.get_submodule(path).bias, cfg.train_signs) for path, p in parts.items()
+    }
     if any(m is None for m in modules.values()):
         raise PTQ161Error(f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes)")
     device = next(model.parameters()).device
@@ -122,10 +134,14 @@ def train_end_to_end(
     for path, mod in modules.items():
         model.set_submodule(path, mod.to(device))
     # a fixed order (a resumed block stage reads its parts back in another order)
-    params = [p for path in sorted(modules) for p in modules[path].parameters()]
+    named = [(name, p) for path in sorted(modules) for name, p in modules[path].named_parameters()]
+    params = [p for _name, p in named]
+    latents = [p for name, p in named if name == "latent"]
+    factors = [p for name, p in named if name != "latent"]
     n_train = windows.shape[0] - cfg.heldout if cfg.heldout < windows.shape[0] else windows.shape[0]
     held = range(n_train, windows.shape[0])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    groups = [{"params": factors, "lr": cfg.lr}] + ([{"params": latents, "lr": cfg.sign_lr}] if latents else [])
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_warmup(k, cfg.steps, warm))
     t0 = time.perf_counter()
@@ -162,6 +178,8 @@ def train_end_to_end(
         stage["heldout_kl_after"] = _kl_on(model, windows, teacher, held)
         stage["train_kl_after"] = _kl_on(model, windows, teacher, range(min(n_train, 8)))
         new_parts = {path: mod.parts() for path, mod in modules.items()}
+        flips = [mod.flipped() for mod in modules.values()] if cfg.train_signs else [(0, 1)]
+        flipped, n_signs = sum(f for f, _ in flips), sum(n for _, n in flips)
     finally:
         for path, lin in originals.items():
             model.set_submodule(path, lin)
@@ -183,6 +201,8 @@ def train_end_to_end(
         "train_kl_after": stage["train_kl_after"],
         "heldout_kl_before": stage.get("heldout_kl_before"),
         "heldout_kl_after": stage["heldout_kl_after"],
+        "signs_flipped": flipped,
+        "signs_flipped_share": flipped / n_signs,
         "seconds": time.perf_counter() - t0,
     }
     return new_parts, log
