@@ -19,8 +19,15 @@ from benchmarks.common import RESULTS, bench_parser, note, reference, run_pendin
 from ptq161.eval.report import markdown_table
 
 ROOT = RESULTS.parents[1]
-MODELS = ("fp", "ptq161", "billm", "pbllm", "gptq_w2")
-LABELS = {"fp": "FP", "ptq161": "PTQ1.61", "billm": "BiLLM", "pbllm": "PB-LLM", "gptq_w2": "GPTQ W2"}
+MODELS = ("fp", "ptq161", "ptq161_paper", "billm", "pbllm", "gptq_w2")
+LABELS = {
+    "fp": "FP",
+    "ptq161": "PTQ1.61 default (cpu preset)",
+    "ptq161_paper": "PTQ1.61 paper block stage (old default)",
+    "billm": "BiLLM",
+    "pbllm": "PB-LLM",
+    "gptq_w2": "GPTQ W2",
+}
 TASK_ORDER = (
     "piqa",
     "arc_easy",
@@ -65,6 +72,7 @@ def run_model(name: str, tasks: list[str], limit: int | None, batch_size: int) -
         "model": str(Path(spec).relative_to(ROOT)) if spec.startswith(str(ROOT)) else spec,
         "stored_bits_per_weight": row["stored_bits_per_weight"],
         "wikitext2_ppl": row.get("wikitext2_ppl"),
+        "artifact_commit": row.get("git_commit"),
         **res.to_dict(),
         "wall_seconds": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb(),
