@@ -97,6 +97,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
         c = store["committed_table"]
         label = f"the committed table (threads 1, {TABLE_COMMIT})"
         rows.append((label, round(c["wikitext2"], 2), round(c["c4"], 2), "-"))
+    compare = stored("compare").get("rows", {}).get("pbllm", {})
+    if "today_2t" not in store["rows"] and compare.get("torch_threads") == 2:  # the comparison rerun's own row
+        label = f"today's code, 2 threads (results/compare.json, {compare['git_commit'][:7]})"
+        rows.append((label, round(compare["wikitext2_ppl"], 2), round(compare["c4_ppl"], 2), "-"))
     for name, (label, *_rest) in ROWS.items():
         if name in store["rows"]:
             r = store["rows"][name]

@@ -28,6 +28,7 @@ from ptq161.eval.report import markdown_table
 ABL = {"nsamples": 16, "seqlen": 512, "epochs": 4}
 SLOG = {"s_param": "log", "lr_s": 1e-2}
 LONG = {"nsamples": 4, "seqlen": 2048}
+CPU = {"nsamples": 64, "seqlen": 256, "epochs": 10}
 SIGNS = {"train_signs": True, "sign_lr": 5e-2}
 E2E = {"steps": 150, "lr": 1e-3, "topk": 64, "heldout": 2}
 # name -> (label, calibration and config overrides, end-to-end settings or None)
@@ -46,11 +47,17 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
     "calib_c4": ("log s, calibration C4 train sample (16 x 512)", {**SLOG, "calib": "c4"}, None),
     "calib_wt_2048": ("log s, WikiText-2 valid in longer windows (4 x 2048)", {**SLOG, **LONG}, None),
     "calib_c4_2048": ("log s, C4 train sample in longer windows (4 x 2048)", {**SLOG, **LONG, "calib": "c4"}, None),
+    # the 4-bit range choice again at the cpu budget (block stage only; compare with the block stage of the next row)
+    "range_row_cpu": (
+        "cpu budget, log s, 4-bit range over the whole row",
+        {**CPU, **SLOG, "salient_range": "row"},
+        None,
+    ),
     # the cpu preset budget (64 x 256 tokens, 10 epochs): the old default is results/ptq161_runs.json's
     # cpu_candidate_64x256x10_mean (273.66 / 462.24); this row adds the end-to-end stage to it
     "cpu_slog_e2e300": (
         "cpu budget (64 x 256, 10 epochs), log-parameterised s",
-        {"nsamples": 64, "seqlen": 256, "epochs": 10, "s_param": "log", "lr_s": 1e-2},
+        {**CPU, **SLOG},
         {"steps": 300, "lr": 1e-3, "topk": 64, "heldout": 4},
     ),
 }
