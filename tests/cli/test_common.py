@@ -75,3 +75,14 @@ def test_train_signs_is_a_switch_and_sign_lr_is_bounded():
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["quantize", "m", "--sign-lr", "0"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--e2e-steps", "-1"], ["--block-loss", "bogus"], ["--s-param", "cubic"], ["--e2e-lr", "0"], ["--epochs", "-2"]],
+)
+def test_settings_out_of_range_are_one_line_errors(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["quantize", "m", *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and flags[0] in err
