@@ -63,12 +63,21 @@ def write_results(
         + (f"{notes.strip()}\n\n" if notes else "")
         + f"- command: `{meta['command']}`\n"
         + f"- date: {meta['date']}\n"
-        + f"- machine: {m['cpu_count']} CPU cores, {m['platform']}, torch threads {m['torch_threads']}\n"
-        + (f"- git commit: {m['git_commit']}\n" if m.get("git_commit") else "")
+        + f"- machine: {m['cpu_count']} CPU cores, {m['platform']}, torch threads {m['torch_threads']}"
+        + (f", {m['cpu_model']}, torch CPU capability {m['torch_cpu_capability']}\n" if "cpu_model" in m else "\n")
+        + f"- git commit: {m.get('git_commit') or not_recorded(name)}\n"
         + f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}\n"
         + f"- settings: {', '.join(f'{k}={v}' for k, v in meta['settings'].items())}\n"
     )
     atomic_write_text(RESULTS / f"{name}.md", md)
+
+
+def not_recorded(name: str) -> str:
+    """What the footer says for results made before the commit was recorded: the commit that stored them."""
+    root = RESULTS.parents[1]
+    log = ["git", "log", "-1", "--format=%h %ad", "--date=short", "--", f"benchmarks/results/{name}.json"]
+    stored_in = subprocess.run(log, cwd=root, capture_output=True, text=True).stdout.strip() or "not yet"
+    return f"not recorded (run made before results recorded it; the JSON was last written in commit {stored_in})"
 
 
 def git_commit() -> str:

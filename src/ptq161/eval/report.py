@@ -26,6 +26,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line, sep, *body])
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_metadata(**settings: Any) -> dict[str, Any]:
     """Date, machine, library versions and the given settings, for JSON outputs."""
     import torch
@@ -41,6 +53,8 @@ def run_metadata(**settings: Any) -> dict[str, Any]:
             "processor": platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_model": cpu_model(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
         },
         "versions": {
             "ptq161": __version__,
