@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import (
@@ -141,9 +142,16 @@ def reuse_ptq161(nsamples: int, seqlen: int, windows: int) -> dict | None:
     return None
 
 
+def main_commit(rows: dict) -> str | None:
+    """The commit most rows were measured at (rows made elsewhere are marked in the table)."""
+    commits = Counter(r.get("git_commit") for r in rows.values())
+    return commits.most_common(1)[0][0] if commits else None
+
+
 def table_rows(rows: dict, fp: dict) -> list[tuple]:
-    """One row per method (FP first) from the stored rows."""
+    """One row per method (FP first) from the stored rows; a row from another commit is marked with a dagger."""
     out = [("FP (dequantized Q4_1)", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
+    commit = main_commit(rows)
     for name in ROWS:
         if name not in rows:
             continue
@@ -152,9 +160,10 @@ def table_rows(rows: dict, fp: dict) -> list[tuple]:
         label = label.format(**r["config"]) if r["method"] in ("rtn", "gptq") else label
         g = r["config"].get("group_size")
         seconds = round(r["quantize_seconds"])
+        mark = "" if r.get("git_commit") == commit else " †"
         out.append(
             (
-                name + (f" (g{g})" if g else "") + ROW_NOTE.get(name, ""),
+                name + (f" (g{g})" if g else "") + ROW_NOTE.get(name, "") + mark,
                 label,
                 round(r["stored_bits_per_weight"], 3),
                 round(r["wikitext2_ppl"], 2),
@@ -183,6 +192,19 @@ def render(store: dict, args: argparse.Namespace) -> None:
     contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
     if contended:
         notes += " " + note("compare", "contended", rows="; ".join(contended))
+    commit = main_commit(rows)
+    other = [
+        f"{n} ({r['git_commit'][:7] if r.get('git_commit') else 'commit not recorded'}"
+        + (f", from {r['reused_from']}" if r.get("reused_from") else "")
+        + f", torch threads {r.get('torch_threads', 'not recorded')})"
+        for n, r in rows.items()
+        if r.get("git_commit") != commit
+    ]
+    if other:
+        same = [r for r in rows.values() if r.get("git_commit") == commit]
+        threads = "/".join(sorted({str(r.get("torch_threads")) for r in same}))
+        short = (commit or "?")[:7]
+        notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
     write_results(
         "compare",
         "Methods side by side on smollm2-135m (paper Table 1 analogue)",
