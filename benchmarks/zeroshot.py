@@ -159,7 +159,11 @@ def render(store: dict, args: argparse.Namespace) -> None:
         parts.append(
             f"## Table 2 analogue (0-shot, first {limit} documents of each task)\n\n" + markdown_table(head, rows)
         )
-    notes = note("zeroshot", limit=args.limit, stderr=f"{100 * (0.25 / args.limit) ** 0.5:.1f}")
+    unavailable = next(iter(table.values()), {}).get("unavailable", [])
+    k = sum(1 for t, m in table_columns() if m == "acc" and t not in unavailable)
+    mean_se = f"{100 * (k * 0.25 / args.limit) ** 0.5 / max(k, 1):.1f}"
+    stderr = f"{100 * (0.25 / args.limit) ** 0.5:.1f}"
+    notes = note("zeroshot", limit=args.limit, stderr=stderr, k=k, mean_stderr=mean_se)
     if check:
         n_piqa, piqa = check["n_samples"]["piqa"], check["tasks"]["piqa"]
         quoted = reference("piqa_issue7")
@@ -167,6 +171,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
         notes += " " + note(
             "zeroshot", "piqa_check", counts=counts, ref_acc=quoted["acc"], ref_acc_norm=quoted["acc_norm"]
         )
+    older = [LABELS[n] for n in MODELS if n != "fp" and n in table and not table[n].get("artifact_commit")]
+    if older:
+        notes += " " + note("zeroshot", "older", rows=", ".join(older))
     threads = sorted({r.get("torch_threads") for r in table.values() if r.get("torch_threads")})
     if threads:
         notes += " " + note("zeroshot", "threads", threads="/".join(map(str, threads)))
