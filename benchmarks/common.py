@@ -103,6 +103,14 @@ def bench_parser(doc: str | None, redo: bool = True, render_only: bool = True) -
     return ap
 
 
+def rows_parser(doc: str | None, rows: Iterable[str]) -> argparse.ArgumentParser:
+    """``bench_parser`` plus ``--rows`` (default: every row) and ``--windows`` (evaluation windows, default 8)."""
+    ap = bench_parser(doc)
+    ap.add_argument("--rows", default=",".join(rows), help="comma-separated rows to run (default: all)")
+    ap.add_argument("--windows", type=int, default=8, help="evaluation windows of 2048 tokens (default: 8)")
+    return ap
+
+
 def serve_child(args: argparse.Namespace, job: Callable[[str], dict[str, Any]]) -> bool:
     """In a child process (``--child NAME``): print ``job(NAME)`` as the last stdout line, return True."""
     if not args.child:

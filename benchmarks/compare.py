@@ -16,11 +16,11 @@ from pathlib import Path
 from benchmarks.common import (
     OUTPUTS,
     RESULTS,
-    bench_parser,
     fp_perplexities,
     git_commit,
     note,
     quantize_and_evaluate,
+    rows_parser,
     run_ppl_rows,
     serve_child,
     stored,
@@ -222,11 +222,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     from ptq161.config import PRESETS
 
-    ap = bench_parser(__doc__)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap = rows_parser(__doc__, ROWS)
     ap.add_argument("--nsamples", type=int, default=PRESETS["cpu"].nsamples)
     ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
-    ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--reuse-ptq161", action="store_true")
     args = ap.parse_args()
     if serve_child(args, lambda name: run_row(name, args.nsamples, args.seqlen, args.windows)):

@@ -21,9 +21,9 @@ from pathlib import Path
 from benchmarks.common import (
     OUTPUTS,
     RESULTS,
-    bench_parser,
     git_commit,
     note,
+    rows_parser,
     run_pending,
     serve_child,
     stored,
@@ -117,9 +117,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = bench_parser(__doc__)
-    ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--windows", type=int, default=8)
+    ap = rows_parser(__doc__, ROWS)
     args = ap.parse_args()
     if serve_child(args, lambda name: run_row(name, args.windows)):
         return

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import (
-    bench_parser,
     fp_perplexities,
     note,
     quantize_and_evaluate,
+    rows_parser,
     run_ppl_rows,
     serve_child,
     stored,
@@ -193,9 +193,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = bench_parser(__doc__)
-    ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--windows", type=int, default=8)
+    ap = rows_parser(__doc__, ROWS)
     args = ap.parse_args()
     if serve_child(args, lambda name: run_row(name, args.windows)):
         return

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -30,27 +32,25 @@ def test_topk_kl_is_zero_for_the_teacher_itself_and_positive_otherwise():
     assert topk_kl(logits.flip(-1), top.values, top.indices) > 0.1
 
 
-def _run(tiny_model_dir, text_file, out, steps=12, **kw):
+def _run(tiny_model_dir, text_file, out, e2e: E2EConfig | None = None, **kw):
+    """The tiny model quantized with one epoch; with ``e2e`` the end-to-end stage follows."""
     return quantize(
         str(tiny_model_dir),
         method_config=PTQ161Config(epochs=1),
         calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
         output=out,
         progress=False,
-        e2e=E2EConfig(steps=steps, lr=5e-2, topk=32, heldout=2, save_every=4),
+        e2e=e2e,
         **kw,
     )
 
 
+E2E = E2EConfig(steps=12, lr=5e-2, topk=32, heldout=2, save_every=4)
+
+
 def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir, text_file, tmp_path, monkeypatch):
-    plain = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=1),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
-        output=tmp_path / "plain",
-        progress=False,
-    )
-    res = _run(tiny_model_dir, text_file, tmp_path / "full")
+    plain = _run(tiny_model_dir, text_file, tmp_path / "plain")
+    res = _run(tiny_model_dir, text_file, tmp_path / "full", E2E)
     log = res.meta["e2e_log"]
     assert log["train_kl_after"] < log["train_kl_before"] - 0.01  # on its own training windows
     assert res.meta["bits"] == plain.meta["bits"]  # signs, codes, mask fixed: the same bits
@@ -69,9 +69,9 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
 
     monkeypatch.setattr(e2e, "_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _run(tiny_model_dir, text_file, tmp_path / "part")
+        _run(tiny_model_dir, text_file, tmp_path / "part", E2E)
     monkeypatch.setattr(e2e, "_checkpoint", real)
-    _run(tiny_model_dir, text_file, tmp_path / "part", resume=True)
+    _run(tiny_model_dir, text_file, tmp_path / "part", E2E, resume=True)
     x, y = (
         load_file(str(tmp_path / "full" / "model.safetensors")),
         load_file(str(tmp_path / "part" / "model.safetensors")),
@@ -142,22 +142,10 @@ def test_trained_signs_move_towards_a_target_with_other_signs():
 
 
 def test_train_signs_keeps_the_bits_and_reports_flips(tiny_model_dir, text_file, tmp_path):
-    res = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=1),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
-        output=tmp_path / "signs",
-        progress=False,
-        e2e=E2EConfig(steps=12, lr=5e-2, topk=32, heldout=2, train_signs=True, sign_lr=0.5),
-    )
+    signs = dataclasses.replace(E2E, train_signs=True, sign_lr=0.5)
+    res = _run(tiny_model_dir, text_file, tmp_path / "signs", signs)
     log = res.meta["e2e_log"]
     assert log["train_kl_after"] < log["train_kl_before"]
     assert 0 < log["signs_flipped"] and 0 < log["signs_flipped_share"] < 0.5
-    plain_bits = quantize(
-        str(tiny_model_dir),
-        method_config=PTQ161Config(epochs=1),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
-        progress=False,
-    ).meta["bits"]
-    assert res.meta["bits"] == plain_bits
+    assert res.meta["bits"] == _run(tiny_model_dir, text_file, None).meta["bits"]
     assert read_meta(tmp_path / "signs")["e2e"]["train_signs"] is True
