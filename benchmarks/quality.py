@@ -15,6 +15,7 @@ import argparse
 
 from benchmarks.common import (
     fp_perplexities,
+    git_commit,
     note,
     quantize_and_evaluate,
     rows_parser,
@@ -124,6 +125,7 @@ def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
         "e2e": e2e.to_dict(),
         "e2e_log": log,
         "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
     }
 
 
@@ -133,6 +135,12 @@ def late_block_drop(row: dict) -> str:
     key = "t1" if "t1_first_epoch" in logs[0] else "loss"
     drops = [1 - b[f"{key}_last_epoch"] / b[f"{key}_first_epoch"] for b in logs]
     return f"{100 * sum(drops) / len(drops):.1f} %"
+
+
+def minutes_cell(r: dict) -> float | str:
+    """Quantization minutes of a row, starred when the timing was contended."""
+    minutes = round(r["quantize_seconds"] / 60, 1)
+    return f"{minutes}*" if r.get("timing_contended") else minutes
 
 
 def render(store: dict, args: argparse.Namespace) -> None:
@@ -176,16 +184,20 @@ def render(store: dict, args: argparse.Namespace) -> None:
                 round(wt / fp["wikitext2"], 1),
                 bits,
                 late,
-                round(r["quantize_seconds"] / 60, 1),
+                minutes_cell(r),
             )
         )
+    notes = note("quality", windows=args.windows)
+    contended = [f"{n}: {r['timing_contended']}" for n, r in store["rows"].items() if r.get("timing_contended")]
+    if contended:
+        notes += " " + note("quality", "contended", rows="; ".join(contended))
     write_results(
         "quality",
         "Usable 1.6-bit models: block-stage changes and the end-to-end stage (smollm2-135m)",
         "## One change at a time (ablation budget 16 x 512 tokens, 4 epochs, unless the row says otherwise)\n\n"
         + markdown_table(head, rows),
         {"fp": fp, "rows": store["rows"]},
-        note("quality", windows=args.windows),
+        notes,
         keep_meta=store if args.render_only else None,
         model="smollm2-135m",
         eval_windows=args.windows,
