@@ -99,7 +99,7 @@ def cli_row(out: Path, windows: int, extra: tuple[str, ...] = ()) -> dict:
     results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
     ppl = {r.dataset: r.ppl for r in results}
     return {
-        "command": " ".join(["ptq161", *cmd[3:]]),
+        "command": " ".join(["ptq161", *cmd[3:]]).replace(str(RESULTS.parents[1]) + "/", ""),
         "config": meta["config"],
         "calibration": meta["calibration"],
         "calibration_source": meta["calibration_source"],
@@ -116,7 +116,7 @@ def cli_row(out: Path, windows: int, extra: tuple[str, ...] = ()) -> dict:
         "e2e_log": meta.get("e2e_log"),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
-        "artifact": str(out),
+        "artifact": str(out.relative_to(RESULTS.parents[1])) if out.is_relative_to(RESULTS.parents[1]) else str(out),
     }
 
 
