@@ -196,13 +196,19 @@ def note(name: str, section: str = "main", **values: Any) -> str:
     return string.Template(" ".join(parts[section])).substitute(values)
 
 
+def table_perplexities(model: Any, tokenizer: Any, windows: int) -> dict[str, float]:
+    """Perplexity on the first ``windows`` windows of 2048 tokens of WikiText-2 test and C4 (GPTQ style)."""
+    from ptq161 import evaluate_perplexity
+
+    results = evaluate_perplexity(model, tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
+    return {r.dataset: r.ppl for r in results}
+
+
 def fp_perplexities(windows: int, model_spec: str = "smollm2-135m") -> dict[str, float]:
     """FP perplexity on the first ``windows`` windows of WikiText-2 test and C4 (GPTQ style)."""
-    from ptq161 import evaluate_perplexity, load_model
+    from ptq161 import load_model
 
-    model, tok = load_model(model_spec)
-    results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
-    return {r.dataset: r.ppl for r in results}
+    return table_perplexities(*load_model(model_spec), windows)
 
 
 OUTPUTS = RESULTS.parents[1] / "outputs"  # quantized artifacts kept for later benchmarks (git-ignored)
@@ -225,9 +231,7 @@ def quantize_and_evaluate(
     import shutil
     import time
 
-    import torch
-
-    from ptq161 import evaluate_perplexity, quantize
+    from ptq161 import quantize
     from ptq161.utils import peak_rss_mb
 
     if save is not None and save.exists():
@@ -235,23 +239,31 @@ def quantize_and_evaluate(
     t0 = time.perf_counter()
     res = quantize(model, method, method_config=cfg, calib=calib, output=save, progress=False, e2e=e2e)
     seconds = time.perf_counter() - t0
-    results = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2", "c4"], max_windows=windows, progress=False)
-    ppl = {r.dataset: r.ppl for r in results}
     return {
-        "config": cfg.to_dict(),
-        "calibration": calib.to_dict(),
-        "calibration_source": res.meta["calibration_source"],
+        **result_row(res.meta, table_perplexities(res.model, res.tokenizer, windows), windows, save),
         "quantize_seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
-        "stored_bits_per_weight": res.meta["bits"]["stored_bits_per_weight"],
-        "paper_bits_per_weight": res.meta["bits"]["paper_bits_per_weight"],
+        "block_logs": res.meta["block_logs"],
+        "e2e": None if e2e is None else e2e.to_dict(),
+    }
+
+
+def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifact: Path | None) -> dict[str, Any]:
+    """The fields every quantized row records, from a run's ``ptq161.json`` metadata and its perplexities."""
+    import torch
+
+    return {
+        "config": meta["config"],
+        "calibration": meta["calibration"],
+        "calibration_source": meta["calibration_source"],
+        "stored_bits_per_weight": meta["bits"]["stored_bits_per_weight"],
+        "paper_bits_per_weight": meta["bits"]["paper_bits_per_weight"],
         "wikitext2_ppl": ppl["wikitext2"],
         "c4_ppl": ppl["c4"],
         "eval_windows": windows,
-        "block_logs": res.meta["block_logs"],
-        "e2e": None if e2e is None else e2e.to_dict(),
-        "e2e_log": res.meta.get("e2e_log"),
+        "e2e": meta.get("e2e"),
+        "e2e_log": meta.get("e2e_log"),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
-        **({"artifact": str(save.relative_to(RESULTS.parents[1]))} if save is not None else {}),
+        **({"artifact": str(artifact.relative_to(RESULTS.parents[1]))} if artifact is not None else {}),
     }

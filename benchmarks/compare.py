@@ -17,13 +17,14 @@ from benchmarks.common import (
     OUTPUTS,
     RESULTS,
     fp_perplexities,
-    git_commit,
     note,
     quantize_and_evaluate,
+    result_row,
     rows_parser,
     run_ppl_rows,
     serve_child,
     stored,
+    table_perplexities,
     write_results,
 )
 from ptq161.eval.report import markdown_table
@@ -72,7 +73,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
     return {"name": name, "method": method, **row}
 
 
-def cli_row(out: Path, windows: int, extra: tuple[str, ...] = ()) -> dict:
+def cli_row(out: Path, windows: int) -> dict:
     """``ptq161 quantize smollm2-135m --output OUT`` (all defaults) in a subprocess, then OUT evaluated as saved.
 
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
@@ -83,40 +84,23 @@ def cli_row(out: Path, windows: int, extra: tuple[str, ...] = ()) -> dict:
     import sys
     import time
 
-    import torch
-
-    from ptq161 import evaluate_perplexity, load
+    from ptq161 import load
     from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
 
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--output", str(out), *extra]
+    args = ["quantize", "smollm2-135m", "--output", str(out)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     meta = read_meta(out)
-    model, tok = load(str(out))
-    results = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows, progress=False)
-    ppl = {r.dataset: r.ppl for r in results}
     return {
-        "command": " ".join(["ptq161", *cmd[3:]]).replace(str(RESULTS.parents[1]) + "/", ""),
-        "config": meta["config"],
-        "calibration": meta["calibration"],
-        "calibration_source": meta["calibration_source"],
+        **result_row(meta, table_perplexities(*load(str(out)), windows), windows, out),
+        "command": " ".join(["ptq161", *args]).replace(str(RESULTS.parents[1]) + "/", ""),
         "quantize_seconds": meta["seconds"],
         "command_wall_seconds": wall,
         "peak_rss_mb": meta["peak_rss_mb"],
-        "stored_bits_per_weight": meta["bits"]["stored_bits_per_weight"],
-        "paper_bits_per_weight": meta["bits"]["paper_bits_per_weight"],
         "file_bits_per_weight": file_bits_per_weight(out, meta["bits"]["layers"]),
-        "wikitext2_ppl": ppl["wikitext2"],
-        "c4_ppl": ppl["c4"],
-        "eval_windows": windows,
-        "e2e": meta.get("e2e"),
-        "e2e_log": meta.get("e2e_log"),
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": git_commit(),
-        "artifact": str(out.relative_to(RESULTS.parents[1])) if out.is_relative_to(RESULTS.parents[1]) else str(out),
     }
 
 
@@ -148,10 +132,9 @@ def main_commit(rows: dict) -> str | None:
     return commits.most_common(1)[0][0] if commits else None
 
 
-def table_rows(rows: dict, fp: dict) -> list[tuple]:
-    """One row per method (FP first) from the stored rows; a row from another commit is marked with a dagger."""
+def table_rows(rows: dict, fp: dict, commit: str | None) -> list[tuple]:
+    """One row per method (FP first) from the stored rows; a row not from ``commit`` is marked with a dagger."""
     out = [("FP (dequantized Q4_1)", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
-    commit = main_commit(rows)
     for name in ROWS:
         if name not in rows:
             continue
@@ -208,7 +191,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
     write_results(
         "compare",
         "Methods side by side on smollm2-135m (paper Table 1 analogue)",
-        markdown_table(HEAD, table_rows(rows, fp)),
+        markdown_table(HEAD, table_rows(rows, fp, commit)),
         {"fp": fp, "rows": rows},
         notes,
         keep_meta=store if args.render_only else None,

@@ -27,6 +27,7 @@ from benchmarks.common import (
     run_pending,
     serve_child,
     stored,
+    table_perplexities,
     write_results,
 )
 from ptq161.eval.report import markdown_table
@@ -63,7 +64,7 @@ def run_row(name: str, windows: int) -> dict:
 
     import torch
 
-    from ptq161 import evaluate_perplexity, load
+    from ptq161 import load
 
     _label, commit, threads, extra = ROWS[name]
     out = OUTPUTS / "drift" / name
@@ -75,8 +76,7 @@ def run_row(name: str, windows: int) -> dict:
     cmd = [sys.executable, "-m", "ptq161", *QUANTIZE, "--output", str(out)]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
-    model, tok = load(str(out))
-    ppl = {r.dataset: r.ppl for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows)}
+    ppl = table_perplexities(*load(str(out)), windows)
     return {
         "name": name,
         "commit": commit or git_commit(),

@@ -22,6 +22,7 @@ from benchmarks.common import (
     run_ppl_rows,
     serve_child,
     stored,
+    table_perplexities,
     write_results,
 )
 from ptq161.eval.report import markdown_table
@@ -88,14 +89,11 @@ def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
 
     import torch
 
-    from ptq161 import evaluate_perplexity, load_model, quantize
+    from ptq161 import load_model, quantize
     from ptq161.data import calibration_windows
     from ptq161.methods.ptq161 import PTQ161
     from ptq161.pipeline.e2e import teacher_topk, train_end_to_end
     from ptq161.utils import peak_rss_mb
-
-    def ppl(model, tok) -> dict:
-        return {r.dataset: r.ppl for r in evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=windows)}
 
     t0 = time.perf_counter()
     fp, tok = load_model("smollm2-135m")
@@ -105,9 +103,9 @@ def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
     teacher_s = time.perf_counter() - t0
     res = quantize("smollm2-135m", method_config=cfg, calib=calib, progress=False)
     block_s = time.perf_counter() - t0 - teacher_s
-    before = ppl(res.model, res.tokenizer)
+    before = table_perplexities(res.model, res.tokenizer, windows)
     _parts, log = train_end_to_end(res.model, PTQ161(cfg), res.parts, wins, teacher, e2e, progress=False)
-    after = ppl(res.model, res.tokenizer)
+    after = table_perplexities(res.model, res.tokenizer, windows)
     return {
         "config": cfg.to_dict(),
         "calibration": calib.to_dict(),
@@ -152,7 +150,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
             continue
         r = store["rows"][name]
         bits, late = round(r["stored_bits_per_weight"], 4), late_block_drop(r)
-        signs = r.get("e2e", {}).get("train_signs") if r.get("e2e") else False
+        signs = (r.get("e2e") or {}).get("train_signs", False)
         if "block_stage_ppl" in r and not signs:  # an end-to-end row: the block stage alone, then with the stage
             b = r["block_stage_ppl"]
             minutes = round(r["block_stage_seconds"] / 60, 1)

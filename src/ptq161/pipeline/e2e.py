@@ -178,7 +178,7 @@ def train_end_to_end(
         stage["heldout_kl_after"] = _kl_on(model, windows, teacher, held)
         stage["train_kl_after"] = _kl_on(model, windows, teacher, range(min(n_train, 8)))
         new_parts = {path: mod.parts() for path, mod in modules.items()}
-        flips = [mod.flipped() for mod in modules.values()] if cfg.train_signs else [(0, 1)]
+        flips = [mod.flipped() for mod in modules.values()] if cfg.train_signs else []
         flipped, n_signs = sum(f for f, _ in flips), sum(n for _, n in flips)
     finally:
         for path, lin in originals.items():
@@ -202,7 +202,7 @@ def train_end_to_end(
         "heldout_kl_before": stage.get("heldout_kl_before"),
         "heldout_kl_after": stage["heldout_kl_after"],
         "signs_flipped": flipped,
-        "signs_flipped_share": flipped / n_signs,
+        "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,
     }
     return new_parts, log
