@@ -1,7 +1,9 @@
-"""Paper Table 1 analogue on smollm2-135m: FP and every method on one calibration set.
+"""Paper Table 1 analogue on a built-in model (default smollm2-135m): FP and every method on one calibration set.
 
 Each method runs in a fresh child process (its own wall time and peak RSS) and its row
 is stored in results/compare.json as soon as it finishes; re-running resumes the table.
+For another model (``--model qwen2.5-coder-0.5b``) the results go to results/compare_MODEL.*, and the
+FP perplexity is also computed with plain transformers (``model(ids, labels=ids).loss`` per window) as a check.
 The paper-setting PTQ1.61 row can be taken from results/ptq161_runs.json (``--reuse-ptq161``) when that
 run used exactly the same calibration set and settings (the method is deterministic).
 """
@@ -51,7 +53,12 @@ ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu 
 PAPER_LABEL = {"rtn": "{bits}", "gptq": "{bits}", "pbllm": "1.7 (+1)", "billm": "1 (+1.1)", "ptq161": "1.6 (+0.0002)"}
 
 
-def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
+def results_name(model: str) -> str:
+    """``compare`` for smollm2-135m (the project's main table), ``compare_MODEL`` for other models."""
+    return "compare" if model == "smollm2-135m" else f"compare_{model}"
+
+
+def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = "smollm2-135m") -> dict:
     """Quantize + evaluate one row in this process."""
     from ptq161 import CalibConfig
     from ptq161.config import PRESETS
@@ -60,21 +67,22 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int) -> dict:
 
     method, opts = ROWS[name]
     opts = dict(opts)
+    save = OUTPUTS / results_name(model) / name
     if opts.pop("cli", False):
-        return {"name": name, "method": method, **cli_row(OUTPUTS / "compare" / name, windows)}
+        return {"name": name, "method": method, **cli_row(save, windows, model)}
     e2e = None
     if "preset" in opts:
         e2e = E2EConfig(steps=opts.pop("e2e_steps"))
         opts = {"epochs": PRESETS[opts.pop("preset")].epochs, **opts}
     cfg = get_method(method).config_class(**opts)
     calib = CalibConfig(nsamples=nsamples, seqlen=seqlen)
-    row = quantize_and_evaluate(method, cfg, calib, windows, save=OUTPUTS / "compare" / name, e2e=e2e)
+    row = quantize_and_evaluate(method, cfg, calib, windows, save=save, model=model, e2e=e2e)
     row.pop("block_logs")
     return {"name": name, "method": method, **row}
 
 
-def cli_row(out: Path, windows: int) -> dict:
-    """``ptq161 quantize smollm2-135m --output OUT`` (all defaults) in a subprocess, then OUT evaluated as saved.
+def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
+    """``ptq161 quantize MODEL --output OUT`` (all defaults) in a subprocess, then OUT evaluated as saved.
 
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
     only); the wall time of the whole command (model loading and writing included) is kept beside.
@@ -89,7 +97,7 @@ def cli_row(out: Path, windows: int) -> dict:
 
     if out.exists():
         shutil.rmtree(out)
-    args = ["quantize", "smollm2-135m", "--output", str(out)]
+    args = ["quantize", model, "--output", str(out)]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -101,6 +109,25 @@ def cli_row(out: Path, windows: int) -> dict:
         "command_wall_seconds": wall,
         "peak_rss_mb": meta["peak_rss_mb"],
         "file_bits_per_weight": file_bits_per_weight(out, meta["bits"]["layers"]),
+    }
+
+
+def plain_transformers_perplexities(model: str, windows: int) -> dict[str, float]:
+    """FP perplexity of the first ``windows`` windows computed independently of ptq161's evaluation:
+    the cached model loaded by ``AutoModelForCausalLM`` and ``exp(mean(model(w, labels=w).loss))``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.fp_perplexity import independent_first_windows
+    from ptq161.data import eval_tokens
+    from ptq161.models.loading import builtin_dir
+
+    where = builtin_dir(model)
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(where)
+    return {
+        name: independent_first_windows(hf, eval_tokens(name, tok).tokens, 2048, windows)
+        for name in ("wikitext2", "c4")
     }
 
 
@@ -132,9 +159,9 @@ def main_commit(rows: dict) -> str | None:
     return commits.most_common(1)[0][0] if commits else None
 
 
-def table_rows(rows: dict, fp: dict, commit: str | None) -> list[tuple]:
+def table_rows(rows: dict, fp: dict, commit: str | None, fp_label: str = "dequantized Q4_1") -> list[tuple]:
     """One row per method (FP first) from the stored rows; a row not from ``commit`` is marked with a dagger."""
-    out = [("FP (dequantized Q4_1)", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
+    out = [(f"FP ({fp_label})", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
     for name in ROWS:
         if name not in rows:
             continue
@@ -170,8 +197,28 @@ HEAD = [
 
 
 def render(store: dict, args: argparse.Namespace) -> None:
+    from ptq161.models.builtin import builtin_model
+
     rows, fp = store["rows"], store["fp"]
-    notes = note("compare", nsamples=args.nsamples, seqlen=args.seqlen, windows=args.windows)
+    spec = builtin_model(args.model)
+    notes = note(
+        "compare",
+        model=args.model,
+        caveat=spec.caveat,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+        windows=args.windows,
+    )
+    if "plain_transformers" in store:
+        check = store["plain_transformers"]
+        rel = {k: abs(fp[k] / check[k] - 1) for k in ("wikitext2", "c4")}
+        notes += " " + note(
+            "compare",
+            "fp_check",
+            wikitext2=f"{check['wikitext2']:.4f}",
+            c4=f"{check['c4']:.4f}",
+            rel=f"{max(rel.values()):.1e}",
+        )
     contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
     if contended:
         notes += " " + note("compare", "contended", rows="; ".join(contended))
@@ -189,9 +236,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
         short = (commit or "?")[:7]
         notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
     write_results(
-        "compare",
-        "Methods side by side on smollm2-135m (paper Table 1 analogue)",
-        markdown_table(HEAD, table_rows(rows, fp, commit)),
+        results_name(args.model),
+        f"Methods side by side on {args.model} (paper Table 1 analogue)",
+        markdown_table(HEAD, table_rows(rows, fp, commit, spec.fp_label)),
         {"fp": fp, "rows": rows},
         notes,
         keep_meta=store if args.render_only else None,
@@ -199,6 +246,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
         seqlen=args.seqlen,
         windows=args.windows,
         seed=2,
+        model=args.model,
     )
 
 
@@ -209,18 +257,23 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=PRESETS["cpu"].nsamples)
     ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
     ap.add_argument("--reuse-ptq161", action="store_true")
+    ap.add_argument("--model", default="smollm2-135m", help="a built-in model (default: smollm2-135m)")
     args = ap.parse_args()
-    if serve_child(args, lambda name: run_row(name, args.nsamples, args.seqlen, args.windows)):
+    if serve_child(args, lambda name: run_row(name, args.nsamples, args.seqlen, args.windows, args.model)):
         return
-    store = stored("compare")
+    store = stored(results_name(args.model))
     store.setdefault("rows", {})
     if "fp" not in store:
-        store["fp"] = fp_perplexities(args.windows)
+        store["fp"] = fp_perplexities(args.windows, args.model)
+        if args.model != "smollm2-135m":
+            store["plain_transformers"] = plain_transformers_perplexities(args.model, args.windows)
+        render(store, args)
     names = args.rows.split(",")
     if args.reuse_ptq161 and "ptq161_paper" in names and "ptq161_paper" not in store["rows"]:
         if row := reuse_ptq161(args.nsamples, args.seqlen, args.windows):
             store["rows"]["ptq161_paper"] = row
     child_args = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--windows", str(args.windows)]
+    child_args += ["--model", args.model]
 
     run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args)
 

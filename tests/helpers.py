@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ptq161.models.adapters import LLAMA_LIKE
 from ptq161.nn import PackedPTQ161Linear
@@ -39,6 +39,25 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     return model.eval()
 
 
+def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
+    """A tiny random Qwen2ForCausalLM (q/k/v with bias, untied lm_head), reproducible by ``seed``.
+
+    The biases are drawn non-zero (transformers initialises them to zero), so that a path
+    which drops a bias changes the output.
+    """
+    cfg = tiny_llama_config(architectures=["Qwen2ForCausalLM"]).to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "mlp_bias", "attention_bias", "pretraining_tp"):
+        cfg.pop(key, None)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**cfg, architectures=["Qwen2ForCausalLM"]))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                layer.self_attn.get_submodule(name).bias.normal_(0, 0.5)
+    return model.eval()
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer without merges: one token per UTF-8 byte (ids < 256)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -69,9 +88,9 @@ def random_parts(m: int, n: int, n_sal: int, seed: int = 0) -> dict[str, torch.T
     }
 
 
-def random_packed_llama(seed: int = 0, **overrides) -> torch.nn.Module:
-    """A tiny LLaMA whose decoder linears are random packed PTQ1.61 layers (no quantization run)."""
-    model = tiny_llama(seed, **overrides)
+def random_packed_llama(seed: int = 0, qwen2: bool = False, **overrides) -> torch.nn.Module:
+    """A tiny LLaMA (or Qwen2, with q/k/v biases kept) whose decoder linears are random packed PTQ1.61 layers."""
+    model = (tiny_qwen2 if qwen2 else tiny_llama)(seed, **overrides)
     k = 0
     for layer in model.model.layers:
         for name in LLAMA_LIKE.linear_names:
@@ -79,7 +98,8 @@ def random_packed_llama(seed: int = 0, **overrides) -> torch.nn.Module:
             n = lin.in_features
             parts = random_parts(lin.out_features, n, n // 5, seed=k)
             parts["a"] = (parts["a"].float() * 20).half()  # weights of the size of the dense init
-            layer.set_submodule(name, PackedPTQ161Linear.from_parts(parts))
+            bias = lin.bias.detach() if lin.bias is not None else None
+            layer.set_submodule(name, PackedPTQ161Linear.from_parts(parts, bias))
             k += 1
     return model
 

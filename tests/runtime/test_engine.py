@@ -7,9 +7,11 @@ from ptq161.runtime import DecodeEngine, greedy_generate
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}]
+    "overrides",
+    [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}, {"qwen2": True}],
 )
 def test_decode_engine_matches_the_model_forward(overrides):
+    """Qwen2 (q/k/v biases drawn non-zero) runs in the engine too: a dropped bias would change every logit."""
     model = random_packed_llama(**overrides)
     assert DecodeEngine.unsupported_reason(model) is None
     eng = DecodeEngine(model, max_len=64)

