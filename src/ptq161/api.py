@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
@@ -26,9 +27,12 @@ __all__ = [
 ]
 
 
-def load(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
-    """Load a ptq161 output directory (packed or dense) or any model spec: ``(model, tokenizer)``."""
-    return load_model(str(path), device=device)
+def load(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Tokenizer]:
+    """Load a ptq161 output directory (packed or dense) or any model spec: ``(model, tokenizer)``.
+
+    ``dtype`` is the compute dtype of the dense parts; packed layers keep their stored
+    fp16 factors and compute in the input's dtype."""
+    return load_model(str(path), device=device, dtype=dtype)
 
 
 def evaluate_perplexity(

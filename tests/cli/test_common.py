@@ -2,6 +2,7 @@ import argparse
 import dataclasses
 
 import pytest
+import torch
 
 from ptq161.cli import build_parser
 from ptq161.cli.common import method_config, method_flags
@@ -44,10 +45,18 @@ def _options(command: str) -> set[str]:
     return {s for a in sub.choices[command]._actions for s in a.option_strings}
 
 
-def test_only_flags_the_command_honours_are_offered():
-    assert "--dtype" not in _options("quantize") and "--dtype" not in _options("preprocess")
-    assert "--device" not in _options("preprocess")
-    assert {"--device", "--dtype"} <= _options("ppl") and {"--device", "--dtype"} <= _options("eval")
+def test_device_and_dtype_are_offered_where_honoured_and_checked():
+    """quantize / preprocess honour them (tests/pipeline/test_devices.py); a device the machine lacks is refused."""
+    for cmd in ("quantize", "preprocess", "ppl", "eval"):
+        assert {"--device", "--dtype"} <= _options(cmd)
+    assert "--dtype" not in _options("generate")  # the engine and the packed kernels compute in float32
+    parser = build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["quantize", "m", "--device", "bogus"])
+    assert e.value.code == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            parser.parse_args(["quantize", "m", "--device", "cuda"])
 
 
 def test_cpu_preset_settings_and_the_paper_one_flag_away():

@@ -8,7 +8,16 @@ import dataclasses
 from ..api import preprocess
 from ..methods import get_method
 from ..pipeline.preprocess import PREPROCESS_PRESETS, preset_settings
-from .common import add_data_dir, add_method_options, method_config, non_negative_int, positive_int
+from .common import (
+    add_data_dir,
+    add_device,
+    add_dtype,
+    add_method_options,
+    method_config,
+    non_negative_int,
+    positive_int,
+    torch_dtype,
+)
 
 # LoRA flag -> LoRAConfig field (flags whose name differs from the field are mapped here)
 _LORA_FIELDS = {"lora_seqlen": "seqlen", "lora_seed": "seed"}
@@ -50,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 50)")
     add_method_options(p)
     add_data_dir(p)
+    add_device(p)
+    add_dtype(p)
     p.set_defaults(func=run)
 
 
@@ -71,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         lora=lora,
         resume=args.resume,
         data_dir=args.data_dir,
+        device=args.device,
+        dtype=torch_dtype(args.dtype),
     )
     losses = res.meta["losses"]
     k = max(1, len(losses) // 10)

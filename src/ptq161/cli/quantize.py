@@ -12,11 +12,13 @@ from .common import (
     add_config_options,
     add_data_dir,
     add_device,
+    add_dtype,
     add_method_options,
     config_from_args,
     method_config,
     options_of,
     positive_int,
+    torch_dtype,
 )
 
 
@@ -47,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_options(p, E2EConfig, "end-to-end stage (ptq161; beyond the paper)")
     add_data_dir(p)
     add_device(p)
+    add_dtype(p)
     p.set_defaults(func=run)
 
 
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         data_dir=args.data_dir,
         device=args.device,
+        dtype=torch_dtype(args.dtype),
         int8_head=args.int8_head,
         e2e=e2e,
     )

@@ -154,7 +154,7 @@ class LearnableBinaryLinear(nn.Module):
         return assemble(self.mask, self.w_salient, w_bin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight(), self.bias)
+        return nn.functional.linear(x, self.weight().to(x.dtype), self.bias)  # float32 parameters, x's dtype
 
     def folded_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a = r1 s, b = r1 mu, r2) rounded to the storage dtype."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..primitives.kernels import int8_matvec
-from .lowbit import lowbit_forward
+from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
 
 ROW_TILE = 4096
 
@@ -50,20 +50,18 @@ class Int8Linear(nn.Module):
         """Float32 rows of the weight."""
         return self.weight_int8[rows].float() * self.scale[rows].float()[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kernel(self, flat: np.ndarray, out: np.ndarray) -> None:
+        """The CPU kernel (``lowbit_forward`` calls it only for CPU tensors): out [T, m] = flat [T, n] W^T."""
         if self._scale_f32 is None:  # float32 copy of the scales for the kernel, made once
             self._scale_f32 = self.scale.float().numpy()
-        return lowbit_forward(
-            x,
-            self.out_features,
-            self.dequantize,
-            lambda flat, out: int8_matvec(flat, self.weight_int8.numpy(), self._scale_f32, out),
-            ROW_TILE,
-        )
+        int8_matvec(flat, self.weight_int8.numpy(), self._scale_f32, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lowbit_forward(x, self.out_features, self.dequantize, self._kernel, ROW_TILE)
 
     def _apply(self, fn, recurse: bool = True):
         self._scale_f32 = None
-        return super()._apply(fn, recurse)
+        return apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
 
 
 class Int8Embedding(nn.Module):
@@ -74,15 +72,24 @@ class Int8Embedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(num_embeddings, dtype=torch.float16))
+        # empty, not saved: its dtype is the model's (set at construction, followed by .to(dtype)),
+        # the dtype the embedding returns
+        self.register_buffer("out_dtype", torch.empty(0), persistent=False)
 
     @classmethod
     def from_weight(cls, w: torch.Tensor) -> Int8Embedding:
-        """Quantize a float table [V, d]."""
-        return _fill(cls(*w.shape), w)
+        """Quantize a float table [V, d]; the module returns rows in ``w``'s dtype."""
+        mod = _fill(cls(*w.shape), w)
+        mod.out_dtype = torch.empty(0, dtype=w.dtype, device=w.device)
+        return mod
+
+    def _apply(self, fn, recurse: bool = True):
+        return apply_keeping_stored_dtypes(self, lambda: super(Int8Embedding, self)._apply(fn, recurse), ("scale",))
 
     def dequantize(self) -> torch.Tensor:
         """The float32 table [V, d]."""
         return self.weight_int8.float() * self.scale.float()[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight_int8[ids].float() * self.scale[ids].float()[..., None]
+        rows = self.weight_int8[ids].float() * self.scale[ids].float()[..., None]
+        return rows.to(self.out_dtype.dtype)

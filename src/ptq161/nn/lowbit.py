@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 LUT_MAX_TOKENS = 8  # up to this many tokens per call: the CPU kernel (decode); above: row tiles + BLAS
+
+
+def apply_keeping_stored_dtypes(module: nn.Module, apply: Callable[[], Any], names: tuple[str, ...]) -> Any:
+    """Run ``apply()`` (the module's ``nn.Module._apply``) but keep the dtype of the stored buffers ``names``.
+
+    A dtype cast of the model (``model.half()``, ``.to(torch.bfloat16)``) would otherwise round the
+    stored fp16 factors (to bfloat16: 8 bits of mantissa instead of 11); only their device follows.
+    """
+    before = {k: module._buffers[k] for k in names}
+    out = apply()
+    for k, old in before.items():
+        new = module._buffers[k]
+        if new is not None and old is not None and new.dtype != old.dtype:
+            module._buffers[k] = old.to(new.device)
+    return out
 
 
 def lowbit_forward(

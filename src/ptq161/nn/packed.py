@@ -22,10 +22,11 @@ from torch import nn
 from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
 from ..primitives.quant import assemble, binary_dequantize, rtn_dequantize
-from .lowbit import LUT_MAX_TOKENS, lowbit_forward
+from .lowbit import LUT_MAX_TOKENS, apply_keeping_stored_dtypes, lowbit_forward
 
 ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
 PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "b", "r2")
+FACTORS = ("scale", "a", "b", "r2")  # stored fp16 whatever the model's dtype
 
 
 class PackedPTQ161Linear(nn.Module):
@@ -107,7 +108,7 @@ class PackedPTQ161Linear(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self._cpu_cache = None
-        return super()._apply(fn, recurse)
+        return apply_keeping_stored_dtypes(self, lambda: super(PackedPTQ161Linear, self)._apply(fn, recurse), FACTORS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = lowbit_forward(
@@ -117,7 +118,7 @@ class PackedPTQ161Linear(nn.Module):
             lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
             ROW_TILE,
         )
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_salient={self.n_salient}"

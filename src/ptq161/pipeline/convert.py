@@ -6,6 +6,7 @@ builds empty packed modules before loading; see ``ptq161.models.hf_quantizer``).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..methods import Method, Parts
@@ -44,16 +45,17 @@ def add_int8_head(model: nn.Module) -> None:
     model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
 
 
-def _dense_twin(mod: nn.Module) -> nn.Module | None:
-    """The plain ``nn.Linear`` / ``nn.Embedding`` with the dequantized weight of a low-bit module (else None)."""
+def _dense_twin(mod: nn.Module, dtype: torch.dtype) -> nn.Module | None:
+    """The plain ``nn.Linear`` / ``nn.Embedding`` (weights in ``dtype``, on the module's device) with the
+    dequantized weight of a low-bit module (else None)."""
     if isinstance(mod, PackedPTQ161Linear | Int8Linear):
         dense = nn.Linear(mod.in_features, mod.out_features, bias=getattr(mod, "bias", None) is not None)
-        dense.weight = nn.Parameter(mod.dequantize().float(), requires_grad=False)
+        dense.weight = nn.Parameter(mod.dequantize().to(dtype), requires_grad=False)
         if dense.bias is not None:
-            dense.bias = nn.Parameter(mod.bias.detach().float(), requires_grad=False)
+            dense.bias = nn.Parameter(mod.bias.detach().to(dtype), requires_grad=False)
         return dense
     if isinstance(mod, Int8Embedding):
-        return nn.Embedding.from_pretrained(mod.dequantize(), freeze=True)
+        return nn.Embedding.from_pretrained(mod.dequantize().to(dtype), freeze=True)
     return None
 
 
@@ -64,11 +66,12 @@ def dequantize_model_in_place(model: nn.Module) -> int:
     dequantized fp32 weights row tile by row tile, so scoring (lm-eval, perplexity) gives
     the same results up to float summation order. Meant for evaluation; the model keeps its
     ``quantization_config`` and must not be saved as a packed directory. Returns the number
-    of modules swapped.
+    of modules swapped. The dense weights take the model's dtype and the modules' device.
     """
+    dtype = getattr(model, "dtype", torch.float32)  # transformers: the dtype of its floating-point parameters
     swapped = 0
     for path, mod in list(model.named_modules()):
-        dense = _dense_twin(mod)
+        dense = _dense_twin(mod, dtype)
         if dense is not None:
             model.set_submodule(path, dense)
             swapped += 1

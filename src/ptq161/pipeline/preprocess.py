@@ -181,9 +181,10 @@ def _train(
         _load_checkpoint(state, pm, opt, sched, stage)
     losses: list[float] = stage.setdefault("losses", [])
     pm.train()
+    device = next(pm.parameters()).device
     bar = tqdm(total=lora.steps, initial=step, desc="LoRA steps", unit="step", disable=not progress)
     while step < lora.steps:
-        batch = windows[step * lora.batch_size : (step + 1) * lora.batch_size]
+        batch = windows[step * lora.batch_size : (step + 1) * lora.batch_size].to(device)
         loss = pm(input_ids=batch, labels=batch).loss
         if not math.isfinite(loss.item()):
             raise PTQ161Error(f"LoRA loss became {loss.item()} at step {step}; lower --lr")
@@ -213,12 +214,15 @@ def preprocess(
     resume: bool = False,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> PreprocessResult:
     """Quantize ``model_spec``, train a restorative LoRA on it, merge and save a plain model directory.
 
     ``method``/``method_config``/``calib`` configure the first quantization pass (as in
     ``ptq161.quantize``); ``lora`` the adapter and its training. With ``resume=True`` an
-    interrupted run in ``output`` continues from its last checkpoint.
+    interrupted run in ``output`` continues from its last checkpoint. ``device`` / ``dtype``: where
+    and in which dtype the model is quantized, trained and merged (the saved model keeps ``dtype``).
     """
     lora = lora or LoRAConfig()
     calib = calib or CalibConfig()
@@ -232,16 +236,24 @@ def preprocess(
         "method_config": method_config.to_dict(),
         "calibration": calib.to_dict(),
         "lora": lora.to_dict(),
+        "dtype": str(dtype).removeprefix("torch."),
     }
     state = RunState(out, settings)
     t0 = time.perf_counter()
     stage = state.progress()
     if stage is not None:
-        model, tok = load_model(model_spec)
+        model, tok = load_model(model_spec, device=device, dtype=dtype)
         model.load_state_dict(state.load("quantized"), strict=False)
     else:
         res = quantize(
-            model_spec, method, method_config=method_config, calib=calib, data_dir=data_dir, progress=progress
+            model_spec,
+            method,
+            method_config=method_config,
+            calib=calib,
+            data_dir=data_dir,
+            progress=progress,
+            device=device,
+            dtype=dtype,
         )
         model, tok = res.model, res.tokenizer
         first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
@@ -263,6 +275,7 @@ def preprocess(
     merged.config.use_cache = True
     meta = {
         **settings,
+        "device": str(device),
         "first_pass": stage["first_pass"],
         "lora_data_source": data_source,
         "losses": losses,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
@@ -44,6 +45,7 @@ def quantize(
     resume: bool = False,
     data_dir: str | Path | None = None,
     device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
     progress: bool = True,
     int8_head: bool = False,
     e2e: E2EConfig | None = None,
@@ -53,7 +55,9 @@ def quantize(
     With ``output``, progress is saved after every block and ``resume=True`` continues
     an interrupted run to a result identical to an uninterrupted one. Methods with a packed
     format (PTQ1.61) are saved packed, and the returned model is then the packed one;
-    ``int8_head`` also stores the embedding and lm_head in 8 bits. ``e2e`` (steps > 0) adds the
+    ``int8_head`` also stores the embedding and lm_head in 8 bits. ``device`` and ``dtype``
+    are where and in which dtype the model and the calibration streams live (the methods'
+    own arithmetic is float32); the returned model is on ``device``. ``e2e`` (steps > 0) adds the
     end-to-end stage after the block stage (``ptq161.pipeline.e2e``).
     """
     method_cls = get_method(method)
@@ -68,7 +72,7 @@ def quantize(
     out = Path(output) if output is not None else None
     if out is not None:
         output_dir.check_output_dir(out, resume)
-    model, tok = load_model(model_spec, device=device)
+    model, tok = load_model(model_spec, device=device, dtype=dtype)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     if max_ctx is not None and calib.seqlen > max_ctx:
         raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
@@ -76,6 +80,7 @@ def quantize(
         calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
     )
     settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
+    settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
     if e2e.steps:
         settings["e2e"] = e2e.to_dict()
     state = RunState(out, settings) if out is not None else None
@@ -88,6 +93,7 @@ def quantize(
         res.parts, e2e_log = train_end_to_end(model, impl, res.parts, windows, teacher, e2e, e2e_state, progress)
     meta = {
         **settings,
+        "device": str(device),
         "calibration_source": calib_source,
         "seconds": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb(),
@@ -97,4 +103,5 @@ def quantize(
     }
     if out is not None:
         output_dir.write_output(out, model, tok, impl, res.parts, {**meta, "int8_head": int8_head}, int8_head)
+        model.to(device)  # the packed modules are built on the CPU
     return QuantizeResult(model, tok, out, meta, res.parts)
