@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from .data import default_eval_corpus, eval_tokens
 from .data.corpora import check_eval_name
 from .eval.perplexity import PerplexityResult, perplexity
-from .models import load_model
+from .models import LazyModel, load_model, load_model_lazy
 from .pipeline.preprocess import LoRAConfig, PreprocessResult, preprocess
 from .pipeline.quantize import QuantizeResult, quantize
 
@@ -22,6 +22,7 @@ __all__ = [
     "evaluate_perplexity",
     "load",
     "load_model",
+    "load_model_lazy",
     "preprocess",
     "quantize",
 ]
@@ -36,7 +37,7 @@ def load(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.fl
 
 
 def evaluate_perplexity(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     tokenizer: Tokenizer,
     datasets: list[str] | None = None,
     *,

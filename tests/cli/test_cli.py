@@ -26,6 +26,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["quantize", "x", "--method", "nosuch"], "unknown method"),
         (["quantize", "x", "--preset", "huge"], "--preset"),
         (["info", "/no/such/dir"], "not a ptq161 output"),
+        (["quantize", "x", "--max-memory", "lots"], "--max-memory"),
+        (["quantize", "x", "--device", "tpu9"], "--device"),
+        (["quantize", "qwen2.5-coder-1.5b", "--dtype", "int4"], "--dtype"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):

@@ -83,6 +83,28 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", type=device_name, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 
+def memory_size(text: str) -> int:
+    """``--max-memory`` values: ``3GB``, ``2.5G``, ``512MB`` -> bytes (argparse error otherwise)."""
+    from ..models import parse_memory
+
+    try:
+        return parse_memory(text)
+    except PTQ161Error as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_max_memory(p: argparse.ArgumentParser) -> None:
+    """``--max-memory``."""
+    p.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        help="RAM budget, e.g. 3GB (default: the RAM available now). A model whose weights take more than "
+        "half of it is onloaded block by block: one decoder layer in memory at a time, read from its "
+        "safetensors files (slower, same numbers)",
+    )
+
+
 def add_dtype(p: argparse.ArgumentParser) -> None:
     """``--dtype``."""
     p.add_argument(

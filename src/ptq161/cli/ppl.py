@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ..api import evaluate_perplexity, load_model
 from ..data.corpora import EVAL_CORPORA, check_eval_name
 from ..eval.report import markdown_table, run_metadata
+from ..models import load_model_lazy, onloads
 from ..pipeline.output_dir import read_meta
 from ..utils import atomic_write_json
-from .common import add_data_dir, add_device, add_dtype, csv_list, positive_int, torch_dtype
+from .common import add_data_dir, add_device, add_dtype, add_max_memory, csv_list, positive_int, torch_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
+    add_max_memory(p)
     p.set_defaults(func=run)
 
 
@@ -40,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print a table (and JSON with ``--json``)."""
     for name in args.datasets or []:
         check_eval_name(name)
-    model, tok = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype))
+    dtype = torch_dtype(args.dtype)
+    if onloads(args.model, dtype, args.max_memory):
+        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype)
+        print(f"model: {args.model} is over half the memory budget: evaluated block by block (onloading)")
+    else:
+        model, tok = load_model(args.model, device=args.device, dtype=dtype)
     results = evaluate_perplexity(
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )
@@ -52,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {args.model}{quant}")
     print(markdown_table(["dataset", "ppl", "windows", "seqlen", "tokens", "tok/s", "data"], rows))
     if args.json:
-        meta = run_metadata(model=args.model, seqlen=args.seqlen, max_windows=args.max_windows, dtype=args.dtype)
+        meta = run_metadata(
+            model=args.model,
+            seqlen=args.seqlen,
+            max_windows=args.max_windows,
+            dtype=args.dtype,
+            block_onloading=not isinstance(model, torch.nn.Module),
+        )
         atomic_write_json(args.json, {**meta, "results": {r.dataset: r.to_dict() for r in results}})
     return 0

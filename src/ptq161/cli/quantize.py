@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..api import quantize
 from ..config import PRESETS, CalibConfig, get_preset
 from ..methods import METHODS, MethodConfig, get_method
+from ..models import onloads
 from ..pipeline.e2e import E2EConfig
 from .common import (
     add_config_options,
     add_data_dir,
     add_device,
     add_dtype,
+    add_max_memory,
     add_method_options,
     config_from_args,
     method_config,
@@ -50,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
+    add_max_memory(p)
     p.set_defaults(func=run)
 
 
@@ -74,6 +78,13 @@ def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2ECo
 def run(args: argparse.Namespace) -> int:
     """Quantize, save, print a summary."""
     cfg, calib, e2e = settings(args)
+    preset_e2e = e2e.steps and getattr(args, "steps", None) is None  # not asked for with --e2e-steps
+    if preset_e2e and onloads(args.model, torch_dtype(args.dtype), args.max_memory):
+        e2e = dataclasses.replace(e2e, steps=0)
+        print(
+            f"{args.model} is over half the memory budget: block onloading, without the preset's end-to-end stage "
+            "(it needs the whole model; --max-memory to raise the budget)"
+        )
     output = args.output or f"ptq161-out/{args.model.rstrip('/').replace('/', '_')}-{args.method}-{args.preset}"
     res = quantize(
         args.model,
@@ -85,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         dtype=torch_dtype(args.dtype),
+        max_memory=args.max_memory,
         int8_head=args.int8_head,
         e2e=e2e,
     )

@@ -3,6 +3,12 @@
 The token stream is cut into non-overlapping windows of ``seqlen`` tokens (remainder
 dropped); each window's loss is the mean cross-entropy of its ``seqlen - 1`` shifted
 targets; PPL = exp(mean of the window losses).
+
+Two loops compute it: the model's own forward window by window, and, for a model larger than
+the memory budget (``ptq161.models.lazy.LazyModel``), the GPTQ papers' block-wise loop: every
+window enters decoder layer 0, then layer 1, ..., each layer loaded once per group of windows.
+With a large vocabulary the lm_head runs on chunks of tokens so that the [seqlen, vocab] logits
+never exist at once (the same numbers up to float summation order).
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration import capture_block_inputs, run_block
 from ..errors import DataError
+from ..models.adapters import LLAMA_LIKE, get_adapter
+from ..models.lazy import LazyModel
+
+HEAD_CHUNK = 256  # tokens per lm_head call when the logits of a window would be large
+LARGE_LOGITS = 512 * 2**20  # bytes of [seqlen, vocab] float32 logits above which the head is chunked
+LAZY_GROUP = 8  # windows that go through the layers together in the block-wise loop
 
 
 @dataclass
@@ -51,16 +64,66 @@ def windows_of(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None
     return tokens[0, : n * seqlen].reshape(n, seqlen)
 
 
+def head_nll(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, chunk: int = HEAD_CHUNK) -> float:
+    """Mean next-token cross-entropy of one window from its final hidden states, chunk by chunk.
+
+    hidden: [seqlen, d] after the final norm; ids: int64 [seqlen]. Equals the cross-entropy of
+    ``head(hidden)[:-1]`` against ``ids[1:]`` without the [seqlen, vocab] logits at once.
+    """
+    total = 0.0
+    n = hidden.shape[0] - 1
+    for c in range(0, n, chunk):
+        logits = head(hidden[c : min(c + chunk, n)]).float()
+        total += F.cross_entropy(logits, ids[c + 1 : min(c + chunk, n) + 1], reduction="sum").item()
+    return total / n
+
+
+def _chunk_head(model: nn.Module, seqlen: int) -> bool:
+    """Whether the logits of a window are large enough to chunk the head (LLaMA-layout models only)."""
+    try:
+        adapter = get_adapter(model)
+    except Exception:
+        return False
+    vocab = getattr(model.config, "vocab_size", 0)
+    return adapter.linear_groups == LLAMA_LIKE.linear_groups and seqlen * vocab * 4 > LARGE_LOGITS
+
+
 @torch.no_grad()
 def window_nll(model: nn.Module, window: torch.Tensor) -> float:
     """Mean next-token cross-entropy (nats) of one window, int64 [seqlen] -> float."""
     ids = window.unsqueeze(0).to(next(model.parameters()).device)
+    if _chunk_head(model, ids.shape[1]):
+        adapter = get_adapter(model)
+        base = model.get_submodule(adapter.layers.rsplit(".", 1)[0])  # the decoder stack, final norm included
+        hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
+        return head_nll(model.get_submodule(adapter.lm_head), hidden, ids[0])
     logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
     return F.cross_entropy(logits, ids[0, 1:], reduction="mean").item()
 
 
+@torch.no_grad()
+def blockwise_nlls(lazy: LazyModel, wins: torch.Tensor, progress: bool = False, group: int = LAZY_GROUP) -> list[float]:
+    """Window losses of a block-onloaded model: each group of windows [g, seqlen] goes through layer 0,
+    then layer 1, ... (each loaded from disk and released), then the final norm and the chunked head."""
+    model, adapter = lazy.model, lazy.adapter
+    norm, head = model.get_submodule(adapter.final_norm), model.get_submodule(adapter.lm_head)
+    nlls: list[float] = []
+    bar = tqdm(total=wins.shape[0] * lazy.num_blocks, desc="ppl blocks", unit="win-block", disable=not progress)
+    for g in range(0, wins.shape[0], group):
+        ids = wins[g : g + group].to(lazy.device)
+        x, call = capture_block_inputs(model, adapter, ids)
+        for i in range(lazy.num_blocks):
+            x = run_block(lazy.load_block(i), x, call)
+            lazy.release_block(i)
+            bar.update(ids.shape[0])
+        for k in range(ids.shape[0]):
+            nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k]))
+    bar.close()
+    return nlls
+
+
 def perplexity(
-    model: nn.Module,
+    model: nn.Module | LazyModel,
     tokens: torch.Tensor,
     *,
     seqlen: int = 2048,
@@ -70,14 +133,19 @@ def perplexity(
     note: str = "",
     progress: bool = True,
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on a [1, N] token stream (see module docstring)."""
+    """Perplexity of ``model`` (or a block-onloaded ``LazyModel``) on a [1, N] token stream (see module docstring)."""
+    lazy = model if isinstance(model, LazyModel) else None
+    if lazy is not None:
+        model = lazy.model
     max_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_ctx is not None and seqlen > max_ctx:
         raise DataError(f"seqlen {seqlen} exceeds the model's context of {max_ctx} tokens")
     wins = windows_of(tokens, seqlen, max_windows)
     nlls: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(wins, desc=f"ppl {dataset}", unit="win", disable=not progress, leave=False)
+    if lazy is not None:
+        nlls = blockwise_nlls(lazy, wins, progress)
+    bar = tqdm(wins if lazy is None else [], desc=f"ppl {dataset}", unit="win", disable=not progress, leave=False)
     for w in bar:
         nlls.append(window_nll(model, w))
         elapsed = time.perf_counter() - start

@@ -8,6 +8,7 @@ the user cache, so later loads take about a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from ..utils import staging_dir
 from .adapters import get_adapter
 from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
+from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,31 @@ def resolve_model_path(spec: str) -> str:
     if _looks_like_hub_id(spec):
         return spec
     raise PTQ161Error(f"no such model '{spec}': give {', '.join(BUILTIN_MODELS)}, a local model directory or a hub id")
+
+
+def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
+    """Whether ``spec`` must be block-onloaded: a plain (not packed) safetensors model whose weights at
+    ``dtype`` take more than half of ``max_memory`` bytes (default: the RAM available now)."""
+    where = resolve_model_path(spec)
+    if not Path(where).is_dir():
+        return False  # a hub id: loaded whole by transformers
+    config = json.loads((Path(where) / "config.json").read_text())
+    if "quantization_config" in config:
+        return False  # packed directories are small: loaded whole
+    return not fits_in_memory(where, dtype, max_memory if max_memory is not None else available_memory())
+
+
+def load_model_lazy(
+    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[LazyModel, Tokenizer]:
+    """``(LazyModel, tokenizer)``: the model's skeleton with its decoder layers left on disk (block onloading)."""
+    where = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise PTQ161Error(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
+    return load_lazy(where, config, device=device, dtype=dtype), tokenizer
 
 
 def load_model(

@@ -22,17 +22,27 @@ def pack_model_in_place(model: nn.Module, method: Method, parts: dict[str, Parts
     directory loads back through transformers. ``int8_head`` also stores the input
     embedding and the lm_head as per-row int8 (untied).
     """
+    record_packed_layout(model, method, pack_linears_in_place(model, method, parts))
+    if int8_head:
+        add_int8_head(model)
+
+
+def pack_linears_in_place(model: nn.Module, method: Method, parts: dict[str, Parts]) -> dict[str, dict]:
+    """Swap the linears named in ``parts`` for packed modules; -> their layout ``{path: {"n_salient": k}}``."""
     layers = {}
     for path, p in parts.items():
         lin = model.get_submodule(path)
         packed = method.packed_module(p, lin.bias.detach() if lin.bias is not None else None)
         model.set_submodule(path, packed)
         layers[path] = {"n_salient": packed.n_salient}
+    return layers
+
+
+def record_packed_layout(model: nn.Module, method: Method, layers: dict[str, dict]) -> None:
+    """Write the packed layout into ``model.config.quantization_config`` (read back by the hf quantizer)."""
     model.config.quantization_config = PTQ161HfConfig(
         format_version=PACKED_FORMAT_VERSION, method=method.name, config=method.config.to_dict(), layers=layers
     )
-    if int8_head:
-        add_int8_head(model)
 
 
 def add_int8_head(model: nn.Module) -> None:
@@ -78,4 +88,10 @@ def dequantize_model_in_place(model: nn.Module) -> int:
     return swapped
 
 
-__all__ = ["add_int8_head", "dequantize_model_in_place", "pack_model_in_place"]
+__all__ = [
+    "add_int8_head",
+    "dequantize_model_in_place",
+    "pack_linears_in_place",
+    "pack_model_in_place",
+    "record_packed_layout",
+]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..calibration import capture_block_inputs, record_input_stats, run_block
 from ..methods import BlockContext, Method, Parts
 from ..models import Adapter
+from ..models.lazy import LazyModel
 from .state import RunState
 
 
@@ -70,12 +71,15 @@ def quantize_blockwise(
     *,
     state: RunState | None = None,
     progress: bool = True,
+    lazy: LazyModel | None = None,
 ) -> DriverResult:
     """Quantize every decoder block of ``model`` in place with ``method``.
 
     windows: int64 [N, seqlen] calibration tokens. Only one block's weights are changed
     at a time; the two activation streams [N, seqlen, d] stay live. With ``state`` the
-    run saves itself after every block and continues from the last saved block.
+    run saves itself after every block and continues from the last saved block. With
+    ``lazy`` (block onloading; ``model`` is ``lazy.model``) each block is loaded before its
+    turn and released after it: its quantized form lives on in the returned parts only.
     """
     layers = adapter.decoder_layers(model)
     x_fp, call = capture_block_inputs(model, adapter, windows)
@@ -86,7 +90,7 @@ def quantize_blockwise(
         start, result.block_logs, result.parts, s_fp, s_q = _resume(state)
         if start:
             x_fp, x_q = s_fp.to(x_fp.device), s_q.to(x_q.device)
-            for path, parts in result.parts.items():
+            for path, parts in result.parts.items() if lazy is None else ():
                 lin = model.get_submodule(path)
                 lin.weight.copy_(method.dequantize(parts).to(lin.weight.device, lin.weight.dtype))
     bar = tqdm(
@@ -99,7 +103,7 @@ def quantize_blockwise(
     )
     for i in bar:
         t0 = time.perf_counter()
-        block = layers[i]
+        block = layers[i] if lazy is None else lazy.load_block(i)
         linears = adapter.block_linears(block)
         with record_input_stats(linears) as stats:
             y_fp = run_block(block, x_fp, call)
@@ -119,5 +123,7 @@ def quantize_blockwise(
             state.save(f"block_{i:04d}", flatten_parts(out.parts, prefix))
             state.save(f"streams_{i + 1:04d}", {"x_fp": x_fp, "x_q": x_q})
             state.commit({"done": i + 1, "logs": result.block_logs}, drop=[f"streams_{i:04d}"])
+        if lazy is not None:
+            lazy.release_block(i)
         bar.set_postfix(block=i, rel_mse=f"{log['rel_mse_out']:.3g}")
     return result

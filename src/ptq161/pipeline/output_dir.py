@@ -20,13 +20,15 @@ from safetensors.torch import load_file
 
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
+from ..models.lazy import LazyModel
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import atomic_save_file, atomic_write_json, read_json
-from .convert import pack_model_in_place
+from .convert import add_int8_head, pack_linears_in_place, pack_model_in_place, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
 FORMAT_VERSION = 1
+_BYTES = {"U8": 1, "I8": 1, "BOOL": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "F32": 4, "BF16": 2, "F64": 8}
 META = "ptq161.json"
 PARTS = "ptq161_parts.safetensors"
 
@@ -75,6 +77,87 @@ def write_output(
     meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
+
+
+def write_output_lazy(
+    path: Path,
+    lazy: LazyModel,
+    tokenizer: Any,
+    method: Method,
+    parts: dict[str, Parts],
+    meta: dict[str, Any],
+    int8_head: bool = False,
+) -> None:
+    """``write_output`` for a block-onloaded run: one decoder block in memory at a time.
+
+    Packed methods: each block is loaded, its linears swapped for packed modules (small) and
+    kept; the packed model is then saved whole. Other methods: each block gets its
+    dequantized weights and is written as its own safetensors shard, then released.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    model, adapter = lazy.model, lazy.adapter
+    layers = {}
+    for i in range(lazy.num_blocks):
+        lazy.load_block(i)
+        prefix = f"{adapter.layers}.{i}."
+        block_parts = {k: v for k, v in parts.items() if k.startswith(prefix)}
+        if method.packs:
+            layers.update(pack_linears_in_place(model, method, block_parts))
+            continue
+        for name, p in block_parts.items():
+            lin = model.get_submodule(name)
+            lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
+        block = adapter.decoder_layers(model)[i]
+        _save_shard(path, i, {prefix + k: v for k, v in block.state_dict().items()})
+        lazy.release_block(i)
+    if method.packs:
+        record_packed_layout(model, method, layers)
+        if int8_head:
+            add_int8_head(model)
+        model.save_pretrained(path)
+    else:
+        layers_prefix = adapter.layers + "."
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        rest = {
+            k: v
+            for k, v in model.state_dict().items()
+            if not k.startswith(layers_prefix) and not (tied and k == f"{adapter.lm_head}.weight")
+        }
+        _save_shard(path, lazy.num_blocks, rest)
+        _write_shard_index(path, lazy.num_blocks + 1)
+        model.config.save_pretrained(path)
+        atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
+    tokenizer.save_pretrained(path)
+    meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
+    atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
+    shutil.rmtree(path / STATE_DIR, ignore_errors=True)
+
+
+def _shard_name(i: int) -> str:
+    return f"model-{i + 1:05d}.safetensors"
+
+
+def _save_shard(path: Path, i: int, tensors: dict[str, torch.Tensor]) -> None:
+    """Write shard ``i`` (contiguous copies where needed) atomically."""
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    atomic_save_file(tensors, path / _shard_name(i), metadata={"format": "pt"})
+
+
+def _write_shard_index(path: Path, count: int) -> None:
+    """``model.safetensors.index.json`` over shards 0..count-1 (the layout transformers loads)."""
+    weight_map, total = {}, 0
+    for i in range(count):
+        with safe_open(str(path / _shard_name(i)), "pt") as f:
+            for k in f.keys():
+                weight_map[k] = _shard_name(i)
+                sl = f.get_slice(k)
+                numel = 1
+                for d in sl.get_shape():
+                    numel *= d
+                total += numel * _BYTES[sl.get_dtype()]
+    atomic_write_json(
+        path / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
@@ -166,5 +249,5 @@ def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
                 count = 1
                 for d in sl.get_shape():
                     count *= d
-                total_bytes += count * {"U8": 1, "I16": 2, "I32": 4, "F16": 2, "F32": 4, "BF16": 2}[sl.get_dtype()]
+                total_bytes += count * _BYTES[sl.get_dtype()]
     return 8 * total_bytes / max(numel, 1)

@@ -15,7 +15,7 @@ from ..config import CalibConfig
 from ..data import calibration_windows
 from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
-from ..models import get_adapter, load_model
+from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
 from ..utils import peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise
@@ -28,7 +28,7 @@ class QuantizeResult:
     """A finished quantization: the model (fake-quant weights in place), where it was saved, its metadata,
     and the stored parts of every quantized linear (keyed by module path)."""
 
-    model: nn.Module
+    model: nn.Module | LazyModel
     tokenizer: Tokenizer
     output: Path | None
     meta: dict[str, Any]
@@ -49,6 +49,7 @@ def quantize(
     progress: bool = True,
     int8_head: bool = False,
     e2e: E2EConfig | None = None,
+    max_memory: int | None = None,
 ) -> QuantizeResult:
     """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
 
@@ -59,6 +60,12 @@ def quantize(
     are where and in which dtype the model and the calibration streams live (the methods'
     own arithmetic is float32); the returned model is on ``device``. ``e2e`` (steps > 0) adds the
     end-to-end stage after the block stage (``ptq161.pipeline.e2e``).
+
+    A model whose weights take more than half of ``max_memory`` bytes (default: the RAM
+    available now) is block-onloaded (``ptq161.models.lazy``): one decoder block in memory at a
+    time, written to ``output`` (required then) as it is finished. The end-to-end stage needs
+    the whole model and is refused then. The returned model is the packed model, or, for
+    dense outputs, a ``LazyModel`` of the output directory.
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -72,7 +79,19 @@ def quantize(
     out = Path(output) if output is not None else None
     if out is not None:
         output_dir.check_output_dir(out, resume)
-    model, tok = load_model(model_spec, device=device, dtype=dtype)
+    lazy = None
+    if onloads(model_spec, dtype, max_memory):
+        if e2e.steps:
+            raise PTQ161Error(
+                "the model does not fit the memory budget (block onloading), and the end-to-end stage needs it "
+                "whole: pass --e2e-steps 0 or a larger --max-memory"
+            )
+        if out is None:
+            raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
+        lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype)
+        model = lazy.model
+    else:
+        model, tok = load_model(model_spec, device=device, dtype=dtype)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     if max_ctx is not None and calib.seqlen > max_ctx:
         raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
@@ -86,7 +105,7 @@ def quantize(
     state = RunState(out, settings) if out is not None else None
     t0 = time.perf_counter()
     teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
-    res = quantize_blockwise(model, get_adapter(model), windows, impl, state=state, progress=progress)
+    res = quantize_blockwise(model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy)
     e2e_log = None
     if e2e.steps:
         e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
@@ -101,7 +120,13 @@ def quantize(
         "block_logs": res.block_logs,
         **({"e2e_log": e2e_log} if e2e_log is not None else {}),
     }
+    meta["int8_head"] = int8_head
+    meta["block_onloading"] = lazy is not None
+    if lazy is not None:
+        output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
+        result_model = model.to(device) if impl.packs else load_model_lazy(str(out), device=device, dtype=dtype)[0]
+        return QuantizeResult(result_model, tok, out, meta, res.parts)
     if out is not None:
-        output_dir.write_output(out, model, tok, impl, res.parts, {**meta, "int8_head": int8_head}, int8_head)
+        output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
         model.to(device)  # the packed modules are built on the CPU
     return QuantizeResult(model, tok, out, meta, res.parts)

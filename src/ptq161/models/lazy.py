@@ -1,0 +1,213 @@
+"""Block onloading: a model whose decoder layers stay unmaterialised until they are needed.
+
+For models larger than the memory budget (``--max-memory``): the skeleton is built on the
+``meta`` device (no weights), the embedding, final norm, lm_head and rotary table are
+loaded, and each decoder layer is loaded from the safetensors files when the block-wise
+driver or the block-wise perplexity loop reaches it, then released before the next one.
+Peak memory is then about the embedding and head plus one layer plus the activations.
+(For several GPUs or a GPU smaller than the model, transformers' ``device_map`` and
+accelerate's offloading do the placement; this module is the CPU-RAM case.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ..errors import PTQ161Error
+from .adapters import Adapter, get_adapter
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40}
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+
+
+def parse_memory(text: str) -> int:
+    """``"3GB"``, ``"2.5G"``, ``"512MiB"``, ``"1e9"`` -> bytes (binary units); ``PTQ161Error`` otherwise."""
+    t = text.strip().upper().replace("IB", "B").replace(" ", "")
+    num = t.rstrip("KMGTB")
+    unit = t[len(num) :]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise PTQ161Error(f"cannot read the memory size '{text}': give e.g. 3GB, 2.5G or 512MB")
+    return int(value * _UNITS[unit])
+
+
+def available_memory() -> int:
+    """Bytes of RAM this process can use now: MemAvailable of /proc/meminfo, else the physical RAM."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class SafetensorsDir:
+    """The tensors of a model directory (``model.safetensors`` or shards with an index), read by name."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (self.path / "model.safetensors").is_file():
+            with safe_open(str(self.path / "model.safetensors"), "pt") as f:
+                weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        else:
+            raise PTQ161Error(f"{self.path} holds no safetensors weights (block onloading reads safetensors only)")
+        self.weight_map: dict[str, str] = weight_map
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Tensor names starting with ``prefix``."""
+        return [k for k in self.weight_map if k.startswith(prefix)]
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors ``names`` (grouped by file, one open per file)."""
+        by_file: dict[str, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.weight_map[n], []).append(n)
+        out = {}
+        for file, keys in by_file.items():
+            with safe_open(str(self.path / file), "pt") as f:
+                for k in keys:
+                    out[k] = f.get_tensor(k)
+        return out
+
+    def nbytes(self, dtype_bytes: int | None = None) -> int:
+        """Bytes of all tensors as stored, or at ``dtype_bytes`` per floating-point element."""
+        total = 0
+        for file in set(self.weight_map.values()):
+            with safe_open(str(self.path / file), "pt") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    numel = 1
+                    for d in sl.get_shape():
+                        numel *= d
+                    stored = _DTYPE_BYTES.get(sl.get_dtype(), 4)
+                    is_float = sl.get_dtype() in ("F32", "F16", "BF16", "F64")
+                    total += numel * (dtype_bytes if dtype_bytes is not None and is_float else stored)
+        return total
+
+
+def _materialize(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, dtype) -> None:
+    """Give a meta ``module`` real storage on ``device`` and fill it from ``tensors`` (names ``prefix + key``)."""
+    module.to_empty(device=device)
+    state = {}
+    for name, t in module.state_dict().items():
+        key = prefix + name
+        if key not in tensors:
+            raise PTQ161Error(f"the model's safetensors lack '{key}'")
+        src = tensors[key]
+        state[name] = src.to(device=device, dtype=dtype if src.is_floating_point() else src.dtype)
+        if src.shape != t.shape:
+            raise PTQ161Error(f"'{key}' has shape {tuple(src.shape)}, the model expects {tuple(t.shape)}")
+    module.load_state_dict(state, strict=True)
+
+
+@dataclass
+class LazyModel:
+    """A causal LM whose decoder layers live on ``meta`` until ``load_block``; the rest is loaded.
+
+    ``model`` is a regular transformers model object: embedding, final norm, lm_head and rotary
+    embedding are real; ``adapter.decoder_layers(model)[i]`` is real only between
+    ``load_block(i)`` and ``release_block(i)``.
+    """
+
+    model: nn.Module
+    adapter: Adapter
+    weights: SafetensorsDir
+    device: torch.device
+    dtype: torch.dtype
+
+    def load_block(self, i: int) -> nn.Module:
+        """Load decoder layer ``i`` from the safetensors files and return it."""
+        layer = self.adapter.decoder_layers(self.model)[i]
+        prefix = f"{self.adapter.layers}.{i}."
+        _materialize(layer, self.weights.load(self.weights.keys_under(prefix)), prefix, self.device, self.dtype)
+        return layer
+
+    def release_block(self, i: int) -> None:
+        """Drop the weights of decoder layer ``i`` (back to ``meta``)."""
+        self.adapter.decoder_layers(self.model)[i].to("meta")
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of decoder layers."""
+        return len(self.adapter.decoder_layers(self.model))
+
+
+def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int) -> bool:
+    """Whether the model in directory ``where`` at ``dtype`` takes at most half of ``budget`` bytes.
+
+    The other half is for activations, calibration streams and the output; a directory
+    without safetensors (a hub id) counts as fitting (it is loaded whole).
+    """
+    try:
+        weights = SafetensorsDir(where)
+    except PTQ161Error:
+        return True
+    return weights.nbytes(torch.finfo(dtype).bits // 8) <= budget // 2
+
+
+def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", dtype=torch.float32) -> LazyModel:
+    """The skeleton of the model in directory ``where`` with everything but the decoder layers loaded.
+
+    config: the model's transformers config. The rotary embedding is rebuilt on ``device``
+    from the config (its tables are computed, not stored).
+    """
+    from transformers import AutoModelForCausalLM
+
+    weights = SafetensorsDir(where)
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = get_adapter(model)
+    layers_prefix = adapter.layers + "."
+    for path, mod in list(model.named_modules()):
+        if path == "" or path.startswith(layers_prefix) or path == adapter.layers:
+            continue
+        own = dict(mod.named_parameters(recurse=False)) | dict(mod.named_buffers(recurse=False))
+        if not own:
+            continue
+        if adapter.rotary is not None and path == adapter.rotary:
+            with torch.device(device):
+                rotary = type(mod)(config=model.config)
+            model.set_submodule(path, rotary)
+            continue
+        if path == adapter.lm_head and getattr(model.config, "tie_word_embeddings", False):
+            continue  # tied: set below
+        prefix = path + "."
+        tensors = weights.load([prefix + k for k in own if prefix + k in weights.weight_map])
+        _materialize_own(mod, tensors, prefix, device, dtype)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.get_submodule(adapter.lm_head).weight = model.get_submodule(adapter.embed).weight
+    model.eval()
+    return LazyModel(model, adapter, weights, device, dtype)
+
+
+def _materialize_own(mod: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, dtype) -> None:
+    """Real storage for the module's own parameters and buffers (not its children's), from ``tensors``."""
+    for name, p in list(mod.named_parameters(recurse=False)):
+        key = prefix + name
+        if key not in tensors:
+            raise PTQ161Error(f"the model's safetensors lack '{key}'")
+        t = tensors[key].to(device=device, dtype=dtype)
+        if t.shape != p.shape:
+            raise PTQ161Error(f"'{key}' has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+        setattr(mod, name, nn.Parameter(t, requires_grad=p.requires_grad))
+    for name, b in list(mod.named_buffers(recurse=False)):
+        key = prefix + name
+        if key in tensors:
+            mod._buffers[name] = tensors[key].to(device=device, dtype=dtype if b.is_floating_point() else b.dtype)
+        elif b.device.type == "meta":
+            raise PTQ161Error(f"the model's safetensors lack buffer '{key}' (block onloading cannot rebuild it)")

@@ -1,0 +1,94 @@
+"""Block onloading: a model over the memory budget is quantized and evaluated one decoder block at a time,
+with the same results as the whole model in memory."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tests.helpers import byte_tokenizer, tiny_llama, tiny_qwen2
+
+import ptq161
+from ptq161 import CalibConfig, quantize
+from ptq161.errors import PTQ161Error
+from ptq161.eval.perplexity import perplexity
+from ptq161.methods import METHODS
+from ptq161.models import LazyModel, load_model_lazy, onloads, parse_memory
+from ptq161.pipeline.e2e import E2EConfig
+from ptq161.pipeline.output_dir import read_meta
+
+TINY_BUDGET = 1000  # bytes: every model is "larger than RAM"
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def model_dir(request, tmp_path: Path) -> Path:
+    d = tmp_path / request.param
+    (tiny_qwen2() if request.param == "qwen2" else tiny_llama()).save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
+    return d
+
+
+def test_memory_sizes_parse_and_the_budget_decides(model_dir):
+    assert parse_memory("3GB") == 3 * 2**30 and parse_memory("512MiB") == 512 * 2**20 and parse_memory("1e6") == 10**6
+    with pytest.raises(PTQ161Error, match="memory size"):
+        parse_memory("lots")
+    assert onloads(str(model_dir), torch.float32, TINY_BUDGET)
+    assert not onloads(str(model_dir), torch.float32, 10**9)
+
+
+def test_blockwise_perplexity_equals_the_whole_model(model_dir):
+    model, _ = ptq161.load(model_dir)
+    lazy, _ = load_model_lazy(str(model_dir))
+    layer = lazy.adapter.decoder_layers(lazy.model)[1]
+    assert layer.mlp.up_proj.weight.device.type == "meta"  # nothing of the decoder is loaded up front
+    tokens = torch.randint(0, 256, (1, 64 * 10), generator=torch.Generator().manual_seed(0))
+    whole = perplexity(model, tokens, seqlen=64, progress=False)
+    blocks = perplexity(lazy, tokens, seqlen=64, progress=False)
+    assert whole.windows == blocks.windows == 10
+    assert max(abs(a - b) for a, b in zip(whole.window_nll, blocks.window_nll, strict=True)) < 1e-5
+    assert layer.mlp.up_proj.weight.device.type == "meta"  # released again
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tmp_path, method):
+    cfg = METHODS[method].config_class()
+    if method == "ptq161":
+        cfg = type(cfg)(epochs=1)
+    calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
+    kw = dict(method_config=cfg, calib=calib, progress=False)
+    whole = quantize(str(model_dir), method, output=tmp_path / "whole", **kw)
+    lazy = quantize(str(model_dir), method, output=tmp_path / "lazy", max_memory=TINY_BUDGET, **kw)
+    assert read_meta(tmp_path / "lazy")["block_onloading"] and not read_meta(tmp_path / "whole")["block_onloading"]
+    for name, parts in whole.parts.items():
+        for k, v in parts.items():
+            assert torch.equal(lazy.parts[name][k], v), (name, k)
+    assert isinstance(lazy.model, LazyModel) != METHODS[method](cfg).packs
+    loaded, _ = ptq161.load(tmp_path / "lazy")  # packed or sharded dense: transformers loads both
+    ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, whole.model(ids).logits, atol=1e-5)
+    if isinstance(lazy.model, LazyModel):
+        tokens = torch.randint(0, 256, (1, 64 * 4), generator=torch.Generator().manual_seed(1))
+        a = perplexity(lazy.model, tokens, seqlen=64, progress=False).ppl
+        assert a == pytest.approx(perplexity(whole.model, tokens, seqlen=64, progress=False).ppl, rel=1e-5)
+
+
+def test_onloading_refuses_what_needs_the_whole_model(model_dir, text_file, tmp_path):
+    calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
+    with pytest.raises(PTQ161Error, match="end-to-end stage needs it whole"):
+        quantize(str(model_dir), calib=calib, output=tmp_path / "o", max_memory=TINY_BUDGET, e2e=E2EConfig(steps=2))
+    with pytest.raises(PTQ161Error, match="give an output directory"):
+        quantize(str(model_dir), calib=calib, max_memory=TINY_BUDGET, progress=False)
+
+
+def test_cli_onloads_over_the_budget_and_drops_the_preset_end_to_end_stage(model_dir, text_file, tmp_path, capsys):
+    from ptq161.cli import main
+
+    out = tmp_path / "cli"
+    args = ["quantize", str(model_dir), "--output", str(out), "--nsamples", "4", "--epochs", "1", "--max-memory", "1KB"]
+    assert main([*args, "--calib", f"text:{text_file}", "--calib-seqlen", "64"]) == 0  # the cpu preset: e2e 300
+    assert "block onloading" in capsys.readouterr().out
+    meta = read_meta(out)
+    assert meta["block_onloading"] and "e2e" not in meta
+    ppl = ["ppl", str(model_dir), "--datasets", f"text:{text_file}", "--seqlen", "64"]
+    assert main([*ppl, "--max-memory", "1KB"]) == 0
+    assert "block by block" in capsys.readouterr().out
