@@ -92,3 +92,11 @@ def test_cli_onloads_over_the_budget_and_drops_the_preset_end_to_end_stage(model
     ppl = ["ppl", str(model_dir), "--datasets", f"text:{text_file}", "--seqlen", "64"]
     assert main([*ppl, "--max-memory", "1KB"]) == 0
     assert "block by block" in capsys.readouterr().out
+
+
+def test_whole_model_commands_refuse_a_model_over_the_ram_before_loading(model_dir, monkeypatch):
+    import ptq161.models.loading as loading
+
+    monkeypatch.setattr(loading, "available_memory", lambda: 1000)
+    with pytest.raises(PTQ161Error, match="onload it block by block"):
+        loading.load_model(str(model_dir))

@@ -23,7 +23,7 @@ from ..utils import staging_dir
 from .adapters import get_adapter
 from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
-from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy
+from .lazy import LazyModel, SafetensorsDir, available_memory, fits_in_memory, load_lazy
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,21 @@ def resolve_model_path(spec: str) -> str:
     raise PTQ161Error(f"no such model '{spec}': give {', '.join(BUILTIN_MODELS)}, a local model directory or a hub id")
 
 
+def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
+    """A one-line error, before anything is loaded, when the whole model cannot fit the RAM available now."""
+    try:
+        need = SafetensorsDir(where).nbytes(torch.finfo(dtype).bits // 8)
+    except PTQ161Error:
+        return  # no local safetensors (a hub id): transformers decides
+    have = available_memory()
+    if need > have:
+        raise PTQ161Error(
+            f"model '{spec}' needs {need / 2**30:.1f} GiB at {str(dtype).removeprefix('torch.')} and "
+            f"{have / 2**30:.1f} GiB of RAM is available: `ptq161 ppl` and `ptq161 quantize` onload it block by "
+            "block (--max-memory); other commands need it whole"
+        )
+
+
 def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
     """Whether ``spec`` must be block-onloaded: a plain (not packed) safetensors model whose weights at
     ``dtype`` take more than half of ``max_memory`` bytes (default: the RAM available now)."""
@@ -160,6 +175,7 @@ def load_model(
     ``UnsupportedModelError`` for architectures without an adapter.
     """
     where = resolve_model_path(spec)
+    _check_fits_ram(spec, where, dtype)
     register_quantizer()  # packed ptq161 directories load through transformers' quantizer hooks
     try:
         config = AutoConfig.from_pretrained(where)
