@@ -89,6 +89,15 @@ PRESETS: dict[str, Preset] = {
         method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
         e2e_steps=300,
     ),
+    "large": Preset(
+        32,
+        256,
+        8,
+        "for 1B+ models on a CPU: a quarter of the cpu preset's block-stage work, log-parameterised s, no "
+        "end-to-end stage (it needs the whole model in memory); sized for qwen2.5-coder-1.5b in under 3 h on 2 cores "
+        "(benchmarks/results/large_model.md)",
+        method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
+    ),
     "demo": Preset(16, 256, 2, "what `make demo` runs: a few minutes on 2 CPU cores"),
     "smoke": Preset(4, 64, 1, "seconds, for tests"),
 }

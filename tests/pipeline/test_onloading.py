@@ -48,28 +48,30 @@ def test_blockwise_perplexity_equals_the_whole_model(model_dir):
     assert layer.mlp.up_proj.weight.device.type == "meta"  # released again
 
 
+@pytest.mark.parametrize("int8_head", [False, True])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tmp_path, method):
+def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tmp_path, method, int8_head):
+    if int8_head and not METHODS[method](METHODS[method].config_class()).packs:
+        pytest.skip("the int8 head is a packed-format option")
     cfg = METHODS[method].config_class()
     if method == "ptq161":
         cfg = type(cfg)(epochs=1)
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
-    kw = dict(method_config=cfg, calib=calib, progress=False)
+    kw = dict(method_config=cfg, calib=calib, progress=False, int8_head=int8_head)
     whole = quantize(str(model_dir), method, output=tmp_path / "whole", **kw)
     lazy = quantize(str(model_dir), method, output=tmp_path / "lazy", max_memory=TINY_BUDGET, **kw)
     assert read_meta(tmp_path / "lazy")["block_onloading"] and not read_meta(tmp_path / "whole")["block_onloading"]
     for name, parts in whole.parts.items():
         for k, v in parts.items():
             assert torch.equal(lazy.parts[name][k], v), (name, k)
-    assert isinstance(lazy.model, LazyModel) != METHODS[method](cfg).packs
-    loaded, _ = ptq161.load(tmp_path / "lazy")  # packed or sharded dense: transformers loads both
+    assert isinstance(lazy.model, LazyModel)  # the output directory, onloaded
+    loaded, _ = ptq161.load(tmp_path / "lazy")  # sharded, packed or dense: transformers loads it whole too
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, whole.model(ids).logits, atol=1e-5)
-    if isinstance(lazy.model, LazyModel):
-        tokens = torch.randint(0, 256, (1, 64 * 4), generator=torch.Generator().manual_seed(1))
-        a = perplexity(lazy.model, tokens, seqlen=64, progress=False).ppl
-        assert a == pytest.approx(perplexity(whole.model, tokens, seqlen=64, progress=False).ppl, rel=1e-5)
+    tokens = torch.randint(0, 256, (1, 64 * 4), generator=torch.Generator().manual_seed(1))
+    a = perplexity(lazy.model, tokens, seqlen=64, progress=False).ppl
+    assert a == pytest.approx(perplexity(whole.model, tokens, seqlen=64, progress=False).ppl, rel=1e-5)
 
 
 def test_onloading_refuses_what_needs_the_whole_model(model_dir, text_file, tmp_path):

@@ -53,7 +53,8 @@ def capture_block_inputs(
     embedding runs; the decoder layers are not executed.
     """
     first = adapter.decoder_layers(model)[0]
-    device = next(model.parameters()).device
+    embed = model.get_submodule(adapter.embed)  # an int8 embedding has buffers only; onloaded layers sit on meta
+    device = next(iter(embed.state_dict().values())).device
     captured: list[torch.Tensor] = []
     call: dict[str, Any] = {}
 

@@ -106,18 +106,22 @@ def blockwise_nlls(lazy: LazyModel, wins: torch.Tensor, progress: bool = False, 
     """Window losses of a block-onloaded model: each group of windows [g, seqlen] goes through layer 0,
     then layer 1, ... (each loaded from disk and released), then the final norm and the chunked head."""
     model, adapter = lazy.model, lazy.adapter
-    norm, head = model.get_submodule(adapter.final_norm), model.get_submodule(adapter.lm_head)
+    norm = model.get_submodule(adapter.final_norm)
     nlls: list[float] = []
     bar = tqdm(total=wins.shape[0] * lazy.num_blocks, desc="ppl blocks", unit="win-block", disable=not progress)
     for g in range(0, wins.shape[0], group):
         ids = wins[g : g + group].to(lazy.device)
+        lazy.load_module(adapter.embed)  # the embedding and the head are never in memory together
         x, call = capture_block_inputs(model, adapter, ids)
+        lazy.release_module(adapter.embed)
         for i in range(lazy.num_blocks):
             x = run_block(lazy.load_block(i), x, call)
             lazy.release_block(i)
             bar.update(ids.shape[0])
+        head = lazy.load_module(adapter.lm_head)
         for k in range(ids.shape[0]):
             nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k]))
+        lazy.release_module(adapter.lm_head)
     bar.close()
     return nlls
 

@@ -99,28 +99,32 @@ class SafetensorsDir:
         return total
 
 
-def _materialize(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, dtype) -> None:
-    """Give a meta ``module`` real storage on ``device`` and fill it from ``tensors`` (names ``prefix + key``)."""
+def _materialize(
+    module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, alias: dict[str, str]
+) -> None:
+    """Give a meta ``module`` real storage on ``device`` and fill it from ``tensors`` (names ``prefix + key``,
+    or ``alias[prefix + key]`` for a tied weight stored under another name)."""
     module.to_empty(device=device)
     state = {}
     for name, t in module.state_dict().items():
         key = prefix + name
-        if key not in tensors:
+        src = tensors.get(key, tensors.get(alias.get(key, "")))
+        if src is None:
             raise PTQ161Error(f"the model's safetensors lack '{key}'")
-        src = tensors[key]
-        state[name] = src.to(device=device, dtype=dtype if src.is_floating_point() else src.dtype)
         if src.shape != t.shape:
             raise PTQ161Error(f"'{key}' has shape {tuple(src.shape)}, the model expects {tuple(t.shape)}")
+        state[name] = src.to(device=device, dtype=t.dtype)  # the skeleton carries the dtypes (packed factors fp16)
     module.load_state_dict(state, strict=True)
 
 
 @dataclass
 class LazyModel:
-    """A causal LM whose decoder layers live on ``meta`` until ``load_block``; the rest is loaded.
+    """A causal LM whose weights stay on ``meta`` until needed: decoder layers, embedding and lm_head.
 
-    ``model`` is a regular transformers model object: embedding, final norm, lm_head and rotary
-    embedding are real; ``adapter.decoder_layers(model)[i]`` is real only between
-    ``load_block(i)`` and ``release_block(i)``.
+    ``model`` is a regular transformers model object (packed layers for a packed directory):
+    the final norm and rotary embedding are real; ``adapter.decoder_layers(model)[i]`` is real
+    only between ``load_block(i)`` and ``release_block(i)``, and the embedding / lm_head only
+    between ``load_module(path)`` and ``release_module(path)``.
     """
 
     model: nn.Module
@@ -129,16 +133,42 @@ class LazyModel:
     device: torch.device
     dtype: torch.dtype
 
+    def _load(self, module: nn.Module, prefix: str) -> nn.Module:
+        names = self.weights.keys_under(prefix)
+        alias = {}
+        if not names and prefix == self.adapter.lm_head + ".":  # tied: the head is the embedding
+            alias = {prefix + "weight": f"{self.adapter.embed}.weight"}
+            names = [alias[prefix + "weight"]]
+        _materialize(module, self.weights.load(names), prefix, self.device, alias)
+        return module
+
     def load_block(self, i: int) -> nn.Module:
         """Load decoder layer ``i`` from the safetensors files and return it."""
-        layer = self.adapter.decoder_layers(self.model)[i]
-        prefix = f"{self.adapter.layers}.{i}."
-        _materialize(layer, self.weights.load(self.weights.keys_under(prefix)), prefix, self.device, self.dtype)
-        return layer
+        return self._load(self.adapter.decoder_layers(self.model)[i], f"{self.adapter.layers}.{i}.")
 
     def release_block(self, i: int) -> None:
         """Drop the weights of decoder layer ``i`` (back to ``meta``)."""
         self.adapter.decoder_layers(self.model)[i].to("meta")
+
+    def load_module(self, path: str) -> nn.Module:
+        """Load the module at ``path`` (the embedding, the lm_head) and return it."""
+        return self._load(self.model.get_submodule(path), path + ".")
+
+    def release_module(self, path: str) -> None:
+        """Drop the weights of the module at ``path``."""
+        self.model.get_submodule(path).to("meta")
+
+    def outside_modules(self) -> list[str]:
+        """Paths of the modules outside the decoder layers with stored tensors of their own (embedding, norm, head)."""
+        inside = self.adapter.layers + "."
+        out = []
+        for path, mod in self.model.named_modules():
+            if not path or path == self.adapter.layers or path.startswith(inside):
+                continue
+            own = [*mod._parameters, *(k for k in mod._buffers if k not in mod._non_persistent_buffers_set)]
+            if any(getattr(mod, k) is not None for k in own):
+                out.append(path)
+        return out
 
     @property
     def num_blocks(self) -> int:
@@ -160,54 +190,34 @@ def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int) -> bool:
 
 
 def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", dtype=torch.float32) -> LazyModel:
-    """The skeleton of the model in directory ``where`` with everything but the decoder layers loaded.
+    """The skeleton of the model in directory ``where``: nothing loaded but the small modules.
 
-    config: the model's transformers config. The rotary embedding is rebuilt on ``device``
-    from the config (its tables are computed, not stored).
+    config: the model's transformers config (a packed ptq161 directory's config gets packed
+    layers, as transformers' quantizer hook would build them). The rotary embedding is rebuilt
+    on ``device`` from the config (its tables are computed, not stored).
     """
     from transformers import AutoModelForCausalLM
 
+    from .hf_quantizer import replace_with_packed
+
     weights = SafetensorsDir(where)
     device = torch.device(device)
+    quant = getattr(config, "quantization_config", None)
+    if quant is not None:
+        config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if quant is not None:
+        q = quant if isinstance(quant, dict) else quant.to_dict()
+        replace_with_packed(model, q["layers"], q.get("int8_modules") or [])
+        model.config.quantization_config = quant
     adapter = get_adapter(model)
-    layers_prefix = adapter.layers + "."
-    for path, mod in list(model.named_modules()):
-        if path == "" or path.startswith(layers_prefix) or path == adapter.layers:
-            continue
-        own = dict(mod.named_parameters(recurse=False)) | dict(mod.named_buffers(recurse=False))
-        if not own:
-            continue
-        if adapter.rotary is not None and path == adapter.rotary:
-            with torch.device(device):
-                rotary = type(mod)(config=model.config)
-            model.set_submodule(path, rotary)
-            continue
-        if path == adapter.lm_head and getattr(model.config, "tie_word_embeddings", False):
-            continue  # tied: set below
-        prefix = path + "."
-        tensors = weights.load([prefix + k for k in own if prefix + k in weights.weight_map])
-        _materialize_own(mod, tensors, prefix, device, dtype)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.get_submodule(adapter.lm_head).weight = model.get_submodule(adapter.embed).weight
+    lazy = LazyModel(model, adapter, weights, device, dtype)
+    if adapter.rotary is not None:
+        with torch.device(device):
+            model.set_submodule(adapter.rotary, type(model.get_submodule(adapter.rotary))(config=model.config))
+    for path in lazy.outside_modules():
+        if path not in (adapter.embed, adapter.lm_head):
+            lazy.load_module(path)  # the final norm: small
     model.eval()
-    return LazyModel(model, adapter, weights, device, dtype)
-
-
-def _materialize_own(mod: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, dtype) -> None:
-    """Real storage for the module's own parameters and buffers (not its children's), from ``tensors``."""
-    for name, p in list(mod.named_parameters(recurse=False)):
-        key = prefix + name
-        if key not in tensors:
-            raise PTQ161Error(f"the model's safetensors lack '{key}'")
-        t = tensors[key].to(device=device, dtype=dtype)
-        if t.shape != p.shape:
-            raise PTQ161Error(f"'{key}' has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
-        setattr(mod, name, nn.Parameter(t, requires_grad=p.requires_grad))
-    for name, b in list(mod.named_buffers(recurse=False)):
-        key = prefix + name
-        if key in tensors:
-            mod._buffers[name] = tensors[key].to(device=device, dtype=dtype if b.is_floating_point() else b.dtype)
-        elif b.device.type == "meta":
-            raise PTQ161Error(f"the model's safetensors lack buffer '{key}' (block onloading cannot rebuild it)")
+    return lazy

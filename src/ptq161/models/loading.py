@@ -8,7 +8,6 @@ the user cache, so later loads take about a second.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -138,14 +137,11 @@ def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
 
 
 def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
-    """Whether ``spec`` must be block-onloaded: a plain (not packed) safetensors model whose weights at
+    """Whether ``spec`` must be block-onloaded: a safetensors model (FP or packed) whose weights at
     ``dtype`` take more than half of ``max_memory`` bytes (default: the RAM available now)."""
     where = resolve_model_path(spec)
     if not Path(where).is_dir():
         return False  # a hub id: loaded whole by transformers
-    config = json.loads((Path(where) / "config.json").read_text())
-    if "quantization_config" in config:
-        return False  # packed directories are small: loaded whole
     return not fits_in_memory(where, dtype, max_memory if max_memory is not None else available_memory())
 
 

@@ -48,11 +48,17 @@ def record_packed_layout(model: nn.Module, method: Method, layers: dict[str, dic
 def add_int8_head(model: nn.Module) -> None:
     """Store the input embedding and the lm_head of a packed model as per-row int8 (untied)."""
     adapter = get_adapter(model)
-    head, embed = model.get_submodule(adapter.lm_head), model.get_submodule(adapter.embed)
-    model.set_submodule(adapter.lm_head, Int8Linear.from_weight(head.weight))
-    model.set_submodule(adapter.embed, Int8Embedding.from_weight(embed.weight))
+    for path in (adapter.lm_head, adapter.embed):
+        model.set_submodule(path, int8_twin(model.get_submodule(path)))
     model.config.tie_word_embeddings = False
     model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
+
+
+def int8_twin(mod: nn.Module) -> nn.Module:
+    """The per-row int8 twin of an ``nn.Embedding`` (``Int8Embedding``) or a bias-free linear (``Int8Linear``)."""
+    if isinstance(mod, nn.Embedding):
+        return Int8Embedding.from_weight(mod.weight)
+    return Int8Linear.from_weight(mod.weight)
 
 
 def _dense_twin(mod: nn.Module, dtype: torch.dtype) -> nn.Module | None:
@@ -91,6 +97,7 @@ def dequantize_model_in_place(model: nn.Module) -> int:
 __all__ = [
     "add_int8_head",
     "dequantize_model_in_place",
+    "int8_twin",
     "pack_linears_in_place",
     "pack_model_in_place",
     "record_packed_layout",

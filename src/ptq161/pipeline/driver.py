@@ -82,7 +82,11 @@ def quantize_blockwise(
     turn and released after it: its quantized form lives on in the returned parts only.
     """
     layers = adapter.decoder_layers(model)
+    if lazy is not None:
+        lazy.load_module(adapter.embed)
     x_fp, call = capture_block_inputs(model, adapter, windows)
+    if lazy is not None:
+        lazy.release_module(adapter.embed)
     x_q = x_fp.clone()
     result = DriverResult()
     start = 0

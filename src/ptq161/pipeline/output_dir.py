@@ -23,7 +23,7 @@ from ..methods import Method, Parts
 from ..models.lazy import LazyModel
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import atomic_save_file, atomic_write_json, read_json
-from .convert import add_int8_head, pack_linears_in_place, pack_model_in_place, record_packed_layout
+from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
@@ -88,45 +88,51 @@ def write_output_lazy(
     meta: dict[str, Any],
     int8_head: bool = False,
 ) -> None:
-    """``write_output`` for a block-onloaded run: one decoder block in memory at a time.
+    """``write_output`` for a block-onloaded run: one module in memory at a time, one shard each.
 
-    Packed methods: each block is loaded, its linears swapped for packed modules (small) and
-    kept; the packed model is then saved whole. Other methods: each block gets its
-    dequantized weights and is written as its own safetensors shard, then released.
+    Each decoder block is loaded, packed (or given its dequantized weights), written as its
+    own safetensors shard and released; then the embedding, final norm and lm_head, one at a
+    time (in int8 with ``int8_head``). An index and the config make it a sharded Hugging Face
+    directory that transformers (and ``ptq161.load``) read as usual.
     """
     path.mkdir(parents=True, exist_ok=True)
     model, adapter = lazy.model, lazy.adapter
-    layers = {}
+    layers: dict[str, dict] = {}
+    shard = 0
     for i in range(lazy.num_blocks):
-        lazy.load_block(i)
+        block = lazy.load_block(i)
         prefix = f"{adapter.layers}.{i}."
         block_parts = {k: v for k, v in parts.items() if k.startswith(prefix)}
         if method.packs:
             layers.update(pack_linears_in_place(model, method, block_parts))
-            continue
-        for name, p in block_parts.items():
-            lin = model.get_submodule(name)
-            lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
-        block = adapter.decoder_layers(model)[i]
-        _save_shard(path, i, {prefix + k: v for k, v in block.state_dict().items()})
+        else:
+            for name, p in block_parts.items():
+                lin = model.get_submodule(name)
+                lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
+        _save_shard(path, shard, {prefix + k: v for k, v in block.state_dict().items()})
         lazy.release_block(i)
+        shard += 1
+    tied = getattr(model.config, "tie_word_embeddings", False) and not int8_head
+    for mod_path in lazy.outside_modules():
+        if tied and mod_path == adapter.lm_head:
+            continue  # stored once, as the embedding
+        mod = lazy.load_module(mod_path)
+        if int8_head and mod_path in (adapter.embed, adapter.lm_head):
+            mod = int8_twin(mod)
+        _save_shard(path, shard, {f"{mod_path}.{k}": v for k, v in mod.state_dict().items()})
+        lazy.release_module(mod_path)
+        shard += 1
+    _write_shard_index(path, shard)
     if method.packs:
         record_packed_layout(model, method, layers)
         if int8_head:
-            add_int8_head(model)
-        model.save_pretrained(path)
+            model.config.tie_word_embeddings = False
+            model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
     else:
-        layers_prefix = adapter.layers + "."
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        rest = {
-            k: v
-            for k, v in model.state_dict().items()
-            if not k.startswith(layers_prefix) and not (tied and k == f"{adapter.lm_head}.weight")
-        }
-        _save_shard(path, lazy.num_blocks, rest)
-        _write_shard_index(path, lazy.num_blocks + 1)
-        model.config.save_pretrained(path)
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
+    model.config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(path)
     tokenizer.save_pretrained(path)
     meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})

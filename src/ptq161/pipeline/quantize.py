@@ -64,8 +64,8 @@ def quantize(
     A model whose weights take more than half of ``max_memory`` bytes (default: the RAM
     available now) is block-onloaded (``ptq161.models.lazy``): one decoder block in memory at a
     time, written to ``output`` (required then) as it is finished. The end-to-end stage needs
-    the whole model and is refused then. The returned model is the packed model, or, for
-    dense outputs, a ``LazyModel`` of the output directory.
+    the whole model and is refused then. The returned model is then a ``LazyModel`` of the
+    output directory (``ptq161.evaluate_perplexity`` takes it).
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -124,8 +124,7 @@ def quantize(
     meta["block_onloading"] = lazy is not None
     if lazy is not None:
         output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
-        result_model = model.to(device) if impl.packs else load_model_lazy(str(out), device=device, dtype=dtype)[0]
-        return QuantizeResult(result_model, tok, out, meta, res.parts)
+        return QuantizeResult(load_model_lazy(str(out), device=device, dtype=dtype)[0], tok, out, meta, res.parts)
     if out is not None:
         output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
         model.to(device)  # the packed modules are built on the CPU
