@@ -79,7 +79,14 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "paper": Preset(128, 2048, 20, "the paper's setting and block stage, no end-to-end stage: for GPU users"),
+    "paper": Preset(
+        128,
+        2048,
+        20,
+        "the paper's setting and block stage, no end-to-end stage: for GPU users. Memory: the model, plus "
+        "4 activation streams of 128 x 2048 x hidden (fp32: 4 GiB for hidden 1024, 16 GiB for LLaMA-7B's 4096; "
+        "kept on the CPU when they exceed half the GPU's free memory), plus one block's training",
+    ),
     "cpu": Preset(
         64,
         256,

@@ -92,3 +92,25 @@ def test_preprocess_honours_device_and_dtype(tiny_model_dir, text_file, tmp_path
     assert res.model.model.embed_tokens.weight.dtype == dtype
     assert res.model.lm_head.weight.device.type == torch.device(device).type
     assert res.meta["dtype"] == str(dtype).removeprefix("torch.")
+
+
+def test_streams_on_the_cpu_give_the_same_parts_as_streams_on_the_device(tiny_model_dir, text_file, device):
+    """What the driver does when a GPU is too small for the calibration streams (on cpu: the same code path)."""
+    from ptq161.data import calibration_windows
+    from ptq161.methods.ptq161 import PTQ161, PTQ161Config
+    from ptq161.models import get_adapter, load_model
+    from ptq161.pipeline.driver import quantize_blockwise, streams_bytes, streams_placement
+
+    assert streams_bytes(128, 2048, 4096, torch.float32) == 16 * 2**30  # the paper preset on LLaMA-7B
+    assert streams_placement("cpu", 10**15) == torch.device("cpu")
+    results = []
+    for streams in (None, "cpu"):
+        model, tok = load_model(str(tiny_model_dir), device=device)
+        windows, _ = calibration_windows(f"text:{text_file}", tok, nsamples=4, seqlen=64, seed=0)
+        res = quantize_blockwise(
+            model, get_adapter(model), windows, PTQ161(PTQ161Config(epochs=1)), progress=False, streams_device=streams
+        )
+        results.append(res.parts)
+    for name, parts in results[0].items():
+        for k, v in parts.items():
+            assert torch.allclose(results[1][name][k].float().cpu(), v.float().cpu(), atol=1e-3), (name, k)

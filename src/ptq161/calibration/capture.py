@@ -78,9 +78,15 @@ def capture_block_inputs(
 
 
 def run_block(block: nn.Module, x: torch.Tensor, call: BlockCall, batch_size: int = 1) -> torch.Tensor:
-    """Apply one decoder block to x [N, seq, d] in batches -> [N, seq, d] (no grad tracking here)."""
+    """Apply one decoder block to x [N, seq, d] in batches -> [N, seq, d], on x's device.
+
+    The streams may live on another device than the block (calibration streams kept on the
+    CPU for a GPU too small for them): each batch moves to the block's device and its output
+    back (``Tensor.to`` is differentiable, so training through it works).
+    """
+    device = next(iter(block.state_dict().values())).device
     outs = []
     for i in range(0, x.shape[0], batch_size):
-        out = block(x[i : i + batch_size], **call.kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
+        out = block(x[i : i + batch_size].to(device), **call.kwargs)
+        outs.append((out[0] if isinstance(out, tuple) else out).to(x.device))
     return torch.cat(outs)

@@ -61,8 +61,12 @@ class SafetensorsDir:
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.path / "model.safetensors").is_file():
-            with safe_open(str(self.path / "model.safetensors"), "pt") as f:
-                weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+            try:
+                with safe_open(str(self.path / "model.safetensors"), "pt") as f:
+                    weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+            except Exception as e:  # safetensors raises its own error types for damaged files
+                first = str(e).splitlines()[0]
+                raise PTQ161Error(f"{self.path / 'model.safetensors'} is unreadable: {first}") from None
         else:
             raise PTQ161Error(f"{self.path} holds no safetensors weights (block onloading reads safetensors only)")
         self.weight_map: dict[str, str] = weight_map
@@ -87,6 +91,8 @@ class SafetensorsDir:
         """Bytes of all tensors as stored, or at ``dtype_bytes`` per floating-point element."""
         total = 0
         for file in set(self.weight_map.values()):
+            if not (self.path / file).is_file():
+                raise PTQ161Error(f"{self.path} lacks the shard {file} its index names")
             with safe_open(str(self.path / file), "pt") as f:
                 for k in f.keys():
                     sl = f.get_slice(k)

@@ -62,6 +62,20 @@ def _rel_mse(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).float().pow(2).sum() / ref.float().pow(2).sum().clamp(min=1e-30)).item()
 
 
+def streams_bytes(nsamples: int, seqlen: int, hidden: int, dtype: torch.dtype) -> int:
+    """Bytes of the driver's activation streams at their peak: x_fp, x_q, y_fp, y_q [nsamples, seqlen, hidden]."""
+    return 4 * nsamples * seqlen * hidden * (torch.finfo(dtype).bits // 8)
+
+
+def streams_placement(device: str | torch.device, need: int) -> torch.device:
+    """The model's device when the streams (``need`` bytes) take at most half of its free memory, else the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if need <= free // 2 else torch.device("cpu")
+
+
 @torch.no_grad()
 def quantize_blockwise(
     model: nn.Module,
@@ -72,6 +86,7 @@ def quantize_blockwise(
     state: RunState | None = None,
     progress: bool = True,
     lazy: LazyModel | None = None,
+    streams_device: str | torch.device | None = None,
 ) -> DriverResult:
     """Quantize every decoder block of ``model`` in place with ``method``.
 
@@ -80,11 +95,15 @@ def quantize_blockwise(
     run saves itself after every block and continues from the last saved block. With
     ``lazy`` (block onloading; ``model`` is ``lazy.model``) each block is loaded before its
     turn and released after it: its quantized form lives on in the returned parts only.
+    ``streams_device``: where the activation streams live (default: the model's device; the
+    CPU when a GPU is too small for them, see ``streams_placement``).
     """
     layers = adapter.decoder_layers(model)
     if lazy is not None:
         lazy.load_module(adapter.embed)
     x_fp, call = capture_block_inputs(model, adapter, windows)
+    if streams_device is not None:
+        x_fp = x_fp.to(streams_device)
     if lazy is not None:
         lazy.release_module(adapter.embed)
     x_q = x_fp.clone()

@@ -18,7 +18,7 @@ from ..methods import MethodConfig, get_method
 from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
 from ..utils import peak_rss_mb
 from . import output_dir
-from .driver import quantize_blockwise
+from .driver import quantize_blockwise, streams_bytes, streams_placement
 from .e2e import E2EConfig, teacher_topk, train_end_to_end
 from .state import RunState
 
@@ -105,7 +105,11 @@ def quantize(
     state = RunState(out, settings) if out is not None else None
     t0 = time.perf_counter()
     teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
-    res = quantize_blockwise(model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy)
+    need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
+    streams = streams_placement(device, need)
+    res = quantize_blockwise(
+        model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy, streams_device=streams
+    )
     e2e_log = None
     if e2e.steps:
         e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
@@ -113,6 +117,7 @@ def quantize(
     meta = {
         **settings,
         "device": str(device),
+        "streams_device": str(streams),
         "calibration_source": calib_source,
         "seconds": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb(),
