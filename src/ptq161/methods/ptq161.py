@@ -33,7 +33,8 @@ class PTQ161Config(MethodConfig):
 
     statistic: "mean" (the paper's pseudocode: mean |x| per input channel; measured better
     here, benchmarks/results/ptq161_runs.md) or "max" (the reference code's max |x|).
-    salient_range: "salient" (min/max over the salient columns only; measured better here)
+    salient_range: "salient" (min/max over the salient columns only; measured better here at
+    the ablation budget and at the cpu budget, benchmarks/results/quality.md: 272.0 vs 285.5)
     or "row" (the reference code: the whole row). s_init: "uncentred" (code: mean |W|) or
     "centred" (mean |W - mu|, the closed-form optimum). epochs = 0 gives "mask only".
     use_mask = False binarizes every column (XNOR everywhere).
