@@ -71,6 +71,11 @@ def write_output(
     if method.packs:
         pack_model_in_place(model, method, parts, int8_head=int8_head)
     model.save_pretrained(path)
+    _finish(path, tokenizer, method, parts, meta)
+
+
+def _finish(path: Path, tokenizer: Any, method: Method, parts: dict[str, Parts], meta: dict[str, Any]) -> None:
+    """The tokenizer, the parts of a dense result, ``ptq161.json`` last; then the resume state goes."""
     tokenizer.save_pretrained(path)
     if not method.packs:
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
@@ -128,15 +133,10 @@ def write_output_lazy(
         if int8_head:
             model.config.tie_word_embeddings = False
             model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
-    else:
-        atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
-    atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
-    shutil.rmtree(path / STATE_DIR, ignore_errors=True)
+    _finish(path, tokenizer, method, parts, meta)
 
 
 def _shard_name(i: int) -> str:
