@@ -61,3 +61,19 @@ def test_packed_qwen2_with_int8_head_decodes_in_the_engine(qwen2_dir, text_file,
         assert torch.equal(model(ids).logits, res.model(ids).logits)
         engine = greedy_generate(model, ids, 8, engine="on")[0]
     assert engine == greedy_generate(model, ids, 8, engine="off")[0]
+
+
+@pytest.mark.parametrize("train_signs", [False, True])
+def test_end_to_end_stage_trains_a_qwen2_with_biases(qwen2_dir, text_file, tmp_path, train_signs):
+    from ptq161.pipeline.e2e import E2EConfig
+
+    out = tmp_path / f"e2e-{train_signs}"
+    e2e = E2EConfig(steps=3, heldout=1, topk=8, train_signs=train_signs)
+    res = _quantize(qwen2_dir, "ptq161", text_file, out, e2e=e2e)
+    log = res.meta["e2e_log"]
+    assert log["heldout_kl_after"] == log["heldout_kl_after"]  # finite, not NaN
+    loaded, _ = ptq161.load(out)
+    assert loaded.model.layers[0].self_attn.k_proj.bias.abs().max() > 0.1
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, res.model(ids).logits)
