@@ -14,7 +14,7 @@ from ptq161.eval.perplexity import perplexity
 from ptq161.methods import METHODS
 from ptq161.models import LazyModel, load_model_lazy, onloads, parse_memory
 from ptq161.pipeline.e2e import E2EConfig
-from ptq161.pipeline.output_dir import read_meta
+from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta, read_parts
 
 TINY_BUDGET = 1000  # bytes: every model is "larger than RAM"
 
@@ -65,6 +65,11 @@ def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tm
         for k, v in parts.items():
             assert torch.equal(lazy.parts[name][k], v), (name, k)
     assert isinstance(lazy.model, LazyModel)  # the output directory, onloaded
+    stored = read_parts(tmp_path / "lazy")  # from the shards (packed) or the parts file (dense)
+    assert all(torch.equal(stored[n][k], v) for n, p in lazy.parts.items() for k, v in p.items() if k in stored[n])
+    if METHODS[method](cfg).packs:
+        layers = read_meta(tmp_path / "lazy")["bits"]["layers"]
+        assert file_bits_per_weight(tmp_path / "lazy", layers) == file_bits_per_weight(tmp_path / "whole", layers)
     loaded, _ = ptq161.load(tmp_path / "lazy")  # sharded, packed or dense: transformers loads it whole too
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

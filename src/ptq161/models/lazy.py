@@ -24,7 +24,7 @@ from ..errors import PTQ161Error
 from .adapters import Adapter, get_adapter
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40}
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
 
 
 def parse_memory(text: str) -> int:
@@ -50,6 +50,19 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def tensor_info(file: str | Path) -> dict[str, tuple[int, str]]:
+    """``{name: (number of elements, safetensors dtype)}`` of one safetensors file, from its header."""
+    out = {}
+    with safe_open(str(file), "pt") as f:
+        for k in f.keys():
+            sl = f.get_slice(k)
+            numel = 1
+            for d in sl.get_shape():
+                numel *= d
+            out[k] = (numel, sl.get_dtype())
+    return out
 
 
 class SafetensorsDir:
@@ -87,21 +100,24 @@ class SafetensorsDir:
                     out[k] = f.get_tensor(k)
         return out
 
-    def nbytes(self, dtype_bytes: int | None = None) -> int:
-        """Bytes of all tensors as stored, or at ``dtype_bytes`` per floating-point element."""
-        total = 0
+    def info(self) -> dict[str, tuple[int, str]]:
+        """``{name: (number of elements, safetensors dtype such as "F32")}`` read from the file headers."""
+        out = {}
         for file in set(self.weight_map.values()):
             if not (self.path / file).is_file():
                 raise PTQ161Error(f"{self.path} lacks the shard {file} its index names")
-            with safe_open(str(self.path / file), "pt") as f:
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    numel = 1
-                    for d in sl.get_shape():
-                        numel *= d
-                    stored = _DTYPE_BYTES.get(sl.get_dtype(), 4)
-                    is_float = sl.get_dtype() in ("F32", "F16", "BF16", "F64")
-                    total += numel * (dtype_bytes if dtype_bytes is not None and is_float else stored)
+            out |= tensor_info(self.path / file)
+        return out
+
+    def nbytes(self, dtype_bytes: int | None = None, prefixes: tuple[str, ...] = ("",)) -> int:
+        """Bytes of the tensors whose names start with one of ``prefixes``, as stored, or at
+        ``dtype_bytes`` per floating-point element."""
+        total = 0
+        for name, (numel, dt) in self.info().items():
+            if not name.startswith(prefixes):
+                continue
+            is_float = dt in ("F32", "F16", "BF16", "F64")
+            total += numel * (dtype_bytes if dtype_bytes is not None and is_float else DTYPE_BYTES.get(dt, 4))
         return total
 
 

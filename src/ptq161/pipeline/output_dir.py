@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
-from ..models.lazy import LazyModel
+from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import atomic_save_file, atomic_write_json, read_json
 from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_packed_layout
@@ -28,7 +27,6 @@ from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
 FORMAT_VERSION = 1
-_BYTES = {"U8": 1, "I8": 1, "BOOL": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "F32": 4, "BF16": 2, "F64": 8}
 META = "ptq161.json"
 PARTS = "ptq161_parts.safetensors"
 
@@ -153,17 +151,11 @@ def _write_shard_index(path: Path, count: int) -> None:
     """``model.safetensors.index.json`` over shards 0..count-1 (the layout transformers loads)."""
     weight_map, total = {}, 0
     for i in range(count):
-        with safe_open(str(path / _shard_name(i)), "pt") as f:
-            for k in f.keys():
-                weight_map[k] = _shard_name(i)
-                sl = f.get_slice(k)
-                numel = 1
-                for d in sl.get_shape():
-                    numel *= d
-                total += numel * _BYTES[sl.get_dtype()]
-    atomic_write_json(
-        path / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
-    )
+        for k, (numel, dt) in tensor_info(path / _shard_name(i)).items():
+            weight_map[k] = _shard_name(i)
+            total += numel * DTYPE_BYTES[dt]
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    atomic_write_json(path / "model.safetensors.index.json", index)
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
@@ -226,34 +218,23 @@ def verify_parts(method: Method, model: torch.nn.Module, parts: dict[str, Parts]
 
 
 def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
+    """The stored parts of a packed directory (one file or shards), keyed by layer path."""
+    weights = SafetensorsDir(path)
     parts: dict[str, Parts] = {}
-    with safe_open(str(path / "model.safetensors"), "pt") as f:
-        keys = set(f.keys())
-        for layer in meta["bits"]["layers"]:
-            sal, n = f.get_tensor(f"{layer}.sal_idx").long(), None
-            n = sal.numel() + f.get_slice(f"{layer}.bin_idx").get_shape()[0]
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[sal] = True
-            p = {"mask": mask}
-            for k in PACKED_BUFFERS[2:]:  # after sal_idx, bin_idx
-                if f"{layer}.{k}" not in keys:
-                    raise PTQ161Error(f"{path} is missing tensor {layer}.{k}")
-                p[k] = f.get_tensor(f"{layer}.{k}")
-            parts[layer] = p
+    for layer in meta["bits"]["layers"]:
+        names = [f"{layer}.{k}" for k in PACKED_BUFFERS]
+        missing = [n for n in names if n not in weights.weight_map]
+        if missing:
+            raise PTQ161Error(f"{path} is missing tensor {missing[0]}")
+        t = weights.load(names)
+        sal = t[f"{layer}.sal_idx"].long()
+        mask = torch.zeros(sal.numel() + t[f"{layer}.bin_idx"].numel(), dtype=torch.bool)
+        mask[sal] = True
+        parts[layer] = {"mask": mask, **{k: t[f"{layer}.{k}"] for k in PACKED_BUFFERS[2:]}}  # after the indices
     return parts
 
 
 def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
     """Bits per weight of the decoder linears counted from the bytes of their tensors on disk."""
-    total_bytes = 0
     numel = sum(v["numel"] for v in layers.values())
-    prefixes = tuple(f"{layer}." for layer in layers)
-    with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
-        for key in f.keys():
-            if key.startswith(prefixes):
-                sl = f.get_slice(key)
-                count = 1
-                for d in sl.get_shape():
-                    count *= d
-                total_bytes += count * _BYTES[sl.get_dtype()]
-    return 8 * total_bytes / max(numel, 1)
+    return 8 * SafetensorsDir(path).nbytes(prefixes=tuple(f"{layer}." for layer in layers)) / max(numel, 1)
