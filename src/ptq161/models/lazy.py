@@ -124,19 +124,27 @@ class SafetensorsDir:
 def _materialize(
     module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, alias: dict[str, str]
 ) -> None:
-    """Give a meta ``module`` real storage on ``device`` and fill it from ``tensors`` (names ``prefix + key``,
-    or ``alias[prefix + key]`` for a tied weight stored under another name)."""
-    module.to_empty(device=device)
+    """Fill a meta ``module`` with ``tensors`` (names ``prefix + key``, or ``alias[prefix + key]`` for a
+    tied weight stored under another name), converted to the skeleton's dtypes and moved to ``device``.
+
+    The tensors become the module's storage (``load_state_dict(assign=True)``): no second copy
+    of a block or of the embedding exists while it loads.
+    """
     state = {}
     for name, t in module.state_dict().items():
         key = prefix + name
-        src = tensors.get(key, tensors.get(alias.get(key, "")))
+        src = tensors.pop(key, None)
+        if src is None:
+            src = tensors.get(alias.get(key, ""))
         if src is None:
             raise PTQ161Error(f"the model's safetensors lack '{key}'")
         if src.shape != t.shape:
             raise PTQ161Error(f"'{key}' has shape {tuple(src.shape)}, the model expects {tuple(t.shape)}")
         state[name] = src.to(device=device, dtype=t.dtype)  # the skeleton carries the dtypes (packed factors fp16)
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise PTQ161Error(f"block onloading cannot build '{prefix}{left[0]}' (not stored in the safetensors)")
 
 
 @dataclass
