@@ -9,6 +9,7 @@ causality itself (tested, since the reference code silently lost it once).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,11 @@ from torch import nn
 from ..models.adapters import Adapter
 
 _DROPPED_KWARGS = ("past_key_values", "past_key_value", "use_cache", "cache_position", "output_attentions")
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (an int8 embedding has buffers only)."""
+    return next(itertools.chain(module.parameters(), module.buffers())).device
 
 
 class _Stop(Exception):
@@ -53,8 +59,7 @@ def capture_block_inputs(
     embedding runs; the decoder layers are not executed.
     """
     first = adapter.decoder_layers(model)[0]
-    embed = model.get_submodule(adapter.embed)  # an int8 embedding has buffers only; onloaded layers sit on meta
-    device = next(iter(embed.state_dict().values())).device
+    device = module_device(model.get_submodule(adapter.embed))  # onloaded decoder layers sit on meta
     captured: list[torch.Tensor] = []
     call: dict[str, Any] = {}
 
@@ -84,7 +89,7 @@ def run_block(block: nn.Module, x: torch.Tensor, call: BlockCall, batch_size: in
     CPU for a GPU too small for them): each batch moves to the block's device and its output
     back (``Tensor.to`` is differentiable, so training through it works).
     """
-    device = next(iter(block.state_dict().values())).device
+    device = module_device(block)
     outs = []
     for i in range(0, x.shape[0], batch_size):
         out = block(x[i : i + batch_size].to(device), **call.kwargs)

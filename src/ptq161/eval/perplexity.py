@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..calibration import capture_block_inputs, run_block
 from ..errors import DataError
-from ..models.adapters import LLAMA_LIKE, get_adapter
+from ..models.adapters import LLAMA_LIKE, Adapter, get_adapter
 from ..models.lazy import LazyModel
 
 HEAD_CHUNK = 256  # tokens per lm_head call when the logits of a window would be large
@@ -78,22 +78,24 @@ def head_nll(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, chunk: in
     return total / n
 
 
-def _chunk_head(model: nn.Module, seqlen: int) -> bool:
-    """Whether the logits of a window are large enough to chunk the head (LLaMA-layout models only)."""
+def _chunked_head_adapter(model: nn.Module, seqlen: int) -> Adapter | None:
+    """The model's adapter when the logits of a window are large enough to chunk the head (LLaMA-layout
+    models only), else None."""
     try:
         adapter = get_adapter(model)
     except Exception:
-        return False
+        return None
     vocab = getattr(model.config, "vocab_size", 0)
-    return adapter.linear_groups == LLAMA_LIKE.linear_groups and seqlen * vocab * 4 > LARGE_LOGITS
+    large = seqlen * vocab * 4 > LARGE_LOGITS
+    return adapter if large and adapter.linear_groups == LLAMA_LIKE.linear_groups else None
 
 
 @torch.no_grad()
 def window_nll(model: nn.Module, window: torch.Tensor) -> float:
     """Mean next-token cross-entropy (nats) of one window, int64 [seqlen] -> float."""
     ids = window.unsqueeze(0).to(next(model.parameters()).device)
-    if _chunk_head(model, ids.shape[1]):
-        adapter = get_adapter(model)
+    adapter = _chunked_head_adapter(model, ids.shape[1])
+    if adapter is not None:
         base = model.get_submodule(adapter.layers.rsplit(".", 1)[0])  # the decoder stack, final norm included
         hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
         return head_nll(model.get_submodule(adapter.lm_head), hidden, ids[0])

@@ -137,18 +137,10 @@ def join_and_verify(model: BuiltinModel, paths: list[Path], target: Path, chunk:
     Raises ``PTQ161Error`` (and leaves no file at ``target``) when the bytes do not match
     the pinned size and hash.
     """
-    digest = hashlib.sha256()
-    size = 0
     tmp = target.with_name(target.name + ".partial")
     try:
         with tmp.open("wb") as out:
-            for path in paths:
-                with path.open("rb") as f:
-                    while block := f.read(chunk):
-                        digest.update(block)
-                        size += len(block)
-                        out.write(block)
-        verify(model, size, digest.hexdigest())
+            verify(model, *_read_all(paths, chunk, out.write))
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -156,11 +148,21 @@ def join_and_verify(model: BuiltinModel, paths: list[Path], target: Path, chunk:
 
 def verify_file(model: BuiltinModel, path: Path, chunk: int = 1 << 22) -> None:
     """Check a single-part model's file against the pinned size and sha256 (``PTQ161Error`` on mismatch)."""
+    verify(model, *_read_all([path], chunk))
+
+
+def _read_all(paths: list[Path], chunk: int, sink=None) -> tuple[int, str]:
+    """(total size, sha256 hex) of the files ``paths`` read in order, each block also passed to ``sink``."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    verify(model, path.stat().st_size, digest.hexdigest())
+    size = 0
+    for path in paths:
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+                size += len(block)
+                if sink is not None:
+                    sink(block)
+    return size, digest.hexdigest()
 
 
 def verify(model: BuiltinModel, size: int, sha256: str) -> None:

@@ -161,7 +161,6 @@ class LazyModel:
     adapter: Adapter
     weights: SafetensorsDir
     device: torch.device
-    dtype: torch.dtype
 
     def _load(self, module: nn.Module, prefix: str) -> nn.Module:
         names = self.weights.keys_under(prefix)
@@ -206,17 +205,24 @@ class LazyModel:
         return len(self.adapter.decoder_layers(self.model))
 
 
+def model_bytes(where: str | Path, dtype: torch.dtype) -> int | None:
+    """Bytes of the weights in directory ``where`` with floating-point tensors at ``dtype``;
+    None when it holds no safetensors (a hub id: transformers loads it whole)."""
+    try:
+        weights = SafetensorsDir(where)
+    except PTQ161Error:
+        return None
+    return weights.nbytes(torch.finfo(dtype).bits // 8)
+
+
 def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int) -> bool:
     """Whether the model in directory ``where`` at ``dtype`` takes at most half of ``budget`` bytes.
 
     The other half is for activations, calibration streams and the output; a directory
     without safetensors (a hub id) counts as fitting (it is loaded whole).
     """
-    try:
-        weights = SafetensorsDir(where)
-    except PTQ161Error:
-        return True
-    return weights.nbytes(torch.finfo(dtype).bits // 8) <= budget // 2
+    need = model_bytes(where, dtype)
+    return need is None or need <= budget // 2
 
 
 def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", dtype=torch.float32) -> LazyModel:
@@ -242,7 +248,7 @@ def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", 
         replace_with_packed(model, q["layers"], q.get("int8_modules") or [])
         model.config.quantization_config = quant
     adapter = get_adapter(model)
-    lazy = LazyModel(model, adapter, weights, device, dtype)
+    lazy = LazyModel(model, adapter, weights, device)
     if adapter.rotary is not None:
         with torch.device(device):
             model.set_submodule(adapter.rotary, type(model.get_submodule(adapter.rotary))(config=model.config))

@@ -22,7 +22,7 @@ from ..utils import staging_dir
 from .adapters import get_adapter
 from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
-from .lazy import LazyModel, SafetensorsDir, available_memory, fits_in_memory, load_lazy
+from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy, model_bytes
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,8 @@ def resolve_model_path(spec: str) -> str:
 
 def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
     """A one-line error, before anything is loaded, when the whole model cannot fit the RAM available now."""
-    try:
-        need = SafetensorsDir(where).nbytes(torch.finfo(dtype).bits // 8)
-    except PTQ161Error:
-        return  # no local safetensors (a hub id): transformers decides
-    have = available_memory()
-    if need > have:
+    need, have = model_bytes(where, dtype), available_memory()
+    if need is not None and need > have:  # None: no local safetensors (a hub id), transformers decides
         raise PTQ161Error(
             f"model '{spec}' needs {need / 2**30:.1f} GiB at {str(dtype).removeprefix('torch.')} and "
             f"{have / 2**30:.1f} GiB of RAM is available: `ptq161 ppl` and `ptq161 quantize` onload it block by "
@@ -139,10 +135,8 @@ def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
 def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
     """Whether ``spec`` must be block-onloaded: a safetensors model (FP or packed) whose weights at
     ``dtype`` take more than half of ``max_memory`` bytes (default: the RAM available now)."""
-    where = resolve_model_path(spec)
-    if not Path(where).is_dir():
-        return False  # a hub id: loaded whole by transformers
-    return not fits_in_memory(where, dtype, max_memory if max_memory is not None else available_memory())
+    budget = max_memory if max_memory is not None else available_memory()
+    return not fits_in_memory(resolve_model_path(spec), dtype, budget)  # a hub id fits: loaded whole
 
 
 def load_model_lazy(

@@ -50,6 +50,12 @@ def add_int8_head(model: nn.Module) -> None:
     adapter = get_adapter(model)
     for path in (adapter.lm_head, adapter.embed):
         model.set_submodule(path, int8_twin(model.get_submodule(path)))
+    record_int8_layout(model)
+
+
+def record_int8_layout(model: nn.Module) -> None:
+    """Record in the packed layout that the embedding and the lm_head are stored in int8 (untied)."""
+    adapter = get_adapter(model)
     model.config.tie_word_embeddings = False
     model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
 
@@ -100,5 +106,6 @@ __all__ = [
     "int8_twin",
     "pack_linears_in_place",
     "pack_model_in_place",
+    "record_int8_layout",
     "record_packed_layout",
 ]

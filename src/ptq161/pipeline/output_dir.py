@@ -22,7 +22,7 @@ from ..methods import Method, Parts
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import atomic_save_file, atomic_write_json, read_json
-from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_packed_layout
+from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_int8_layout, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
@@ -129,8 +129,7 @@ def write_output_lazy(
     if method.packs:
         record_packed_layout(model, method, layers)
         if int8_head:
-            model.config.tie_word_embeddings = False
-            model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
+            record_int8_layout(model)
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
