@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from tests.helpers import SAMPLE_TEXT, byte_tokenizer, tiny_llama
+from tests.helpers import SAMPLE_TEXT, byte_tokenizer, save_model_dir, tiny_llama
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -22,10 +22,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     """A saved tiny model directory (weights + byte tokenizer)."""
-    d = tmp_path / "tiny"
-    tiny_llama().save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
+    return save_model_dir(tiny_llama(), tmp_path / "tiny")
 
 
 @pytest.fixture

@@ -70,6 +70,13 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=None)
 
 
+def save_model_dir(model: torch.nn.Module, path) -> object:
+    """Save ``model`` with the byte tokenizer as a model directory at ``path``; -> ``path``."""
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
 def random_parts(m: int, n: int, n_sal: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random PTQ1.61 parts of an [m, n] layer with n_sal salient columns (packed sign and codes)."""
     g = torch.Generator().manual_seed(seed)

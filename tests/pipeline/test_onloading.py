@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import byte_tokenizer, tiny_llama, tiny_qwen2
+from tests.helpers import save_model_dir, tiny_llama, tiny_qwen2
 
 import ptq161
 from ptq161 import CalibConfig, quantize
@@ -21,10 +21,7 @@ TINY_BUDGET = 1000  # bytes: every model is "larger than RAM"
 
 @pytest.fixture(params=["llama", "qwen2"])
 def model_dir(request, tmp_path: Path) -> Path:
-    d = tmp_path / request.param
-    (tiny_qwen2() if request.param == "qwen2" else tiny_llama()).save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
+    return save_model_dir(tiny_qwen2() if request.param == "qwen2" else tiny_llama(), tmp_path / request.param)
 
 
 def test_memory_sizes_parse_and_the_budget_decides(model_dir):

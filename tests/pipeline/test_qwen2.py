@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import byte_tokenizer, tiny_qwen2
+from tests.helpers import save_model_dir, tiny_qwen2
 from transformers import AutoModelForCausalLM
 
 import ptq161
@@ -17,10 +17,7 @@ from ptq161.runtime import greedy_generate
 
 @pytest.fixture
 def qwen2_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "qwen2"
-    tiny_qwen2().save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
+    return save_model_dir(tiny_qwen2(), tmp_path / "qwen2")
 
 
 def _quantize(model_dir: Path, method: str, text_file: Path, out: Path, **kw):
