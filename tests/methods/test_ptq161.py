@@ -214,3 +214,28 @@ def test_holdout_keeps_the_epoch_with_the_lowest_held_out_loss():
     res = PTQ161(PTQ161Config(epochs=5, holdout=2)).quantize_block(ctx)
     held = res.log["heldout_by_epoch"]
     assert len(held) == 5 and res.log["best_epoch"] == 1 + held.index(min(held))
+
+
+@pytest.mark.parametrize("n_salient", [0, 3, 10])
+def test_factored_forward_equals_the_formed_weight_with_the_same_gradients(n_salient):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(7, 10, generator=g)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[torch.randperm(10, generator=g)[:n_salient]] = True
+    sign, mu, s = pm.binary_init(w[:, ~mask])
+    mod = LearnableBinaryLinear(mask, w[:, mask], sign, mu, s, torch.randn(7, generator=g), log_s=True)
+    with torch.no_grad():  # move every factor away from its initial value
+        mod.theta.add_(0.3 * torch.randn(7, generator=g))
+        mod.r1.mul_(1 + 0.2 * torch.randn(7, generator=g))
+        mod.r2.mul_(1 + 0.2 * torch.randn(10 - n_salient, generator=g))
+    x = torch.randn(2, 5, 10, generator=g, requires_grad=True)
+    dy = torch.randn(2, 5, 7, generator=g)
+    params = [x, mod.theta, mod.r1, mod.r2]
+    y_fact = mod(x)
+    grads_fact = torch.autograd.grad((y_fact * dy).sum(), params, allow_unused=True)
+    y_ref = torch.nn.functional.linear(x, mod.weight(), mod.bias)
+    grads_ref = torch.autograd.grad((y_ref * dy).sum(), params, allow_unused=True)
+    torch.testing.assert_close(y_fact, y_ref, rtol=1e-5, atol=1e-5)
+    for p, a, b in zip(params, grads_fact, grads_ref, strict=True):  # unused (all columns salient): zero
+        torch.testing.assert_close(*(torch.zeros_like(p) if g is None else g for g in (a, b)), rtol=1e-4, atol=1e-5)
+    assert "salient_cols" not in mod.state_dict()  # derived from the mask, not stored

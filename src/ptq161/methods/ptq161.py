@@ -139,6 +139,9 @@ class LearnableBinaryLinear(nn.Module):
             self.s_lin = nn.Parameter(s.clone())
         self.r1 = nn.Parameter(torch.ones(m, dtype=s.dtype, device=s.device))
         self.r2 = nn.Parameter(torch.ones(n_bin, dtype=s.dtype, device=s.device))
+        # column indices of the salient [n_s] and binarized [n_b] parts (derived from mask; not saved)
+        self.register_buffer("salient_cols", torch.nonzero(mask)[:, 0], persistent=False)
+        self.register_buffer("binary_cols", torch.nonzero(~mask)[:, 0], persistent=False)
 
     @property
     def s(self) -> torch.Tensor:
@@ -155,7 +158,22 @@ class LearnableBinaryLinear(nn.Module):
         return assemble(self.mask, self.w_salient, w_bin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight().to(x.dtype), self.bias)  # float32 parameters, x's dtype
+        """x [..., n] -> [..., m]: ``linear(x, weight())`` computed without forming W.
+
+        y = x_sal W_sal^T + ((x_bin r2) sign^T) (r1 s) + sum(x_bin r2) (r1 mu). The signs are a
+        constant, so the backward pass needs one matmul (for x) instead of two (x and W) and no
+        [m, n] weight is rebuilt per step: 1.6x (896x896) to 3.1x (8960 -> 1536) faster per training
+        step on 2 CPU cores. Equal to the weight() form up to float summation order (tested).
+        """
+        dtype = x.dtype  # float32 parameters, x's dtype
+        y = x.new_zeros(*x.shape[:-1], self.sign.shape[0])
+        if self.binary_cols.numel():
+            z = x.index_select(-1, self.binary_cols) * self.r2.to(dtype)
+            y = (z @ self.sign.to(dtype).T) * (self.r1 * self.s).to(dtype)
+            y = y + z.sum(-1, keepdim=True) * (self.r1 * self.mu).to(dtype)
+        if self.salient_cols.numel():
+            y = y + x.index_select(-1, self.salient_cols) @ self.w_salient.to(dtype).T
+        return y if self.bias is None else y + self.bias.to(dtype)
 
     def folded_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a = r1 s, b = r1 mu, r2) rounded to the storage dtype."""
