@@ -28,12 +28,15 @@ __all__ = [
 ]
 
 
-def load(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Tokenizer]:
+def load(
+    path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True
+) -> tuple[nn.Module, Tokenizer]:
     """Load a ptq161 output directory (packed or dense) or any model spec: ``(model, tokenizer)``.
 
     ``dtype`` is the compute dtype of the dense parts; packed layers keep their stored
-    fp16 factors and compute in the input's dtype."""
-    return load_model(str(path), device=device, dtype=dtype)
+    fp16 factors and compute in the input's dtype. ``verify`` checks the files against the
+    sha256 recorded when they were written (``IntegrityError`` names a damaged file)."""
+    return load_model(str(path), device=device, dtype=dtype, verify=verify)
 
 
 def evaluate_perplexity(

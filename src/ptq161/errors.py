@@ -1,8 +1,11 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""User-facing errors: the CLI prints them as one line and exits with their ``exit_code`` (2, or 3
+for non-finite numbers)."""
 
 
 class PTQ161Error(Exception):
     """A problem with the user's input (model, data, options) that has a one-line explanation."""
+
+    exit_code = 2
 
 
 class UnsupportedModelError(PTQ161Error):
@@ -11,3 +14,23 @@ class UnsupportedModelError(PTQ161Error):
 
 class DataError(PTQ161Error):
     """A corpus or data file is missing, unreadable or too short."""
+
+
+class NonFiniteError(PTQ161Error):
+    """A NaN or infinite number in the weights, a loss, a block's output or a result (exit code 3)."""
+
+    exit_code = 3
+
+
+def check_finite(t, what: str) -> None:
+    """``NonFiniteError`` "``what`` is NaN / infinite" unless every element of tensor or float ``t`` is finite."""
+    import math
+
+    import torch
+
+    if isinstance(t, torch.Tensor):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise NonFiniteError(f"{what} holds {kind} values")
+    elif not math.isfinite(t):
+        raise NonFiniteError(f"{what} is {t}")

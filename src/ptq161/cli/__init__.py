@@ -1,6 +1,7 @@
 """Command-line interface: one module per subcommand (``add_parser`` + ``run``) over ``ptq161.api``.
 
-Exit codes: 0 success, 2 a one-line error about the input (model, data, options), 130 interrupted.
+Exit codes: 0 success, 2 a one-line error about the input (model, data, options, a damaged file), 3 a
+non-finite number (NaN / inf in the weights, a loss, a block output or a perplexity), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ptq161",
         description="Extremely low-bit post-training quantization (PTQ1.61) of LLaMA-family models.",
-        epilog="exit codes: 0 success, 2 bad input (one-line error), 130 interrupted",
+        epilog="exit codes: 0 success, 2 bad input or a damaged file (one-line error), 3 a NaN or infinite number "
+        "(in the weights, a loss, a block output or a perplexity; the error names where), 130 interrupted",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except PTQ161Error as e:
         print(f"ptq161: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
     except KeyboardInterrupt:
         print("ptq161: interrupted", file=sys.stderr)
         return 130

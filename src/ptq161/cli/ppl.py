@@ -13,7 +13,16 @@ from ..eval.report import markdown_table, run_metadata
 from ..models import load_model_lazy, onloads
 from ..pipeline.output_dir import read_meta
 from ..utils import atomic_write_json
-from .common import add_data_dir, add_device, add_dtype, add_max_memory, csv_list, positive_int, torch_dtype
+from .common import (
+    add_data_dir,
+    add_device,
+    add_dtype,
+    add_max_memory,
+    add_no_verify,
+    csv_list,
+    positive_int,
+    torch_dtype,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
+    add_no_verify(p)
     add_max_memory(p)
     p.set_defaults(func=run)
 
@@ -46,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
     if onloads(args.model, dtype, args.max_memory):
-        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype)
+        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype, verify=not args.no_verify)
         print(f"model: {args.model} is over half the memory budget: evaluated block by block (onloading)")
     else:
-        model, tok = load_model(args.model, device=args.device, dtype=dtype)
+        model, tok = load_model(args.model, device=args.device, dtype=dtype, verify=not args.no_verify)
     results = evaluate_perplexity(
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )

@@ -13,6 +13,7 @@ from .common import (
     add_device,
     add_dtype,
     add_method_options,
+    add_no_verify,
     method_config,
     non_negative_int,
     positive_int,
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         dtype=torch_dtype(args.dtype),
+        verify=not args.no_verify,
     )
     losses = res.meta["losses"]
     k = max(1, len(losses) // 10)

@@ -17,6 +17,7 @@ from .common import (
     add_dtype,
     add_max_memory,
     add_method_options,
+    add_no_verify,
     config_from_args,
     method_config,
     options_of,
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     add_dtype(p)
     add_max_memory(p)
+    add_no_verify(p)
     p.set_defaults(func=run)
 
 
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_memory=args.max_memory,
         int8_head=args.int8_head,
         e2e=e2e,
+        verify=not args.no_verify,
     )
     bits = res.meta["bits"]
     print(f"saved {output}")

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import capture_block_inputs, run_block
-from ..errors import DataError
+from ..errors import DataError, check_finite
 from ..models.adapters import LLAMA_LIKE, Adapter, get_adapter
 from ..models.lazy import LazyModel
 
@@ -119,6 +119,7 @@ def blockwise_nlls(lazy: LazyModel, wins: torch.Tensor, progress: bool = False, 
         for i in range(lazy.num_blocks):
             x = run_block(lazy.load_block(i), x, call)
             lazy.release_block(i)
+            check_finite(x, f"the output of block {i} (windows {g}..{g + ids.shape[0] - 1})")
             bar.update(ids.shape[0])
         head = lazy.load_module(adapter.lm_head)
         for k in range(ids.shape[0]):
@@ -152,8 +153,11 @@ def perplexity(
     if lazy is not None:
         nlls = blockwise_nlls(lazy, wins, progress)
     bar = tqdm(wins if lazy is None else [], desc=f"ppl {dataset}", unit="win", disable=not progress, leave=False)
+    for k, nll in enumerate(nlls):  # block-onloaded: already computed
+        check_finite(nll, f"the loss of window {k} of {dataset or 'the text'}")
     for w in bar:
         nlls.append(window_nll(model, w))
+        check_finite(nlls[-1], f"the loss of window {len(nlls) - 1} of {dataset or 'the text'}")
         elapsed = time.perf_counter() - start
         bar.set_postfix(ppl=f"{math.exp(sum(nlls) / len(nlls)):.3f}", tok_s=f"{len(nlls) * seqlen / elapsed:.0f}")
     seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..calibration import ChannelStats, run_block
 from ..config import option
-from ..errors import PTQ161Error
+from ..errors import PTQ161Error, check_finite
 from ..nn import PackedPTQ161Linear
 from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 from ..primitives.quant import STORAGE_DTYPE, assemble, binary_dequantize, rtn_asym_params, rtn_dequantize, rtn_quantize
@@ -353,6 +353,7 @@ class PTQ161(Method):
                 sl = slice(i, min(i + bs, n))
                 y = run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs)
                 loss, m1, m2 = self._loss(ctx, y, t2, sl, norm)
+                check_finite(loss.detach(), f"block {ctx.index}: the training loss (epoch {epoch + 1}, sample {i})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -8,12 +8,12 @@ model; ``ptq161.models.loading`` converts it once to a safetensors folder in the
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PTQ161Error
+from .integrity import read_hashed
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def join_and_verify(model: BuiltinModel, paths: list[Path], target: Path, chunk:
     tmp = target.with_name(target.name + ".partial")
     try:
         with tmp.open("wb") as out:
-            verify(model, *_read_all(paths, chunk, out.write))
+            verify(model, *read_hashed(paths, out.write, chunk))
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -148,21 +148,7 @@ def join_and_verify(model: BuiltinModel, paths: list[Path], target: Path, chunk:
 
 def verify_file(model: BuiltinModel, path: Path, chunk: int = 1 << 22) -> None:
     """Check a single-part model's file against the pinned size and sha256 (``PTQ161Error`` on mismatch)."""
-    verify(model, *_read_all([path], chunk))
-
-
-def _read_all(paths: list[Path], chunk: int, sink=None) -> tuple[int, str]:
-    """(total size, sha256 hex) of the files ``paths`` read in order, each block also passed to ``sink``."""
-    digest = hashlib.sha256()
-    size = 0
-    for path in paths:
-        with path.open("rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-                size += len(block)
-                if sink is not None:
-                    sink(block)
-    return size, digest.hexdigest()
+    verify(model, *read_hashed([path], chunk=chunk))
 
 
 def verify(model: BuiltinModel, size: int, sha256: str) -> None:

@@ -22,6 +22,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import PTQ161Error
 from ..nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
+from ..nn.packed import validate_lowbit_modules
 
 QUANT_METHOD = "ptq161"
 PACKED_FORMAT_VERSION = 1
@@ -77,6 +78,7 @@ class PTQ161HfQuantizer(HfQuantizer):
         replace_with_packed(model, self.quantization_config.layers, self.quantization_config.int8_modules)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        validate_lowbit_modules(model)  # indices, zero points, finite factors: before any kernel runs
         return model
 
     def is_serializable(self) -> bool:

@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..errors import PTQ161Error
+from ..errors import PTQ161Error, check_finite
+from ..nn.packed import validate_lowbit_modules
 from .adapters import Adapter, get_adapter
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40}
@@ -164,6 +165,7 @@ def _materialize(
             raise PTQ161Error(f"the model's safetensors lack '{key}'")
         if src.shape != t.shape:
             raise PTQ161Error(f"'{key}' has shape {tuple(src.shape)}, the model expects {tuple(t.shape)}")
+        check_finite(src, f"the model's weight '{key}'")
         state[name] = src.to(device=device, dtype=t.dtype)  # the skeleton carries the dtypes (packed factors fp16)
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
@@ -193,6 +195,7 @@ class LazyModel:
             alias = {prefix + "weight": f"{self.adapter.embed}.weight"}
             names = [alias[prefix + "weight"]]
         _materialize(module, self.weights.load(names), prefix, self.device, alias)
+        validate_lowbit_modules(module, prefix)  # packed / int8 modules: before any kernel reads them
         return module
 
     def load_block(self, i: int) -> nn.Module:

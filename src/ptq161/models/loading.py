@@ -17,11 +17,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from ..errors import PTQ161Error
+from ..errors import PTQ161Error, check_finite
 from ..utils import staging_dir
 from .adapters import get_adapter
 from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
+from .integrity import IntegrityError, verify_cache, verify_output_dir, write_cache_manifest
 from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy, model_bytes
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,27 @@ def _convert(model: BuiltinModel, target: Path) -> None:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "PTQ161_SOURCE").write_text(f"format={model.format}\nsource={model.source_line()}\n")
+        write_cache_manifest(tmp)
 
 
-def builtin_dir(spec: str) -> Path:
-    """The cached safetensors folder of the built-in model ``spec``, converting it on first use."""
+def builtin_dir(spec: str, verify: bool = False) -> Path:
+    """The cached safetensors folder of the built-in model ``spec``, converting it on first use.
+
+    With ``verify`` the cached files are checked against the manifest recorded when they were
+    converted; a damaged entry is rebuilt from its source package (with a message). A cache
+    written before manifests existed gets one recorded now (trusted on first use).
+    """
     model = builtin_model(spec)
     if model is None:
         raise PTQ161Error(f"'{spec}' is not a built-in model: {', '.join(BUILTIN_MODELS)}")
     target = cache_root() / "models" / f"{model.spec}-v{model.format}"
+    if (target / "PTQ161_SOURCE").is_file() and verify:
+        try:
+            if not verify_cache(target):
+                write_cache_manifest(target)
+        except IntegrityError as e:
+            log.warning("%s; rebuilding it from %s", e, model.source_line())
+            shutil.rmtree(target)
     if not (target / "PTQ161_SOURCE").is_file():
         if target.exists():
             shutil.rmtree(target)
@@ -105,14 +119,20 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
 
-def resolve_model_path(spec: str) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts, or raise a clear error."""
+def resolve_model_path(spec: str, verify: bool = False) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts, or raise a clear error.
+
+    With ``verify`` the files are checked against their recorded sha256 first (a built-in
+    model's cache, a ptq161 output directory); ``IntegrityError`` names a damaged file.
+    """
     if builtin_model(spec) is not None:
-        return str(builtin_dir(spec))
+        return str(builtin_dir(spec, verify=verify))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PTQ161Error(f"'{spec}' is a directory but holds no config.json (not a model directory)")
+        if verify:
+            verify_output_dir(path)
         return str(path)
     if path.exists():
         raise PTQ161Error(f"'{spec}' is a file, not a model directory")
@@ -140,10 +160,13 @@ def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
 
 
 def load_model_lazy(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True
 ) -> tuple[LazyModel, Tokenizer]:
-    """``(LazyModel, tokenizer)``: the model's skeleton with its decoder layers left on disk (block onloading)."""
-    where = resolve_model_path(spec)
+    """``(LazyModel, tokenizer)``: the model's skeleton with its decoder layers left on disk (block onloading).
+
+    ``verify``: check the files against their recorded sha256 first (see ``resolve_model_path``).
+    """
+    where = resolve_model_path(spec, verify=verify)
     try:
         config = AutoConfig.from_pretrained(where)
         tokenizer = AutoTokenizer.from_pretrained(where)
@@ -157,14 +180,16 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    verify: bool = True,
 ) -> tuple[PreTrainedModel, Tokenizer]:
     """Load ``(model, tokenizer)`` for ``spec`` in eval mode.
 
     ``spec`` is ``smollm2-135m``, a local Hugging Face model directory (FP or a ptq161
     output), or a hub id. Raises ``PTQ161Error`` with a one-line reason on failure and
-    ``UnsupportedModelError`` for architectures without an adapter.
+    ``UnsupportedModelError`` for architectures without an adapter. ``verify``: check the
+    files against their recorded sha256 first (``IntegrityError`` naming a damaged file).
     """
-    where = resolve_model_path(spec)
+    where = resolve_model_path(spec, verify=verify)
     _check_fits_ram(spec, where, dtype)
     register_quantizer()  # packed ptq161 directories load through transformers' quantizer hooks
     try:
@@ -185,6 +210,8 @@ def load_model(
         raise PTQ161Error(
             f"model '{spec}' is missing {len(missing)} tensors (e.g. {missing[0]}): damaged or mismatched"
         )
+    for name, t in model.state_dict().items():  # NaN / inf weights: refused here, not found as a NaN perplexity
+        check_finite(t, f"the model's weight '{name}'")
     get_adapter(model)  # fail early and clearly on unsupported layouts
     model.to(device)
     model.eval()

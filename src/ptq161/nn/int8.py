@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import PTQ161Error
 from ..primitives.kernels import int8_matvec
 from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
 
@@ -31,7 +32,18 @@ def _fill(mod: nn.Module, w: torch.Tensor) -> nn.Module:
     return mod
 
 
-class Int8Linear(nn.Module):
+class _Int8Rows(nn.Module):
+    """What both int8 modules share: per-row fp16 ``scale`` [m] beside ``weight_int8`` [m, n]."""
+
+    scale: torch.Tensor
+
+    def validate(self, name: str) -> None:
+        """``PTQ161Error`` naming module ``name`` when a scale is NaN, infinite or negative (damaged file)."""
+        if not bool((torch.isfinite(self.scale) & (self.scale >= 0)).all()):
+            raise PTQ161Error(f"int8 module '{name}': scale holds NaN, infinite or negative values (damaged file?)")
+
+
+class Int8Linear(_Int8Rows):
     """A bias-free linear with int8 weights and per-row fp16 scales."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -64,7 +76,7 @@ class Int8Linear(nn.Module):
         return apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Int8Rows):
     """An embedding table stored as int8 rows with fp16 scales."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:

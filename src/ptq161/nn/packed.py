@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import PTQ161Error
 from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
 from ..primitives.quant import assemble, binary_dequantize, rtn_dequantize
@@ -64,6 +65,34 @@ class PackedPTQ161Linear(nn.Module):
         if bias is not None:
             mod.bias.data.copy_(bias)
         return mod
+
+    def validate(self, name: str) -> None:
+        """Check the loaded buffers before any kernel reads them; ``PTQ161Error`` naming layer ``name``.
+
+        The column indices must be sorted, unique, inside [0, n) and together cover every column
+        (the kernels index the input with them without bounds checks); zero points must be 4-bit
+        codes; the fp16 factors and the bias must be finite. Shapes and dtypes are the module's own.
+        """
+        n = self.in_features
+        sal, binary = self.sal_idx.long(), self.bin_idx.long()
+        for key, idx in (("sal_idx", sal), ("bin_idx", binary)):
+            if idx.numel() and (idx.min() < 0 or idx.max() >= n):
+                bad = idx[(idx < 0) | (idx >= n)][0].item()
+                raise PTQ161Error(f"packed layer '{name}': {key} holds {bad}, outside 0..{n - 1} (damaged file?)")
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise PTQ161Error(f"packed layer '{name}': {key} is not sorted and unique (damaged file?)")
+        covered = torch.zeros(n, dtype=torch.bool, device=sal.device)
+        covered[sal], covered[binary] = True, True
+        if not bool(covered.all()):
+            raise PTQ161Error(f"packed layer '{name}': sal_idx and bin_idx overlap (damaged file?)")
+        if self.zero.numel() and int(self.zero.max()) > 15:
+            raise PTQ161Error(
+                f"packed layer '{name}': a zero point is {int(self.zero.max())}, above 15 (damaged file?)"
+            )
+        for key in (*FACTORS, "bias"):
+            t = getattr(self, key)
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise PTQ161Error(f"packed layer '{name}': {key} holds NaN or infinite values (damaged file?)")
 
     def mask(self) -> torch.Tensor:
         """The salient-channel mask, bool [n]."""
@@ -124,4 +153,14 @@ class PackedPTQ161Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, n_salient={self.n_salient}"
 
 
-__all__ = ["LUT_MAX_TOKENS", "PACKED_BUFFERS", "PackedPTQ161Linear"]
+def validate_lowbit_modules(model: nn.Module, prefix: str = "") -> int:
+    """``validate`` every packed and int8 module of ``model`` (names ``prefix + path``); returns how many."""
+    count = 0
+    for path, mod in model.named_modules():
+        if hasattr(mod, "validate"):
+            mod.validate(prefix + path)
+            count += 1
+    return count
+
+
+__all__ = ["LUT_MAX_TOKENS", "PACKED_BUFFERS", "PackedPTQ161Linear", "validate_lowbit_modules"]

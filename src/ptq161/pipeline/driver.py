@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import capture_block_inputs, record_input_stats, run_block
+from ..errors import check_finite
 from ..methods import BlockContext, Method, Parts
 from ..models import Adapter
 from ..models.lazy import LazyModel
@@ -136,10 +137,14 @@ def quantize_blockwise(
 
         ctx = BlockContext(i, block, linears, x_fp, x_q, y_fp, stats, call, report=report)
         out = method.quantize_block(ctx)
+        prefix = f"{adapter.layers}.{i}."
+        for name, parts in out.parts.items():  # nothing of this block is saved when one number is off
+            for key, t in parts.items():
+                check_finite(t, f"block {i}: {prefix}{name} {key}")
         y_q = run_block(block, x_q, call)
+        check_finite(y_q, f"block {i}: the quantized block's output")
         log = {"block": i, "rel_mse_out": _rel_mse(y_q, y_fp), **out.log, "seconds": time.perf_counter() - t0}
         result.block_logs.append(log)
-        prefix = f"{adapter.layers}.{i}."
         result.parts.update({prefix + k: v for k, v in out.parts.items()})
         x_fp, x_q = y_fp, y_q
         if state is not None:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
+from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import atomic_save_file, atomic_write_json, read_json
@@ -27,7 +28,7 @@ from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
 FORMAT_VERSION = 1
-META = "ptq161.json"
+META = OUTPUT_META
 PARTS = "ptq161_parts.safetensors"
 
 
@@ -77,7 +78,8 @@ def _finish(path: Path, tokenizer: Any, method: Method, parts: dict[str, Parts],
     tokenizer.save_pretrained(path)
     if not method.packs:
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
-    meta = {**meta, "weights_format": "packed" if method.packs else "dense"}
+    files = manifest(path, skip=(META, STATE_DIR))  # checked when the directory is loaded
+    meta = {**meta, "weights_format": "packed" if method.packs else "dense", "files": files}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
 

@@ -31,12 +31,12 @@ from ..data import calibration_windows
 from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
 from ..models import get_adapter, load_model
+from ..models.integrity import PREPROCESS_META, manifest
 from ..utils import atomic_write_json, peak_rss_mb
 from .output_dir import check_output_dir
 from .quantize import quantize
-from .state import RunState, load_training, save_training
+from .state import STATE_DIR, RunState, load_training, save_training
 
-PREPROCESS_META = "ptq161_preprocess.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # not o_proj, as the reference
 
 
@@ -216,6 +216,7 @@ def preprocess(
     progress: bool = True,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    verify: bool = True,
 ) -> PreprocessResult:
     """Quantize ``model_spec``, train a restorative LoRA on it, merge and save a plain model directory.
 
@@ -223,6 +224,7 @@ def preprocess(
     ``ptq161.quantize``); ``lora`` the adapter and its training. With ``resume=True`` an
     interrupted run in ``output`` continues from its last checkpoint. ``device`` / ``dtype``: where
     and in which dtype the model is quantized, trained and merged (the saved model keeps ``dtype``).
+    ``verify`` checks the model's files against their recorded sha256 before reading them.
     """
     lora = lora or LoRAConfig()
     calib = calib or CalibConfig()
@@ -242,7 +244,7 @@ def preprocess(
     t0 = time.perf_counter()
     stage = state.progress()
     if stage is not None:
-        model, tok = load_model(model_spec, device=device, dtype=dtype)
+        model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
         model.load_state_dict(state.load("quantized"), strict=False)
     else:
         res = quantize(
@@ -254,6 +256,7 @@ def preprocess(
             progress=progress,
             device=device,
             dtype=dtype,
+            verify=verify,
         )
         model, tok = res.model, res.tokenizer
         first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
@@ -285,6 +288,7 @@ def preprocess(
     }
     merged.save_pretrained(out)
     tok.save_pretrained(out)
+    meta["files"] = manifest(out, skip=(PREPROCESS_META, STATE_DIR))  # checked when the directory is loaded
     atomic_write_json(out / PREPROCESS_META, meta)
     state.remove()
     return PreprocessResult(merged, tok, out, meta)

@@ -50,6 +50,7 @@ def quantize(
     int8_head: bool = False,
     e2e: E2EConfig | None = None,
     max_memory: int | None = None,
+    verify: bool = True,
 ) -> QuantizeResult:
     """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
 
@@ -65,7 +66,8 @@ def quantize(
     available now) is block-onloaded (``ptq161.models.lazy``): one decoder block in memory at a
     time, written to ``output`` (required then) as it is finished. The end-to-end stage needs
     the whole model and is refused then. The returned model is then a ``LazyModel`` of the
-    output directory (``ptq161.evaluate_perplexity`` takes it).
+    output directory (``ptq161.evaluate_perplexity`` takes it). ``verify`` checks the model's
+    files against their recorded sha256 before reading them.
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -88,10 +90,10 @@ def quantize(
             )
         if out is None:
             raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
-        lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype)
+        lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype, verify=verify)
         model = lazy.model
     else:
-        model, tok = load_model(model_spec, device=device, dtype=dtype)
+        model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
     max_ctx = getattr(model.config, "max_position_embeddings", None)
     if max_ctx is not None and calib.seqlen > max_ctx:
         raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
