@@ -85,6 +85,69 @@ def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+LOCK_NAME = ".ptq161-lock"  # held in an output directory while a run writes into it
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The pid written in a lock file, or None when it is unreadable."""
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Hold ``path/.ptq161-lock`` (this process's pid) while a run writes into directory ``path``.
+
+    A second run on the same directory gets a one-line ``PTQ161Error``; the lock of a process
+    that no longer exists (a killed run) is taken over. The lock is removed on exit, and so is
+    the directory when this run created it and left nothing in it. ``None``: no lock.
+    """
+    if path is None:
+        yield
+        return
+    path = Path(path)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise PTQ161Error(
+                    f"output '{path}' is in use by another ptq161 run (pid {pid}); wait for it or choose another "
+                    "--output"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                lock.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        if created:
+            with contextlib.suppress(OSError):  # only when empty
+                path.rmdir()
+
+
 def python_rng(seed: int) -> random.Random:
     """A private ``random.Random`` seeded with ``seed``."""
     return random.Random(seed)

@@ -1,7 +1,8 @@
 """Command-line interface: one module per subcommand (``add_parser`` + ``run``) over ``ptq161.api``.
 
 Exit codes: 0 success, 2 a one-line error about the input (model, data, options, a damaged file), 3 a
-non-finite number (NaN / inf in the weights, a loss, a block output or a perplexity), 130 interrupted.
+non-finite number (NaN / inf in the weights, a loss, a block output or a perplexity), 4 the system refused
+a read or write (disk full, permissions), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from ..errors import PTQ161Error
 from . import bench, demo, generate, info, ppl, preprocess, quantize
 from . import eval as eval_cmd
-from .common import EXIT_USAGE, Parser
+from .common import EXIT_OS, EXIT_USAGE, Parser
 
 SUBCOMMANDS = (ppl, quantize, preprocess, info, generate, eval_cmd, bench, demo)
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ptq161",
         description="Extremely low-bit post-training quantization (PTQ1.61) of LLaMA-family models.",
         epilog="exit codes: 0 success, 2 bad input or a damaged file (one-line error), 3 a NaN or infinite number "
-        "(in the weights, a loss, a block output or a perplexity; the error names where), 130 interrupted",
+        "(in the weights, a loss, a block output or a perplexity; the error names where), 4 the system refused a "
+        "read or write (disk full, permissions), 130 interrupted",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PTQ161Error as e:
         print(f"ptq161: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the system refused a read or write: disk full, permissions, a vanished file
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ptq161: error: {e.strerror or e}{where} (nothing finished was written; --resume continues a run)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_OS
     except KeyboardInterrupt:
         print("ptq161: interrupted", file=sys.stderr)
         return 130

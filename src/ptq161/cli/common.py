@@ -13,6 +13,7 @@ from ..errors import PTQ161Error
 from ..methods import METHODS, Method, MethodConfig
 
 EXIT_USAGE = 2
+EXIT_OS = 4  # the system refused a read or write (disk full, permissions)
 
 
 class Parser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ from ..methods import Method, Parts
 from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn.packed import PACKED_BUFFERS
-from ..utils import atomic_save_file, atomic_write_json, read_json
+from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, read_json
 from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_int8_layout, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
@@ -41,7 +41,7 @@ def check_output_dir(path: Path, resume: bool, meta: str = META) -> None:
         return
     if not path.is_dir():
         raise PTQ161Error(f"output '{path}' exists and is not a directory")
-    entries = {p.name for p in path.iterdir()}
+    entries = {p.name for p in path.iterdir()} - {LOCK_NAME}  # the lock of this run
     if not entries:
         return
     if meta in entries:
@@ -78,7 +78,7 @@ def _finish(path: Path, tokenizer: Any, method: Method, parts: dict[str, Parts],
     tokenizer.save_pretrained(path)
     if not method.packs:
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
-    files = manifest(path, skip=(META, STATE_DIR))  # checked when the directory is loaded
+    files = manifest(path, skip=(META, STATE_DIR, LOCK_NAME))  # checked when the directory is loaded
     meta = {**meta, "weights_format": "packed" if method.packs else "dense", "files": files}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)

@@ -32,7 +32,7 @@ from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
 from ..models import get_adapter, load_model
 from ..models.integrity import PREPROCESS_META, manifest
-from ..utils import atomic_write_json, peak_rss_mb
+from ..utils import LOCK_NAME, atomic_write_json, output_lock, peak_rss_mb
 from .output_dir import check_output_dir
 from .quantize import quantize
 from .state import STATE_DIR, RunState, load_training, save_training
@@ -231,67 +231,70 @@ def preprocess(
     method_cls = get_method(method)
     method_config = method_config or method_cls.config_class()
     out = Path(output)
-    check_output_dir(out, resume, meta=PREPROCESS_META)
-    settings = {
-        "model": model_spec,
-        "method": method,
-        "method_config": method_config.to_dict(),
-        "calibration": calib.to_dict(),
-        "lora": lora.to_dict(),
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-    state = RunState(out, settings)
-    t0 = time.perf_counter()
-    stage = state.progress()
-    if stage is not None:
-        model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
-        model.load_state_dict(state.load("quantized"), strict=False)
-    else:
-        res = quantize(
-            model_spec,
-            method,
-            method_config=method_config,
-            calib=calib,
-            data_dir=data_dir,
-            progress=progress,
-            device=device,
-            dtype=dtype,
-            verify=verify,
-        )
-        model, tok = res.model, res.tokenizer
-        first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
-        state.save("quantized", _quantized_linears(model))
-        stage = {"first_pass": first, "step": 0, "losses": []}
-        state.commit(stage)
+    with output_lock(out):  # one run at a time per output directory
+        check_output_dir(out, resume, meta=PREPROCESS_META)
+        settings = {
+            "model": model_spec,
+            "method": method,
+            "method_config": method_config.to_dict(),
+            "calibration": calib.to_dict(),
+            "lora": lora.to_dict(),
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+        state = RunState(out, settings)
+        t0 = time.perf_counter()
+        stage = state.progress()
+        if stage is not None:
+            model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
+            model.load_state_dict(state.load("quantized"), strict=False)
+        else:
+            res = quantize(
+                model_spec,
+                method,
+                method_config=method_config,
+                calib=calib,
+                data_dir=data_dir,
+                progress=progress,
+                device=device,
+                dtype=dtype,
+                verify=verify,
+            )
+            model, tok = res.model, res.tokenizer
+            first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}
+            state.save("quantized", _quantized_linears(model))
+            stage = {"first_pass": first, "step": 0, "losses": []}
+            state.commit(stage)
 
-    windows, data_source = calibration_windows(
-        lora.data, tok, nsamples=lora.steps * lora.batch_size, seqlen=lora.seqlen, seed=lora.seed, data_dir=data_dir
-    )
-    model.config.use_cache = False
-    # LoRA init and dropout draw from torch's global RNG: seed it inside fork_rng so the
-    # caller's RNG is untouched; its state is checkpointed with the adapter for resume
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(lora.seed)
-        pm, losses = _train(model, lora, windows, state, stage, progress)
-    pm.eval()
-    merged = pm.merge_and_unload()
-    merged.config.use_cache = True
-    meta = {
-        **settings,
-        "device": str(device),
-        "first_pass": stage["first_pass"],
-        "lora_data_source": data_source,
-        "losses": losses,
-        "seconds": time.perf_counter() - t0,
-        "peak_rss_mb": peak_rss_mb(),
-        "note": "a plain model directory (W_hat1 + alpha/r * B A): quantize it like any model",
-    }
-    merged.save_pretrained(out)
-    tok.save_pretrained(out)
-    meta["files"] = manifest(out, skip=(PREPROCESS_META, STATE_DIR))  # checked when the directory is loaded
-    atomic_write_json(out / PREPROCESS_META, meta)
-    state.remove()
-    return PreprocessResult(merged, tok, out, meta)
+        windows, data_source = calibration_windows(
+            lora.data, tok, nsamples=lora.steps * lora.batch_size, seqlen=lora.seqlen, seed=lora.seed, data_dir=data_dir
+        )
+        model.config.use_cache = False
+        # LoRA init and dropout draw from torch's global RNG: seed it inside fork_rng so the
+        # caller's RNG is untouched; its state is checkpointed with the adapter for resume
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(lora.seed)
+            pm, losses = _train(model, lora, windows, state, stage, progress)
+        pm.eval()
+        merged = pm.merge_and_unload()
+        merged.config.use_cache = True
+        meta = {
+            **settings,
+            "device": str(device),
+            "first_pass": stage["first_pass"],
+            "lora_data_source": data_source,
+            "losses": losses,
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(),
+            "note": "a plain model directory (W_hat1 + alpha/r * B A): quantize it like any model",
+        }
+        merged.save_pretrained(out)
+        tok.save_pretrained(out)
+        meta["files"] = manifest(
+            out, skip=(PREPROCESS_META, STATE_DIR, LOCK_NAME)
+        )  # checked when the directory is loaded
+        atomic_write_json(out / PREPROCESS_META, meta)
+        state.remove()
+        return PreprocessResult(merged, tok, out, meta)
 
 
 def preset_settings(name: str) -> tuple[CalibConfig, int, LoRAConfig]:

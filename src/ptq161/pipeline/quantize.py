@@ -16,7 +16,7 @@ from ..data import calibration_windows
 from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
 from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
-from ..utils import peak_rss_mb
+from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
 from .e2e import E2EConfig, teacher_topk, train_end_to_end
@@ -79,60 +79,61 @@ def quantize(
     if e2e.steps and not impl.trains_end_to_end:
         raise PTQ161Error(f"method '{method}' with these settings has no end-to-end stage (--e2e-steps)")
     out = Path(output) if output is not None else None
-    if out is not None:
-        output_dir.check_output_dir(out, resume)
-    lazy = None
-    if onloads(model_spec, dtype, max_memory):
+    with output_lock(out):  # one run at a time per output directory
+        if out is not None:
+            output_dir.check_output_dir(out, resume)
+        lazy = None
+        if onloads(model_spec, dtype, max_memory):
+            if e2e.steps:
+                raise PTQ161Error(
+                    "the model does not fit the memory budget (block onloading), and the end-to-end stage needs it "
+                    "whole: pass --e2e-steps 0 or a larger --max-memory"
+                )
+            if out is None:
+                raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
+            lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype, verify=verify)
+            model = lazy.model
+        else:
+            model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
+        max_ctx = getattr(model.config, "max_position_embeddings", None)
+        if max_ctx is not None and calib.seqlen > max_ctx:
+            raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
+        windows, calib_source = calibration_windows(
+            calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
+        )
+        settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
+        settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
         if e2e.steps:
-            raise PTQ161Error(
-                "the model does not fit the memory budget (block onloading), and the end-to-end stage needs it "
-                "whole: pass --e2e-steps 0 or a larger --max-memory"
-            )
-        if out is None:
-            raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
-        lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype, verify=verify)
-        model = lazy.model
-    else:
-        model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
-    max_ctx = getattr(model.config, "max_position_embeddings", None)
-    if max_ctx is not None and calib.seqlen > max_ctx:
-        raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
-    windows, calib_source = calibration_windows(
-        calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
-    )
-    settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
-    settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
-    if e2e.steps:
-        settings["e2e"] = e2e.to_dict()
-    state = RunState(out, settings) if out is not None else None
-    t0 = time.perf_counter()
-    teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
-    need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
-    streams = streams_placement(device, need)
-    res = quantize_blockwise(
-        model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy, streams_device=streams
-    )
-    e2e_log = None
-    if e2e.steps:
-        e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
-        res.parts, e2e_log = train_end_to_end(model, impl, res.parts, windows, teacher, e2e, e2e_state, progress)
-    meta = {
-        **settings,
-        "device": str(device),
-        "streams_device": str(streams),
-        "calibration_source": calib_source,
-        "seconds": time.perf_counter() - t0,
-        "peak_rss_mb": peak_rss_mb(),
-        "bits": output_dir.bits_report(impl, res.parts),
-        "block_logs": res.block_logs,
-        **({"e2e_log": e2e_log} if e2e_log is not None else {}),
-    }
-    meta["int8_head"] = int8_head
-    meta["block_onloading"] = lazy is not None
-    if lazy is not None:
-        output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
-        return QuantizeResult(load_model_lazy(str(out), device=device, dtype=dtype)[0], tok, out, meta, res.parts)
-    if out is not None:
-        output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
-        model.to(device)  # the packed modules are built on the CPU
-    return QuantizeResult(model, tok, out, meta, res.parts)
+            settings["e2e"] = e2e.to_dict()
+        state = RunState(out, settings) if out is not None else None
+        t0 = time.perf_counter()
+        teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
+        need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
+        streams = streams_placement(device, need)
+        res = quantize_blockwise(
+            model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy, streams_device=streams
+        )
+        e2e_log = None
+        if e2e.steps:
+            e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
+            res.parts, e2e_log = train_end_to_end(model, impl, res.parts, windows, teacher, e2e, e2e_state, progress)
+        meta = {
+            **settings,
+            "device": str(device),
+            "streams_device": str(streams),
+            "calibration_source": calib_source,
+            "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb(),
+            "bits": output_dir.bits_report(impl, res.parts),
+            "block_logs": res.block_logs,
+            **({"e2e_log": e2e_log} if e2e_log is not None else {}),
+        }
+        meta["int8_head"] = int8_head
+        meta["block_onloading"] = lazy is not None
+        if lazy is not None:
+            output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
+            return QuantizeResult(load_model_lazy(str(out), device=device, dtype=dtype)[0], tok, out, meta, res.parts)
+        if out is not None:
+            output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
+            model.to(device)  # the packed modules are built on the CPU
+        return QuantizeResult(model, tok, out, meta, res.parts)
