@@ -10,6 +10,7 @@ import torch
 from ..api import load
 from ..errors import PTQ161Error
 from ..runtime import greedy_generate
+from ..runtime.generate import decode_path
 from .common import add_device, add_no_verify, positive_int
 
 
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     print(args.prompt + tok.decode(new, skip_special_tokens=True))
     print(
         f"[{len(new)} tokens; prompt of {ids.shape[1]} tokens in {prefill_s:.2f} s (first call: includes loading "
-        f"the kernels); decode {(len(new) - 1) / max(decode_s, 1e-9):.1f} tok/s; `ptq161 bench` measures warm speeds]",
+        f"the kernels); decode {(len(new) - 1) / max(decode_s, 1e-9):.1f} tok/s through "
+        f"{decode_path(model, args.engine)}; `ptq161 bench` measures warm speeds]",
         file=sys.stderr,
     )
     return 0

@@ -84,27 +84,45 @@ def _matches(adapter: Adapter, model: nn.Module) -> bool:
         return False
 
 
+def _path_of(model: nn.Module, target: nn.Module | None) -> str | None:
+    """The dotted path of submodule ``target`` in ``model`` (None when absent)."""
+    if target is None:
+        return None
+    return next((path for path, mod in model.named_modules() if mod is target), None)
+
+
 def discover_adapter(model: nn.Module) -> Adapter | None:
-    """Generic fallback: find the decoder-layer list and the linears of its first layer.
+    """Generic fallback: find the decoder-layer list, its linears, the embedding, final norm and head.
 
     The decoder-layer class is taken from ``model._no_split_modules`` (as transformers
-    declares it); each linear becomes its own group (statistics are then computed per
-    layer, which is correct, just not shared).
+    declares it); each linear (dense or already packed) becomes its own group (statistics are
+    then computed per layer, which is correct, just not shared). The embedding and the head
+    are the modules transformers returns from ``get_input_embeddings`` /
+    ``get_output_embeddings``; the final norm is the last norm outside the layers; the rotary
+    embedding, if any, the module outside the layers whose class says so. None when one of
+    them cannot be found.
     """
     classes = set(getattr(model, "_no_split_modules", None) or [])
+    linear_types = (nn.Linear, PackedPTQ161Linear)
     for path, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) and type(mod[0]).__name__ in classes:
-            linears = tuple(n for n, m in mod[0].named_modules() if isinstance(m, nn.Linear))
-            if not linears:
+            linears = tuple(n for n, m in mod[0].named_modules() if isinstance(m, linear_types))
+            embed = _path_of(model, model.get_input_embeddings())
+            head = _path_of(model, model.get_output_embeddings())
+            outside = [(p, type(m).__name__.lower()) for p, m in model.named_modules() if p and p.split(".")[0] != ""]
+            outside = [(p, cls) for p, cls in outside if p != path and not p.startswith(path + ".")]
+            norms = [p for p, cls in outside if "norm" in cls]
+            rotary = next((p for p, cls in outside if "rotary" in cls), None)
+            if not linears or embed is None or head is None or not norms:
                 return None
-            prefix = path.rsplit(".", 1)[0] if "." in path else ""
-
             return Adapter(
                 name="discovered",
                 architectures=tuple(getattr(model.config, "architectures", None) or ()),
                 layers=path,
-                embed=f"{prefix}.embed_tokens" if prefix else "embed_tokens",
-                final_norm=f"{prefix}.norm" if prefix else "norm",
+                embed=embed,
+                final_norm=norms[-1],
+                lm_head=head,
+                rotary=rotary,
                 linear_groups=tuple((n,) for n in linears),
             )
     return None

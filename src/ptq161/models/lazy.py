@@ -107,7 +107,14 @@ class SafetensorsDir:
                 raise PTQ161Error(f"{self.path / 'model.safetensors'} is unreadable: {first}") from None
         else:
             raise PTQ161Error(f"{self.path} holds no safetensors weights (block onloading reads safetensors only)")
-        self.weight_map: dict[str, str] = weight_map
+        self.weight_map: dict[str, str] = weight_map  # tensor name (as the model names it) -> file
+        self.file_key: dict[str, str] = {k: k for k in weight_map}  # tensor name -> its name in the file
+
+    def rename(self, rename_key) -> None:
+        """Name the tensors as the model does: ``rename_key(name in the file) -> model name``."""
+        renamed = {rename_key(k): k for k in self.file_key.values()}
+        self.weight_map = {new: self.weight_map[old] for new, old in renamed.items()}
+        self.file_key = renamed
 
     def keys_under(self, prefix: str) -> list[str]:
         """Tensor names starting with ``prefix``."""
@@ -122,7 +129,7 @@ class SafetensorsDir:
         for file, keys in by_file.items():
             with safe_open(str(self.path / file), "pt") as f:
                 for k in keys:
-                    out[k] = f.get_tensor(k)
+                    out[k] = f.get_tensor(self.file_key[k])
         return out
 
     def info(self) -> dict[str, tuple[int, str]]:
@@ -191,7 +198,8 @@ class LazyModel:
     def _load(self, module: nn.Module, prefix: str) -> nn.Module:
         names = self.weights.keys_under(prefix)
         alias = {}
-        if not names and prefix == self.adapter.lm_head + ".":  # tied: the head is the embedding
+        tied = getattr(self.model.config, "tie_word_embeddings", False)
+        if not names and tied and prefix == self.adapter.lm_head + ".":  # the head is the embedding
             alias = {prefix + "weight": f"{self.adapter.embed}.weight"}
             names = [alias[prefix + "weight"]]
         _materialize(module, self.weights.load(names), prefix, self.device, alias)
@@ -254,6 +262,30 @@ def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int) -> bool:
     return need is None or need <= budget // 2
 
 
+def _checkpoint_renames(model: nn.Module, weights: SafetensorsDir):
+    """``file name -> model name`` of the tensors, by the renames transformers applies when it loads
+    ``model`` (e.g. GPT-NeoX's ``embed_out`` -> ``lm_head``); ``PTQ161Error`` when the checkpoint needs
+    one of transformers' other conversions (merged or split tensors), which block onloading does not do."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    transforms = get_model_conversion_mapping(model)
+    renames = [t for t in transforms if isinstance(t, WeightRenaming)]
+    for t in transforms:
+        if not isinstance(t, WeightRenaming) and any(t.rename_source_key(k)[1] for k in weights.file_key):
+            raise PTQ161Error(
+                f"block onloading cannot read this {type(model).__name__} checkpoint (transformers converts its "
+                "tensors while loading): give a --max-memory the whole model fits in"
+            )
+
+    def rename_key(key: str) -> str:
+        for t in renames:
+            key = t.rename_source_key(key)[0]
+        return key
+
+    return rename_key
+
+
 def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", dtype=torch.float32) -> LazyModel:
     """The skeleton of the model in directory ``where``: nothing loaded but the small modules.
 
@@ -277,6 +309,7 @@ def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", 
         replace_with_packed(model, q["layers"], q.get("int8_modules") or [])
         model.config.quantization_config = quant
     adapter = get_adapter(model)
+    weights.rename(_checkpoint_renames(model, weights))
     lazy = LazyModel(model, adapter, weights, device)
     if adapter.rotary is not None:
         with torch.device(device):

@@ -29,6 +29,15 @@ class SpeedResult:
         return asdict(self)
 
 
+def decode_path(model: nn.Module, engine: str) -> str:
+    """How ``greedy_generate(model, ..., engine)`` decodes, in words: the fused engine, or the model's
+    forward and why (the engine's reason it does not apply, or ``--engine off``)."""
+    if engine == "off":
+        return "the model's forward (--engine off)"
+    reason = DecodeEngine.unsupported_reason(model)
+    return "the fused engine" if reason is None else f"the model's forward (the fused engine does not apply: {reason})"
+
+
 def pick_engine(model: nn.Module, engine: str, max_len: int):
     """The fused decode engine for ``model`` or None.
 
