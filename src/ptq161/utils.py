@@ -61,7 +61,7 @@ def read_json(path: str | os.PathLike[str], hint: str = "") -> Any:
     """Parse the JSON file at ``path``; a damaged file is a one-line ``PTQ161Error`` (``hint`` says what to do)."""
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PTQ161Error(f"{path} is corrupted ({e}){hint}") from None
 
 

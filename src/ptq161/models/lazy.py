@@ -57,13 +57,17 @@ def available_memory() -> int:
 def tensor_info(file: str | Path) -> dict[str, tuple[int, str]]:
     """``{name: (number of elements, safetensors dtype)}`` of one safetensors file, from its header."""
     out = {}
-    with safe_open(str(file), "pt") as f:
-        for k in f.keys():
-            sl = f.get_slice(k)
-            numel = 1
-            for d in sl.get_shape():
-                numel *= d
-            out[k] = (numel, sl.get_dtype())
+    try:
+        with safe_open(str(file), "pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                numel = 1
+                for d in sl.get_shape():
+                    numel *= d
+                out[k] = (numel, sl.get_dtype())
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PTQ161Error(f"{file} is unreadable: {first}") from None
     return out
 
 
@@ -97,7 +101,10 @@ class SafetensorsDir:
         self.path = Path(path)
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map = dict(json.loads(index.read_text())["weight_map"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise PTQ161Error(f"{index} is damaged (not a safetensors index)") from None
         elif (self.path / "model.safetensors").is_file():
             try:
                 with safe_open(str(self.path / "model.safetensors"), "pt") as f:
