@@ -29,14 +29,20 @@ __all__ = [
 
 
 def load(
-    path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+    trust_remote_code: bool = False,
 ) -> tuple[nn.Module, Tokenizer]:
     """Load a ptq161 output directory (packed or dense) or any model spec: ``(model, tokenizer)``.
 
     ``dtype`` is the compute dtype of the dense parts; packed layers keep their stored
     fp16 factors and compute in the input's dtype. ``verify`` checks the files against the
-    sha256 recorded when they were written (``IntegrityError`` names a damaged file)."""
-    return load_model(str(path), device=device, dtype=dtype, verify=verify)
+    sha256 recorded when they were written (``IntegrityError`` names a damaged file).
+    ``trust_remote_code`` lets a model directory's own Python code run (refused otherwise)."""
+    return load_model(str(path), device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code)
 
 
 def evaluate_perplexity(

@@ -8,7 +8,7 @@ from ..api import load
 from ..eval.report import markdown_table
 from ..runtime import measure_speed
 from ..utils import atomic_write_json, peak_rss_mb
-from .common import add_device, add_no_verify, positive_int
+from .common import add_device, add_load_options, load_options, positive_int
 from .generate import add_engine_option
 
 PROMPT_TEXT = "The history of the city begins in the early middle ages, when " * 64
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the timings to this JSON file")
     add_engine_option(p)
     add_device(p)
-    add_no_verify(p)
+    add_load_options(p)
     p.set_defaults(func=run)
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Time each model and print a table."""
     rows, results = [], {}
     for spec in [args.model, *([args.against] if args.against else [])]:
-        model, tok = load(spec, device=args.device, verify=not args.no_verify)
+        model, tok = load(spec, device=args.device, **load_options(args))
         ids = tok(PROMPT_TEXT, return_tensors="pt").input_ids[:, : args.prompt_tokens].to(args.device)
         r = measure_speed(model, ids, args.new_tokens, engine=args.engine)
         results[spec] = r.to_dict()

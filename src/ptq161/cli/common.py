@@ -106,14 +106,25 @@ def add_max_memory(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_no_verify(p: argparse.ArgumentParser) -> None:
-    """``--no-verify``."""
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """``--no-verify`` and ``--trust-remote-code``."""
     p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip checking the model's files against the sha256 recorded when they were written (ptq161 "
         "outputs, the model cache); saves about a second per GB read",
     )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model directory's own Python code (auto_map in its config) to run; without it such a "
+        "model is refused",
+    )
+
+
+def load_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The ``verify`` / ``trust_remote_code`` keywords of the loading functions, from the flags."""
+    return {"verify": not args.no_verify, "trust_remote_code": args.trust_remote_code}
 
 
 def add_dtype(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from ..eval.report import markdown_table, run_metadata
 from ..eval.zeroshot import PAPER_TASKS, TASKS, evaluate_zeroshot, parse_tasks, require_lm_eval
 from ..pipeline.convert import dequantize_model_in_place
 from ..utils import atomic_write_json
-from .common import add_data_dir, add_device, add_dtype, add_no_verify, positive_int, torch_dtype
+from .common import add_data_dir, add_device, add_dtype, add_load_options, load_options, positive_int, torch_dtype
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
-    add_no_verify(p)
+    add_load_options(p)
     p.set_defaults(func=run)
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate the tasks and print a table (JSON with ``--json``)."""
     tasks = parse_tasks(args.tasks)
     require_lm_eval()
-    model, tok = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype), verify=not args.no_verify)
+    model, tok = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype), **load_options(args))
     if not args.keep_packed:
         dequantize_model_in_place(model)
     res = evaluate_zeroshot(

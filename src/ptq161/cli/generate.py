@@ -11,7 +11,7 @@ from ..api import load
 from ..errors import PTQ161Error
 from ..runtime import greedy_generate
 from ..runtime.generate import decode_path
-from .common import add_device, add_no_verify, positive_int
+from .common import add_device, add_load_options, load_options, positive_int
 
 
 def add_engine_option(p: argparse.ArgumentParser) -> None:
@@ -33,13 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate (default: 32)")
     add_engine_option(p)
     add_device(p)
-    add_no_verify(p)
+    add_load_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the prompt and its continuation (timings on stderr)."""
-    model, tok = load(args.model, device=args.device, verify=not args.no_verify)
+    model, tok = load(args.model, device=args.device, **load_options(args))
     ids = tok(args.prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise PTQ161Error("the prompt is empty")

@@ -17,9 +17,10 @@ from .common import (
     add_data_dir,
     add_device,
     add_dtype,
+    add_load_options,
     add_max_memory,
-    add_no_verify,
     csv_list,
+    load_options,
     positive_int,
     torch_dtype,
 )
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
-    add_no_verify(p)
+    add_load_options(p)
     add_max_memory(p)
     p.set_defaults(func=run)
 
@@ -56,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
     if onloads(args.model, dtype, args.max_memory):
-        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype, verify=not args.no_verify)
+        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype, **load_options(args))
         print(f"model: {args.model} is over half the memory budget: evaluated block by block (onloading)")
     else:
-        model, tok = load_model(args.model, device=args.device, dtype=dtype, verify=not args.no_verify)
+        model, tok = load_model(args.model, device=args.device, dtype=dtype, **load_options(args))
     results = evaluate_perplexity(
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )

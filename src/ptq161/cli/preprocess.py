@@ -12,8 +12,9 @@ from .common import (
     add_data_dir,
     add_device,
     add_dtype,
+    add_load_options,
     add_method_options,
-    add_no_verify,
+    load_options,
     method_config,
     non_negative_int,
     positive_int,
@@ -62,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
-    add_no_verify(p)
+    add_load_options(p)
     p.set_defaults(func=run)
 
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         device=args.device,
         dtype=torch_dtype(args.dtype),
-        verify=not args.no_verify,
+        **load_options(args),
     )
     losses = res.meta["losses"]
     k = max(1, len(losses) // 10)

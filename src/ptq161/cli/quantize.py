@@ -15,10 +15,11 @@ from .common import (
     add_data_dir,
     add_device,
     add_dtype,
+    add_load_options,
     add_max_memory,
     add_method_options,
-    add_no_verify,
     config_from_args,
+    load_options,
     method_config,
     options_of,
     positive_int,
@@ -55,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     add_dtype(p)
     add_max_memory(p)
-    add_no_verify(p)
+    add_load_options(p)
     p.set_defaults(func=run)
 
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         max_memory=args.max_memory,
         int8_head=args.int8_head,
         e2e=e2e,
-        verify=not args.no_verify,
+        **load_options(args),
     )
     bits = res.meta["bits"]
     print(f"saved {output}")

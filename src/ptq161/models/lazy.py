@@ -293,7 +293,14 @@ def _checkpoint_renames(model: nn.Module, weights: SafetensorsDir):
     return rename_key
 
 
-def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", dtype=torch.float32) -> LazyModel:
+def load_lazy(
+    where: str | Path,
+    config,
+    *,
+    device: str | torch.device = "cpu",
+    dtype=torch.float32,
+    trust_remote_code: bool = False,
+) -> LazyModel:
     """The skeleton of the model in directory ``where``: nothing loaded but the small modules.
 
     config: the model's transformers config (a packed ptq161 directory's config gets packed
@@ -310,7 +317,7 @@ def load_lazy(where: str | Path, config, *, device: str | torch.device = "cpu", 
     if quant is not None:
         config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if quant is not None:
         q = quant if isinstance(quant, dict) else quant.to_dict()
         replace_with_packed(model, q["layers"], q.get("int8_modules") or [])

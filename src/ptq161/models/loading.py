@@ -159,20 +159,37 @@ def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
     return not fits_in_memory(resolve_model_path(spec), dtype, budget)  # a hub id fits: loaded whole
 
 
+def _remote_code_error(spec: str, e: Exception) -> PTQ161Error:
+    """The one-line error for a failed load; names ``--trust-remote-code`` when that is the reason."""
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    if "trust_remote_code" in str(e):
+        return PTQ161Error(
+            f"model '{spec}' ships its own Python code (auto_map in its config.json); ptq161 runs it only with "
+            "--trust-remote-code (trust_remote_code=True), after you have read it"
+        )
+    return PTQ161Error(f"cannot load model '{spec}': {first}")
+
+
 def load_model_lazy(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, verify: bool = True
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+    trust_remote_code: bool = False,
 ) -> tuple[LazyModel, Tokenizer]:
     """``(LazyModel, tokenizer)``: the model's skeleton with its decoder layers left on disk (block onloading).
 
-    ``verify``: check the files against their recorded sha256 first (see ``resolve_model_path``).
+    ``verify``: check the files against their recorded sha256 first (see ``resolve_model_path``);
+    ``trust_remote_code``: allow a model directory's own code to run (refused otherwise).
     """
     where = resolve_model_path(spec, verify=verify)
     try:
-        config = AutoConfig.from_pretrained(where)
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise PTQ161Error(f"cannot load model '{spec}': {str(e).splitlines()[0]}") from None
-    return load_lazy(where, config, device=device, dtype=dtype), tokenizer
+        raise _remote_code_error(spec, e) from None
+    return load_lazy(where, config, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
 
 
 def load_model(
@@ -181,6 +198,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, Tokenizer]:
     """Load ``(model, tokenizer)`` for ``spec`` in eval mode.
 
@@ -188,23 +206,28 @@ def load_model(
     output), or a hub id. Raises ``PTQ161Error`` with a one-line reason on failure and
     ``UnsupportedModelError`` for architectures without an adapter. ``verify``: check the
     files against their recorded sha256 first (``IntegrityError`` naming a damaged file).
+    ``trust_remote_code``: allow a model directory's own Python code to run (refused otherwise).
     """
     where = resolve_model_path(spec, verify=verify)
     _check_fits_ram(spec, where, dtype)
     register_quantizer()  # packed ptq161 directories load through transformers' quantizer hooks
     try:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        hint = " (no network or hub here?)" if _looks_like_hub_id(where) and not Path(where).exists() else ""
-        raise PTQ161Error(f"cannot load model '{spec}'{hint}: {str(e).splitlines()[0]}") from None
+        if _looks_like_hub_id(where) and not Path(where).exists():
+            raise PTQ161Error(
+                f"cannot load model '{spec}' (no network or hub here?): {str(e).splitlines()[0]}"
+            ) from None
+        raise _remote_code_error(spec, e) from None
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            where, config=config, dtype=dtype, output_loading_info=True, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except PTQ161Error:
         raise
     except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise PTQ161Error(f"cannot load model '{spec}': {first}") from None
+        raise _remote_code_error(spec, e) from None
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
     if missing:
         raise PTQ161Error(

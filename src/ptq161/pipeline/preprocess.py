@@ -217,6 +217,7 @@ def preprocess(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
+    trust_remote_code: bool = False,
 ) -> PreprocessResult:
     """Quantize ``model_spec``, train a restorative LoRA on it, merge and save a plain model directory.
 
@@ -225,6 +226,7 @@ def preprocess(
     interrupted run in ``output`` continues from its last checkpoint. ``device`` / ``dtype``: where
     and in which dtype the model is quantized, trained and merged (the saved model keeps ``dtype``).
     ``verify`` checks the model's files against their recorded sha256 before reading them.
+    ``trust_remote_code`` lets a model directory's own Python code run (refused otherwise).
     """
     lora = lora or LoRAConfig()
     calib = calib or CalibConfig()
@@ -245,7 +247,9 @@ def preprocess(
         t0 = time.perf_counter()
         stage = state.progress()
         if stage is not None:
-            model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
+            model, tok = load_model(
+                model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
+            )
             model.load_state_dict(state.load("quantized"), strict=False)
         else:
             res = quantize(
@@ -258,6 +262,7 @@ def preprocess(
                 device=device,
                 dtype=dtype,
                 verify=verify,
+                trust_remote_code=trust_remote_code,
             )
             model, tok = res.model, res.tokenizer
             first = {k: res.meta[k] for k in ("calibration_source", "seconds", "bits") if k in res.meta}

@@ -51,6 +51,7 @@ def quantize(
     e2e: E2EConfig | None = None,
     max_memory: int | None = None,
     verify: bool = True,
+    trust_remote_code: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
 
@@ -67,7 +68,8 @@ def quantize(
     time, written to ``output`` (required then) as it is finished. The end-to-end stage needs
     the whole model and is refused then. The returned model is then a ``LazyModel`` of the
     output directory (``ptq161.evaluate_perplexity`` takes it). ``verify`` checks the model's
-    files against their recorded sha256 before reading them.
+    files against their recorded sha256 before reading them. ``trust_remote_code``
+    lets a model directory's own Python code run (refused otherwise).
     """
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
@@ -91,10 +93,14 @@ def quantize(
                 )
             if out is None:
                 raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
-            lazy, tok = load_model_lazy(model_spec, device=device, dtype=dtype, verify=verify)
+            lazy, tok = load_model_lazy(
+                model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
+            )
             model = lazy.model
         else:
-            model, tok = load_model(model_spec, device=device, dtype=dtype, verify=verify)
+            model, tok = load_model(
+                model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
+            )
         max_ctx = getattr(model.config, "max_position_embeddings", None)
         if max_ctx is not None and calib.seqlen > max_ctx:
             raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
