@@ -78,10 +78,19 @@ def _finish(path: Path, tokenizer: Any, method: Method, parts: dict[str, Parts],
     tokenizer.save_pretrained(path)
     if not method.packs:
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
+    remove_leftovers(path)
     files = manifest(path, skip=(META, STATE_DIR, LOCK_NAME))  # checked when the directory is loaded
     meta = {**meta, "weights_format": "packed" if method.packs else "dense", "files": files}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of interrupted atomic writes (``.NAME.tmp``, ``.NAME.XXXX``) in ``path``:
+    every dot-file at its top level but the run's state and lock."""
+    for p in path.iterdir():
+        if p.name.startswith(".") and p.name not in (STATE_DIR, LOCK_NAME) and p.is_file():
+            p.unlink()
 
 
 def write_output_lazy(

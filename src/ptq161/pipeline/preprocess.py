@@ -33,7 +33,7 @@ from ..methods import MethodConfig, get_method
 from ..models import get_adapter, load_model
 from ..models.integrity import PREPROCESS_META, manifest
 from ..utils import LOCK_NAME, atomic_write_json, output_lock, peak_rss_mb
-from .output_dir import check_output_dir
+from .output_dir import check_output_dir, remove_leftovers
 from .quantize import quantize
 from .state import STATE_DIR, RunState, load_training, save_training
 
@@ -294,9 +294,8 @@ def preprocess(
         }
         merged.save_pretrained(out)
         tok.save_pretrained(out)
-        meta["files"] = manifest(
-            out, skip=(PREPROCESS_META, STATE_DIR, LOCK_NAME)
-        )  # checked when the directory is loaded
+        remove_leftovers(out)  # temporary files of interrupted writes
+        meta["files"] = manifest(out, skip=(PREPROCESS_META, STATE_DIR, LOCK_NAME))  # checked on load
         atomic_write_json(out / PREPROCESS_META, meta)
         state.remove()
         return PreprocessResult(merged, tok, out, meta)
