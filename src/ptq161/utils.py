@@ -39,6 +39,24 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+@contextlib.contextmanager
+def os_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an I/O failure that a library reports in its own exception type (safetensors:
+    ``... I/O error: File too large (os error 27)``) as the ``OSError`` it is, naming ``path``."""
+    import re
+
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def atomic_save_file(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
 ) -> None:
@@ -49,7 +67,8 @@ def atomic_save_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with os_errors(path):
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

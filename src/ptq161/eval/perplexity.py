@@ -111,21 +111,21 @@ def blockwise_nlls(lazy: LazyModel, wins: torch.Tensor, progress: bool = False, 
     norm = model.get_submodule(adapter.final_norm)
     nlls: list[float] = []
     bar = tqdm(total=wins.shape[0] * lazy.num_blocks, desc="ppl blocks", unit="win-block", disable=not progress)
-    for g in range(0, wins.shape[0], group):
-        ids = wins[g : g + group].to(lazy.device)
-        lazy.load_module(adapter.embed)  # the embedding and the head are never in memory together
-        x, call = capture_block_inputs(model, adapter, ids)
-        lazy.release_module(adapter.embed)
-        for i in range(lazy.num_blocks):
-            x = run_block(lazy.load_block(i), x, call)
-            lazy.release_block(i)
-            check_finite(x, f"the output of block {i} (windows {g}..{g + ids.shape[0] - 1})")
-            bar.update(ids.shape[0])
-        head = lazy.load_module(adapter.lm_head)
-        for k in range(ids.shape[0]):
-            nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k]))
-        lazy.release_module(adapter.lm_head)
-    bar.close()
+    with bar:  # closed (its line ended) also when an error stops the loop
+        for g in range(0, wins.shape[0], group):
+            ids = wins[g : g + group].to(lazy.device)
+            lazy.load_module(adapter.embed)  # the embedding and the head are never in memory together
+            x, call = capture_block_inputs(model, adapter, ids)
+            lazy.release_module(adapter.embed)
+            for i in range(lazy.num_blocks):
+                x = run_block(lazy.load_block(i), x, call)
+                lazy.release_block(i)
+                check_finite(x, f"the output of block {i} (windows {g}..{g + ids.shape[0] - 1})")
+                bar.update(ids.shape[0])
+            head = lazy.load_module(adapter.lm_head)
+            for k in range(ids.shape[0]):
+                nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k]))
+            lazy.release_module(adapter.lm_head)
     return nlls
 
 

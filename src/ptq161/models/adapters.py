@@ -113,6 +113,9 @@ def discover_adapter(model: nn.Module) -> Adapter | None:
             outside = [(p, cls) for p, cls in outside if p != path and not p.startswith(path + ".")]
             norms = [p for p, cls in outside if "norm" in cls]
             rotary = next((p for p, cls in outside if "rotary" in cls), None)
+            causal = [m.is_causal for m in mod[0].modules() if isinstance(getattr(m, "is_causal", None), bool)]
+            if causal and not any(causal):  # an encoder's bidirectional attention (e.g. BERT as BertLMHeadModel)
+                return None
             if not linears or embed is None or head is None or not norms:
                 return None
             return Adapter(
@@ -141,5 +144,5 @@ def get_adapter(model: nn.Module) -> Adapter:
     raise UnsupportedModelError(
         f"unsupported model architecture {sorted(archs)}; supported: "
         + ", ".join(supported_architectures())
-        + " (and decoder-only models whose layers transformers lists in _no_split_modules)"
+        + " (and decoder-only models with causal attention whose layers transformers lists in _no_split_modules)"
     )

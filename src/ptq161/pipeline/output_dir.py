@@ -22,7 +22,7 @@ from ..methods import Method, Parts
 from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn.packed import PACKED_BUFFERS
-from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, read_json
+from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, os_errors, read_json
 from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_int8_layout, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
@@ -69,7 +69,8 @@ def write_output(
     path.mkdir(parents=True, exist_ok=True)
     if method.packs:
         pack_model_in_place(model, method, parts, int8_head=int8_head)
-    model.save_pretrained(path)
+    with os_errors(path):
+        model.save_pretrained(path)
     _finish(path, tokenizer, method, parts, meta)
 
 

@@ -32,7 +32,7 @@ from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
 from ..models import get_adapter, load_model
 from ..models.integrity import PREPROCESS_META, manifest
-from ..utils import LOCK_NAME, atomic_write_json, output_lock, peak_rss_mb
+from ..utils import LOCK_NAME, atomic_write_json, os_errors, output_lock, peak_rss_mb
 from .output_dir import check_output_dir, remove_leftovers
 from .quantize import quantize
 from .state import STATE_DIR, RunState, load_training, save_training
@@ -292,7 +292,8 @@ def preprocess(
             "peak_rss_mb": peak_rss_mb(),
             "note": "a plain model directory (W_hat1 + alpha/r * B A): quantize it like any model",
         }
-        merged.save_pretrained(out)
+        with os_errors(out):
+            merged.save_pretrained(out)
         tok.save_pretrained(out)
         remove_leftovers(out)  # temporary files of interrupted writes
         meta["files"] = manifest(out, skip=(PREPROCESS_META, STATE_DIR, LOCK_NAME))  # checked on load
