@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import ptq161
 from ptq161.errors import PTQ161Error
+from ptq161.models.integrity import IntegrityError
 from ptq161.nn import PackedPTQ161Linear
 
 
@@ -44,24 +45,30 @@ def test_corrupted_or_mismatched_artifacts_fail_clearly(packed_dir, tmp_path):
     shutil.copytree(out, trunc)
     data = (trunc / "model.safetensors").read_bytes()
     (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(PTQ161Error, match="cannot load"):
+    with pytest.raises(IntegrityError, match=r"'model\.safetensors' has"):  # the sha256 manifest first
         ptq161.load(trunc)
+    with pytest.raises(PTQ161Error, match="cannot load"):  # and without it, the loader
+        ptq161.load(trunc, verify=False)
 
     wrong = tmp_path / "wrong"
     shutil.copytree(out, wrong)
     cfg = json.loads((wrong / "config.json").read_text())
     cfg["quantization_config"]["format_version"] = 99
     (wrong / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PTQ161Error, match="format version 99"):
+    with pytest.raises(IntegrityError, match=r"config\.json"):
         ptq161.load(wrong)
+    with pytest.raises(PTQ161Error, match="format version 99"):
+        ptq161.load(wrong, verify=False)
 
     missing = tmp_path / "missing"
     shutil.copytree(out, missing)
     tensors = load_file(str(missing / "model.safetensors"))
     del tensors["model.layers.1.mlp.up_proj.sign"]
     save_file(tensors, str(missing / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(PTQ161Error, match="missing 1 tensors"):
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
         ptq161.load(missing)
+    with pytest.raises(PTQ161Error, match="missing 1 tensors"):
+        ptq161.load(missing, verify=False)
 
 
 def test_fresh_process_loads_packed_dir(packed_dir):
