@@ -236,7 +236,11 @@ def cases(fx: Fixtures) -> list[Case]:
         Case("a directory without config.json", "error", dir_without_config),
         Case("hub id without network", "error", lambda r: ["ppl", "someone/some-model", *t]),
         Case("empty text file", "error", lambda r: ["ppl", m, "--datasets", f"text:{fx.empty}", "--seqlen", "64"]),
-        Case("text shorter than a window", "error", lambda r: ["ppl", m, "--datasets", f"text:{fx.short}"]),
+        Case(
+            "text shorter than a window",
+            "error",
+            lambda r: ["ppl", m, "--datasets", f"text:{fx.short}", "--seqlen", "64"],
+        ),
         Case("missing text file", "error", lambda r: ["ppl", m, "--datasets", "text:/nonexistent.txt"]),
         Case("unknown dataset name", "error", lambda r: ["ppl", m, "--datasets", "imagenet"]),
         Case("--seqlen 0", "error", lambda r: ["ppl", m, *t[:2], "--seqlen", "0"]),
@@ -359,7 +363,8 @@ def run_cases(fx: Fixtures) -> list[dict]:
             t0 = time.perf_counter()
             rc, out, err = _python(args, c.wrapper, env)
             seconds = time.perf_counter() - t0
-            errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("ptq161: error:")]
+            lines = err.replace("\r", "\n").splitlines()
+            errors = [line for line in lines if line.startswith("ptq161") and ": error: " in line]  # ptq161 [cmd]:
             printed = errors[0] if errors else _last_line(err) or _last_line(out)
             follow = None
             if c.then:
