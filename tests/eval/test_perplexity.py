@@ -63,3 +63,24 @@ def test_real_model_first_windows_match_independent_transformers(smollm2, shared
     r = perplexity(model, ts.tokens, seqlen=seqlen, max_windows=k, progress=False)
     assert abs(r.ppl / ref - 1) < 0.005
     assert 5 < r.ppl < 60  # a working LM on English Wikipedia text
+
+
+def test_a_perplexity_that_overflows_is_a_non_finite_error():
+    from ptq161.errors import NonFiniteError
+    from ptq161.eval.perplexity import exp_or_inf
+
+    assert exp_or_inf(1.0) == pytest.approx(2.718281828) and exp_or_inf(1e5) == float("inf")
+
+    class Huge(torch.nn.Module):  # finite logits whose loss is about 1e5 nats per token
+        config = None
+
+        def forward(self, input_ids, use_cache=False):
+            logits = torch.zeros(*input_ids.shape, 8)
+            logits[..., 0] = 1e5
+            return type("Out", (), {"logits": logits})()
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+    with pytest.raises(NonFiniteError, match="the perplexity of text"):
+        perplexity(Huge(), torch.full((1, 40), 3), seqlen=8, dataset="text", progress=False)

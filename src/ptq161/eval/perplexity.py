@@ -52,6 +52,14 @@ class PerplexityResult:
         return asdict(self)
 
 
+def exp_or_inf(x: float) -> float:
+    """exp(x), or inf where it overflows a float (a finite but huge mean loss)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def windows_of(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """Non-overlapping windows of a [1, N] stream: int64 [W, seqlen], remainder dropped."""
     if seqlen < 2:
@@ -159,11 +167,13 @@ def perplexity(
         nlls.append(window_nll(model, w))
         check_finite(nlls[-1], f"the loss of window {len(nlls) - 1} of {dataset or 'the text'}")
         elapsed = time.perf_counter() - start
-        bar.set_postfix(ppl=f"{math.exp(sum(nlls) / len(nlls)):.3f}", tok_s=f"{len(nlls) * seqlen / elapsed:.0f}")
+        bar.set_postfix(ppl=f"{exp_or_inf(sum(nlls) / len(nlls)):.3f}", tok_s=f"{len(nlls) * seqlen / elapsed:.0f}")
     seconds = time.perf_counter() - start
+    ppl = exp_or_inf(sum(nlls) / len(nlls))
+    check_finite(ppl, f"the perplexity of {dataset or 'the text'} (mean loss {sum(nlls) / len(nlls):.4g} nats)")
     return PerplexityResult(
         dataset=dataset,
-        ppl=math.exp(sum(nlls) / len(nlls)),
+        ppl=ppl,
         windows=len(nlls),
         seqlen=seqlen,
         tokens=len(nlls) * seqlen,
