@@ -476,7 +476,8 @@ def render(data: dict, keep_meta: dict | None = None) -> None:
         "Bad inputs and faults: what the user sees",
         summary + "\n\n" + "\n".join(table),
         data,
-        "Exit codes: 2 bad input or damaged file, 3 non-finite number, 4 the system refused a write.",
+        "Exit codes: 2 bad input or damaged file, 3 non-finite number, 4 the system refused a write."
+        + (f"\n\n{data['note']}" if data.get("note") else ""),
         keep_meta=keep_meta,
     )
 
