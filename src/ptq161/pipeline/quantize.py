@@ -138,7 +138,11 @@ def quantize(
         meta["block_onloading"] = lazy is not None
         if lazy is not None:
             output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
-            return QuantizeResult(load_model_lazy(str(out), device=device, dtype=dtype)[0], tok, out, meta, res.parts)
+            # the directory this call just wrote and hashed: reading it back needs no second sha256 pass
+            lazy_out = load_model_lazy(
+                str(out), device=device, dtype=dtype, verify=False, trust_remote_code=trust_remote_code
+            )[0]
+            return QuantizeResult(lazy_out, tok, out, meta, res.parts)
         if out is not None:
             output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
             model.to(device)  # the packed modules are built on the CPU
