@@ -235,6 +235,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
         threads = "/".join(sorted({str(r.get("torch_threads")) for r in same}))
         short = (commit or "?")[:7]
         notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
+        if args.model == "smollm2-135m":
+            notes += " " + note("compare", "smollm2_determinism")
     write_results(
         results_name(args.model),
         f"Methods side by side on {args.model} (paper Table 1 analogue)",
@@ -265,8 +267,9 @@ def main() -> None:
     store.setdefault("rows", {})
     if "fp" not in store:
         store["fp"] = fp_perplexities(args.windows, args.model)
-        if args.model != "smollm2-135m":
-            store["plain_transformers"] = plain_transformers_perplexities(args.model, args.windows)
+        render(store, args)
+    if args.model != "smollm2-135m" and "plain_transformers" not in store:
+        store["plain_transformers"] = plain_transformers_perplexities(args.model, args.windows)
         render(store, args)
     names = args.rows.split(",")
     if args.reuse_ptq161 and "ptq161_paper" in names and "ptq161_paper" not in store["rows"]:
