@@ -9,7 +9,9 @@ fresh child process whose whole peak RSS is recorded:
 - ``ptq161_ppl``: ``ptq161 ppl OUT --max-memory 3GB`` of the packed result (onloaded when its fp32 embedding
   and head exceed half the budget, as for the 1.5B model);
 - ``decode``: ``ptq161 bench OUT --against MODEL``: packed decode through the fused engine against the
-  dense fp32 model in the same process (the dense model needs 7.1 GB: this step is not under the budget).
+  dense fp32 model in the same process (the dense model needs 7.1 GB: this step is not under the budget);
+- ``int8_convert``: ``ptq161 convert OUT --int8-head -o OUT-int8head`` (the embedding and lm_head in
+  per-row int8, what ``quantize --int8-head`` writes), then ``int8_ppl`` and ``int8_decode`` as above on it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from benchmarks.common import OUTPUTS, bench_parser, note, run_pending, serve_child, stored, write_results
 from ptq161.eval.report import markdown_table
 
-STEPS = ("fp", "ptq161", "ptq161_ppl", "decode")
+STEPS = ("fp", "ptq161", "ptq161_ppl", "decode", "int8_convert", "int8_ppl", "int8_decode")
 
 
 def _cli(argv: list[str]) -> tuple[str, float]:
@@ -45,10 +47,11 @@ def run_step(name: str, args: argparse.Namespace) -> dict:
     from ptq161.utils import peak_rss_mb
 
     out = OUTPUTS / "large_model" / f"{args.model}-{args.preset}"
+    int8 = out.with_name(out.name + "-int8head")
     mem = ["--max-memory", args.max_memory]
     row: dict = {"step": name}
-    if name in ("fp", "ptq161_ppl"):
-        target = args.model if name == "fp" else str(out)
+    if name in ("fp", "ptq161_ppl", "int8_ppl"):
+        target = {"fp": args.model, "ptq161_ppl": str(out), "int8_ppl": str(int8)}[name]
         report = OUTPUTS / "large_model" / f"{name}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
         argv = ["ppl", target, "--datasets", "wikitext2,c4", "--max-windows", str(args.windows), *mem]
@@ -74,12 +77,24 @@ def run_step(name: str, args: argparse.Namespace) -> dict:
             "calibration": meta["calibration"],
             "command": "ptq161 " + " ".join(argv).replace(str(OUTPUTS.parent) + "/", ""),
         }
-    elif name == "decode":
-        report = OUTPUTS / "large_model" / "bench.json"
-        argv = ["bench", str(out), "--against", args.model, "--json", str(report)]
+    elif name == "int8_convert":
+        if int8.exists():
+            import shutil
+
+            shutil.rmtree(int8)
+        argv = ["convert", str(out), "--int8-head", "--output", str(int8)]
+        _, seconds = _cli(argv)
+        size = sum(f["bytes"] for f in read_meta(int8)["files"].values())
+        before = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+        row |= {"seconds": seconds, "bytes": size, "bytes_before": before}
+        row["command"] = "ptq161 " + " ".join(argv).replace(str(OUTPUTS.parent) + "/", "")
+    elif name in ("decode", "int8_decode"):
+        target = out if name == "decode" else int8
+        report = OUTPUTS / "large_model" / f"{name}.json"
+        argv = ["bench", str(target), "--against", args.model, "--json", str(report)]
         _, seconds = _cli(argv)
         res = json.loads(report.read_text())
-        packed, dense = res[str(out)], res[args.model]
+        packed, dense = res[str(target)], res[args.model]
         row |= {
             "packed": packed,
             "dense": dense,
@@ -100,6 +115,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "ptq161": f"PTQ1.61 quantize, preset {args.preset} (block onloading)",
         "ptq161_ppl": "PTQ1.61 perplexity (packed{how})",
         "decode": "packed decode (fused engine) vs dense fp32, same process",
+        "int8_convert": "`ptq161 convert --int8-head` (embedding and lm_head in int8)",
+        "int8_ppl": "PTQ1.61 + int8 head perplexity (packed{how})",
+        "int8_decode": "packed + int8 head decode (fused engine) vs dense fp32, same process",
     }
     for name in STEPS:
         if name not in rows:
@@ -109,8 +127,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
         bits = (
             f"{r['stored_bits_per_weight']:.3f} ({r['file_bits_per_weight']:.3f} on disk)" if name == "ptq161" else "-"
         )
+        if name == "int8_convert":
+            bits = f"files {r['bytes_before'] / 2**20:.0f} -> {r['bytes'] / 2**20:.0f} MiB"
         speed = "-"
-        if name == "decode":
+        if name in ("decode", "int8_decode"):
             p, d = r["packed"], r["dense"]
             speed = (
                 f"{p['decode_tokens_per_s']:.2f} vs {d['decode_tokens_per_s']:.2f} tok/s = {r['decode_speedup']:.2f}x"

@@ -12,6 +12,7 @@ from .data import default_eval_corpus, eval_tokens
 from .data.corpora import check_eval_name
 from .eval.perplexity import PerplexityResult, perplexity
 from .models import LazyModel, load_model, load_model_lazy
+from .pipeline.output_dir import convert_output
 from .pipeline.preprocess import LoRAConfig, PreprocessResult, preprocess
 from .pipeline.quantize import QuantizeResult, quantize
 
@@ -19,6 +20,7 @@ __all__ = [
     "LoRAConfig",
     "PreprocessResult",
     "QuantizeResult",
+    "convert",
     "evaluate_perplexity",
     "load",
     "load_model",
@@ -75,3 +77,14 @@ def evaluate_perplexity(
             )
         )
     return results
+
+
+def convert(
+    src: str | Path, output: str | Path, *, int8_head: bool = True, verify: bool = True, trust_remote_code: bool = False
+) -> dict:
+    """Rewrite the packed directory ``src`` as ``output`` with its embedding and lm_head stored per-row int8.
+
+    The decoder blocks are copied unchanged, one module in memory at a time. Returns the new
+    directory's ``ptq161.json`` (``int8_head: true``, ``converted_from``).
+    """
+    return convert_output(src, output, int8_head=int8_head, verify=verify, trust_remote_code=trust_remote_code)

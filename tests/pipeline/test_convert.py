@@ -20,3 +20,81 @@ def test_int8_head_output_loads_and_dequantizes_to_the_same_logits(tiny_model_di
     assert not any(isinstance(m, Int8Linear | Int8Embedding | PackedPTQ161Linear) for m in model.modules())
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, packed_logits, rtol=0, atol=1e-5)
+
+
+def _load_logits(path, ids):
+    model, _ = ptq161.load(path)
+    with torch.no_grad():
+        return model, model(ids).logits
+
+
+def test_convert_adds_the_int8_head_that_quantize_would_have_written(tiny_model_dir, text_file, tmp_path):
+    """quantize + convert --int8-head == quantize --int8-head: same tensors, same logits (tied tiny model)."""
+    from safetensors.torch import load_file
+
+    direct = tmp_path / "direct"
+    quantize_tiny(tiny_model_dir, text_file, direct, epochs=1, nsamples=2, int8_head=True)
+    plain = tmp_path / "plain"
+    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2)
+    converted = tmp_path / "converted"
+    meta = ptq161.convert(plain, converted)
+    assert meta["int8_head"] is True and meta["converted_from"] == str(plain)
+    assert meta["weights_format"] == "packed" and set(meta["files"]) >= {"config.json", "model.safetensors.index.json"}
+
+    def tensors(path):
+        out = {}
+        for f in path.glob("*.safetensors"):
+            out |= load_file(str(f))
+        return out
+
+    want, got = tensors(direct), tensors(converted)
+    assert set(want) == set(got)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
+    model, logits = _load_logits(converted, ids)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.embed_tokens, Int8Embedding)
+    assert torch.equal(logits, _load_logits(direct, ids)[1])
+
+
+def test_convert_keeps_an_untied_head_and_the_biases(tmp_path, text_file):
+    from tests.helpers import save_model_dir, tiny_qwen2
+    from transformers import AutoModelForCausalLM
+
+    src = save_model_dir(tiny_qwen2(), tmp_path / "qwen2")
+    plain = tmp_path / "plain"
+    quantize_tiny(src, text_file, plain, epochs=1, nsamples=2)
+    converted = tmp_path / "converted"
+    ptq161.convert(plain, converted)
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
+    before, logits = _load_logits(plain, ids)
+    model, int8_logits = _load_logits(converted, ids)
+    fp = AutoModelForCausalLM.from_pretrained(src)
+    head = model.lm_head.dequantize()
+    assert (head - fp.lm_head.weight).abs().max() < 0.01  # the untied head, not the embedding
+    assert not torch.allclose(head, model.model.embed_tokens.dequantize(), atol=0.05)
+    q = model.model.layers[0].self_attn.q_proj
+    assert torch.equal(q.bias, before.model.layers[0].self_attn.q_proj.bias)
+    assert (int8_logits - logits).abs().max() < 0.05 * logits.abs().max()  # int8 rows: close, not equal
+
+
+def test_convert_refuses_what_it_cannot_convert(tiny_model_dir, text_file, tmp_path):
+    import pytest
+
+    from ptq161.cli import main
+    from ptq161.errors import PTQ161Error
+
+    packed = tmp_path / "packed"
+    quantize_tiny(tiny_model_dir, text_file, packed, epochs=1, nsamples=2, int8_head=True)
+    with pytest.raises(PTQ161Error, match="already stores"):
+        ptq161.convert(packed, tmp_path / "again")
+    with pytest.raises(PTQ161Error, match="not a ptq161 output"):
+        ptq161.convert(tiny_model_dir, tmp_path / "x")
+    assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "y"), "--int8-head"]) == 2
+    assert not (tmp_path / "again").exists() and not (tmp_path / "y").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something").write_text("x")
+    plain = tmp_path / "plain"
+    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2)
+    assert main(["convert", str(plain), "-o", str(busy), "--int8-head"]) == 2
+    assert sorted(p.name for p in busy.iterdir()) == ["something"]

@@ -11,6 +11,7 @@ directory without it is an unfinished run.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,17 @@ def write_output(
         pack_model_in_place(model, method, parts, int8_head=int8_head)
     with os_errors(path):
         model.save_pretrained(path)
-    _finish(path, tokenizer, method, parts, meta)
+    _finish(path, tokenizer, method.packs, parts, meta)
 
 
-def _finish(path: Path, tokenizer: Any, method: Method, parts: dict[str, Parts], meta: dict[str, Any]) -> None:
+def _finish(path: Path, tokenizer: Any, packs: bool, parts: dict[str, Parts], meta: dict[str, Any]) -> None:
     """The tokenizer, the parts of a dense result, ``ptq161.json`` last; then the resume state goes."""
     tokenizer.save_pretrained(path)
-    if not method.packs:
+    if not packs:
         atomic_save_file(flatten_parts(parts), path / PARTS, metadata={"format_version": str(FORMAT_VERSION)})
     remove_leftovers(path)
     files = manifest(path, skip=(META, STATE_DIR, LOCK_NAME))  # checked when the directory is loaded
-    meta = {**meta, "weights_format": "packed" if method.packs else "dense", "files": files}
+    meta = {**meta, "weights_format": "packed" if packs else "dense", "files": files}
     atomic_write_json(path / META, {"format_version": FORMAT_VERSION, **meta})
     shutil.rmtree(path / STATE_DIR, ignore_errors=True)
 
@@ -110,20 +111,47 @@ def write_output_lazy(
     time (in int8 with ``int8_head``). An index and the config make it a sharded Hugging Face
     directory that transformers (and ``ptq161.load``) read as usual.
     """
-    path.mkdir(parents=True, exist_ok=True)
-    model, adapter = lazy.model, lazy.adapter
+    model = lazy.model
     layers: dict[str, dict] = {}
-    shard = 0
-    for i in range(lazy.num_blocks):
-        block = lazy.load_block(i)
-        prefix = f"{adapter.layers}.{i}."
-        block_parts = {k: v for k, v in parts.items() if k.startswith(prefix)}
+
+    def prepare(block_parts: dict[str, Parts]) -> None:
         if method.packs:
             layers.update(pack_linears_in_place(model, method, block_parts))
         else:
             for name, p in block_parts.items():
                 lin = model.get_submodule(name)
                 lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
+
+    write_modules_lazily(path, lazy, parts, prepare, int8_head)
+    if method.packs:
+        record_packed_layout(model, method, layers)
+        if int8_head:
+            record_int8_layout(model)
+    write_config(path, model)
+    _finish(path, tokenizer, method.packs, parts, meta)
+
+
+def write_modules_lazily(
+    path: Path,
+    lazy: LazyModel,
+    parts: dict[str, Parts],
+    prepare: Callable[[dict[str, Parts]], None],
+    int8_head: bool,
+) -> None:
+    """Write ``lazy``'s weights into ``path`` one module at a time, one safetensors shard each, and their index.
+
+    Each decoder block is loaded, given to ``prepare`` with its entries of ``parts`` (to swap
+    or fill its linears in place), written and released; then the embedding, final norm and
+    lm_head, one at a time (per-row int8 with ``int8_head``; a tied head is stored once, as
+    the embedding, unless it becomes int8).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    model, adapter = lazy.model, lazy.adapter
+    shard = 0
+    for i in range(lazy.num_blocks):
+        block = lazy.load_block(i)
+        prefix = f"{adapter.layers}.{i}."
+        prepare({k: v for k, v in parts.items() if k.startswith(prefix)})
         _save_shard(path, shard, {prefix + k: v for k, v in block.state_dict().items()})
         lazy.release_block(i)
         shard += 1
@@ -138,14 +166,13 @@ def write_output_lazy(
         lazy.release_module(mod_path)
         shard += 1
     _write_shard_index(path, shard)
-    if method.packs:
-        record_packed_layout(model, method, layers)
-        if int8_head:
-            record_int8_layout(model)
+
+
+def write_config(path: Path, model: Any) -> None:
+    """The model's config (and generation config) as transformers writes them."""
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
-    _finish(path, tokenizer, method, parts, meta)
 
 
 def _shard_name(i: int) -> str:
@@ -249,3 +276,51 @@ def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
     """Bits per weight of the decoder linears counted from the bytes of their tensors on disk."""
     numel = sum(v["numel"] for v in layers.values())
     return 8 * SafetensorsDir(path).nbytes(prefixes=tuple(f"{layer}." for layer in layers)) / max(numel, 1)
+
+
+def convert_output(
+    src: str | Path,
+    out: str | Path,
+    *,
+    int8_head: bool = True,
+    verify: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Write a packed output directory ``src`` again as ``out`` with its embedding and lm_head in per-row int8.
+
+    What ``quantize --int8-head`` would have written, without quantizing again: the decoder
+    blocks are copied as they are (one module in memory at a time, so it works on models
+    larger than RAM), the embedding and head are re-encoded. Returns the new ``ptq161.json``.
+    """
+    from ..models import PTQ161HfConfig
+    from ..models.loading import load_model_lazy
+    from ..utils import output_lock
+
+    src, out = Path(src), Path(out)
+    meta = read_meta(src) if src.is_dir() else None
+    if meta is None:
+        raise PTQ161Error(f"'{src}' is not a ptq161 output directory (no {META})")
+    if meta.get("weights_format") != "packed":
+        raise PTQ161Error(f"'{src}' holds dense (fake-quant) weights of method '{meta.get('method')}'; only a packed "
+                          "result can be converted")  # fmt: skip
+    if not int8_head:
+        raise PTQ161Error("nothing to convert: pass --int8-head")
+    if meta.get("int8_head"):
+        raise PTQ161Error(f"'{src}' already stores its embedding and lm_head in int8")
+    if out.resolve() == src.resolve():
+        raise PTQ161Error("--output must be a new directory, not the source")
+    lazy, tokenizer = load_model_lazy(str(src), verify=verify, trust_remote_code=trust_remote_code)
+    model = lazy.model
+    with output_lock(out):
+        check_output_dir(out, resume=False)
+        write_modules_lazily(out, lazy, {}, lambda _parts: None, int8_head=True)
+        q = model.config.quantization_config
+        q = dict(q) if isinstance(q, dict) else q.to_dict()
+        q.pop("quant_method", None)
+        model.config.quantization_config = PTQ161HfConfig(**q)
+        record_int8_layout(model)
+        write_config(out, model)
+        new = {k: v for k, v in meta.items() if k not in ("files", "weights_format", "format_version")}
+        new |= {"int8_head": True, "converted_from": str(src)}
+        _finish(out, tokenizer, True, {}, new)
+    return read_meta(out)
