@@ -1,6 +1,7 @@
 """Quantization methods: the explicit table of every method the block-wise driver runs."""
 
 from ..errors import PTQ161Error
+from .arb import ARB
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
 from .billm import BiLLM
 from .gptq import GPTQ
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "gptq": GPTQ,
     "pbllm": PBLLM,
     "billm": BiLLM,
+    "arb": ARB,
 }
 
 

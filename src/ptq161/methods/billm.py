@@ -4,7 +4,9 @@ the rest split into two magnitude groups each binarized per row; compensation be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -117,13 +119,22 @@ def billm_block(w1: torch.Tensor, h1: torch.Tensor, cfg: BiLLMConfig) -> tuple[t
     return q1, int(sal.sum())
 
 
-def billm_layer(w: torch.Tensor, h: torch.Tensor, cfg: BiLLMConfig) -> tuple[torch.Tensor, int, int]:
-    """BiLLM-quantize W [m, n]; returns (Q [m, n], total salient columns, number of blocks)."""
+BlockQuantizer = Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, int]]
+
+
+def billm_layer(
+    w: torch.Tensor, h: torch.Tensor, cfg: BiLLMConfig, block_quantizer: BlockQuantizer = billm_block
+) -> tuple[torch.Tensor, int, int]:
+    """BiLLM-quantize W [m, n]; returns (Q [m, n], total salient columns, number of blocks).
+
+    ``block_quantizer(W1 [m, b], Hinv1 [b, b], cfg) -> (Q1, salient columns)`` quantizes one
+    column block (``billm_block``; ARB-LLM swaps in its own binarizers).
+    """
     w, hinv = prepare_hessian(w, h, cfg.damp)
     salient = {"cols": 0, "blocks": 0}
 
     def quantize_block(w1: torch.Tensor, h1: torch.Tensor, _start: int) -> torch.Tensor:
-        q1, k = billm_block(w1, h1, cfg)
+        q1, k = block_quantizer(w1, h1, cfg)
         salient["cols"] += k
         salient["blocks"] += 1
         return q1

@@ -111,3 +111,74 @@ def assemble(mask: torch.Tensor, w_salient: torch.Tensor, w_binary: torch.Tensor
     out[:, mask] = w_salient
     out[:, ~mask] = w_binary
     return out
+
+
+def rc_scales(
+    target: torch.Tensor, sign: torch.Tensor, mask: torch.Tensor, iters: int, alpha_c: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column scales of ``target ~ alpha_r alpha_c^T * sign`` over ``mask`` (ARB-RC, Li et al. 2025).
+
+    target [m, k], sign [m, k] (+-1), mask bool [m, k] -> (alpha_r [m], alpha_c [k]). Starts from
+    ``alpha_c`` when given, else from alpha_r = mean (sign * target) per row and
+    alpha_c = mean (sign * target) / alpha_r per column, then
+    ``iters`` rounds of the closed-form alternating least-squares updates
+    alpha_r_i = sum_j alpha_c_j B_ij T_ij / sum_j alpha_c_j^2 (masked), and the same for alpha_c;
+    each update is the exact minimiser given the other, so the squared error never grows.
+    Rows / columns with no entries in ``mask`` get 0.
+    """
+    mk = mask.to(target.dtype)
+    bt = sign * target * mk  # B * T, zero outside the mask
+    a_r = (bt.sum(dim=1) / mk.sum(dim=1).clamp(min=1)).clamp(min=0)
+    if alpha_c is None:
+        safe_r = torch.where(a_r > 0, a_r, torch.ones_like(a_r))
+        a_c = ((bt / safe_r[:, None]).sum(dim=0) / mk.sum(dim=0).clamp(min=1)).clamp(min=0)
+    else:
+        a_c = alpha_c
+    for _ in range(iters):
+        den_r = (mk * a_c[None, :] ** 2).sum(dim=1)
+        a_r = torch.where(den_r > 0, (bt * a_c[None, :]).sum(dim=1) / den_r.clamp(min=1e-30), torch.zeros_like(a_r))
+        den_c = (mk * a_r[:, None] ** 2).sum(dim=0)
+        a_c = torch.where(den_c > 0, (bt * a_r[:, None]).sum(dim=0) / den_c.clamp(min=1e-30), torch.zeros_like(a_c))
+    return a_r, a_c
+
+
+def _sign(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+
+
+def arb_rc_binarize(w: torch.Tensor, mask: torch.Tensor, iters: int = 15) -> torch.Tensor:
+    """ARB-RC binarization of w [m, k] over ``mask``: alpha_r alpha_c^T * sign(w), 0 outside the mask.
+
+    No mean (the RC variant drops it); the scales come from ``rc_scales``.
+    """
+    sign = _sign(w)
+    a_r, a_c = rc_scales(w, sign, mask, iters)
+    return a_r[:, None] * a_c[None, :] * sign * mask
+
+
+def arb_rc_residual2(w: torch.Tensor, mask: torch.Tensor, iters: int = 15) -> torch.Tensor:
+    """Second-order ARB-RC of w [m, k] over ``mask``: c1 * B1 + c2 * B2 with c_t = alpha_r,t alpha_c,t^T.
+
+    Initialised as a residual binarization (B2, c2 fitted on w - c1 B1); then ``iters`` rounds
+    of: the scales of each term refitted on w minus the other term (one exact row update and
+    one exact column update, from the current column scales), and both signs chosen jointly
+    as the nearest of the four values +-c1 +-c2 at each entry. Each step minimises the
+    squared error given the rest. [m, k].
+    """
+    mk = mask.to(w.dtype)
+    b1 = _sign(w)
+    r1, k1 = rc_scales(w, b1, mask, 0)
+    c1 = r1[:, None] * k1[None, :]
+    b2 = _sign(w - c1 * b1)
+    r2, k2 = rc_scales(w - c1 * b1, b2, mask, 0)
+    c2 = r2[:, None] * k2[None, :]
+    for _ in range(iters):
+        r1, k1 = rc_scales(w - c2 * b2, b1, mask, 1, alpha_c=k1)
+        c1 = r1[:, None] * k1[None, :]
+        r2, k2 = rc_scales(w - c1 * b1, b2, mask, 1, alpha_c=k2)
+        c2 = r2[:, None] * k2[None, :]
+        cands = torch.stack([-c1 - c2, -c1 + c2, c1 - c2, c1 + c2], dim=-1)  # [m, k, 4]
+        pick = (w[..., None] - cands).abs().argmin(dim=-1)
+        b1 = torch.where(pick >= 2, 1.0, -1.0).to(w.dtype)
+        b2 = torch.where(pick % 2 == 1, 1.0, -1.0).to(w.dtype)
+    return (c1 * b1 + c2 * b2) * mk
