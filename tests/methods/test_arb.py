@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from tests.helpers import hessian_layer, out_err
@@ -21,10 +23,10 @@ def _err(w, q, mask):
 def test_rc_scales_alternating_updates_never_increase_the_error():
     w, mask = _column_deviating()
     errs = [_err(w, arb_rc_binarize(w, mask, it), mask) for it in (0, 1, 2, 5, 15)]
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(errs, errs[1:], strict=False))
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(errs))
     assert errs[-1] < errs[0]
     errs2 = [_err(w, arb_rc_residual2(w, mask, it), mask) for it in (0, 1, 2, 5, 15)]
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(errs2, errs2[1:], strict=False))
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(errs2))
     assert errs2[-1] < 0.9 * errs2[0]
 
 

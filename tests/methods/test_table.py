@@ -7,9 +7,9 @@ from ptq161.pipeline.output_dir import read_meta, read_parts, verify_parts
 
 
 def test_the_table_names_each_method_by_its_own_name():
-    assert list(METHODS) == ["ptq161", "rtn", "gptq", "pbllm", "billm", "arb"]
+    assert list(METHODS) == ["ptq161", "rtn", "gptq", "awq", "pbllm", "billm", "arb"]
     assert all(cls.name == name for name, cls in METHODS.items())
-    with pytest.raises(PTQ161Error, match="unknown method 'nosuch'; available: arb, billm, gptq"):
+    with pytest.raises(PTQ161Error, match="unknown method 'nosuch'; available: arb, awq, billm, gptq"):
         get_method("nosuch")
 
 
@@ -30,6 +30,7 @@ def test_only_ptq161_with_4_bit_salient_codes_packs():
         ("billm", dict(search="rows")),
         ("billm", dict(compensation="intra")),
         ("arb", dict(iters=-1)),
+        ("awq", dict(bits=9)),
     ],
 )
 def test_unsupported_options_are_rejected(name, bad):
@@ -38,7 +39,16 @@ def test_unsupported_options_are_rejected(name, bad):
 
 
 @pytest.mark.parametrize(
-    "method,opts", [("rtn", dict(bits=3)), ("rtn", dict(bits=1)), ("gptq", dict(bits=2)), ("pbllm", {}), ("billm", {}), ("arb", {})]
+    "method,opts",
+    [
+        ("rtn", dict(bits=3)),
+        ("rtn", dict(bits=1)),
+        ("gptq", dict(bits=2)),
+        ("pbllm", {}),
+        ("billm", {}),
+        ("arb", {}),
+        ("awq", dict(bits=3)),
+    ],
 )
 def test_every_method_runs_on_the_shared_driver(tiny_model_dir, text_file, tmp_path, method, opts):
     impl = get_method(method)(get_method(method).config_class(**opts))

@@ -2,6 +2,7 @@
 
 from ..errors import PTQ161Error
 from .arb import ARB
+from .awq import AWQ
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
 from .billm import BiLLM
 from .gptq import GPTQ
@@ -13,6 +14,7 @@ METHODS: dict[str, type[Method]] = {
     "ptq161": PTQ161,
     "rtn": RTN,
     "gptq": GPTQ,
+    "awq": AWQ,
     "pbllm": PBLLM,
     "billm": BiLLM,
     "arb": ARB,

@@ -40,7 +40,8 @@ class BlockContext:
 
     x_fp / x_q: [N, seq, d] inputs of the block in the FP model and in the model whose
     earlier blocks are already quantized; y_fp = F(x_fp) with the original block;
-    stats: per-linear input statistics measured on x_fp.
+    stats: per-linear input statistics measured on x_fp. groups / absorbers: the adapter's
+    ``linear_groups`` and ``scale_absorbers`` (empty: every linear its own group, no absorber).
     """
 
     index: int
@@ -52,6 +53,8 @@ class BlockContext:
     stats: dict[str, ChannelStats]
     call: BlockCall
     report: Callable[..., None] = field(default=lambda **_: None)
+    groups: tuple[tuple[str, ...], ...] = ()  # the linears grouped by shared input (the adapter's)
+    absorbers: dict[str, str] = field(default_factory=dict)  # group's first linear -> module that absorbs scales
 
 
 @dataclass

@@ -21,7 +21,8 @@ class Adapter:
 
     ``linear_groups`` lists the block's linear layers (paths relative to a decoder
     layer) grouped by shared input: layers in one group see the same activations, so
-    they share activation statistics.
+    they share activation statistics. ``scale_absorbers`` names, for a group, the module
+    just before it that can absorb a per-channel scale of the group's input (AWQ).
     """
 
     name: str
@@ -36,6 +37,14 @@ class Adapter:
         ("self_attn.o_proj",),
         ("mlp.gate_proj", "mlp.up_proj"),
         ("mlp.down_proj",),
+    )
+    # group's first linear -> the module whose output is that group's input and can absorb a
+    # per-input-channel scale (a norm's weight, or a linear's output rows): AWQ scales only these
+    scale_absorbers: tuple[tuple[str, str], ...] = (
+        ("self_attn.q_proj", "input_layernorm"),
+        ("self_attn.o_proj", "self_attn.v_proj"),
+        ("mlp.gate_proj", "post_attention_layernorm"),
+        ("mlp.down_proj", "mlp.up_proj"),
     )
 
     @property
@@ -127,6 +136,7 @@ def discover_adapter(model: nn.Module) -> Adapter | None:
                 lm_head=head,
                 rotary=rotary,
                 linear_groups=tuple((n,) for n in linears),
+                scale_absorbers=(),
             )
     return None
 

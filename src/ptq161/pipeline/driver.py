@@ -135,7 +135,10 @@ def quantize_blockwise(
         def report(i: int = i, **kw: object) -> None:
             bar.set_postfix(block=i, **kw)
 
-        ctx = BlockContext(i, block, linears, x_fp, x_q, y_fp, stats, call, report=report)
+        ctx = BlockContext(
+            i, block, linears, x_fp, x_q, y_fp, stats, call, report=report,
+            groups=adapter.linear_groups, absorbers=dict(adapter.scale_absorbers),
+        )  # fmt: skip
         out = method.quantize_block(ctx)
         prefix = f"{adapter.layers}.{i}."
         for name, parts in out.parts.items():  # nothing of this block is saved when one number is off
