@@ -7,7 +7,7 @@ from ptq161.pipeline.output_dir import read_meta, read_parts, verify_parts
 
 
 def test_the_table_names_each_method_by_its_own_name():
-    assert list(METHODS) == ["ptq161", "rtn", "gptq", "awq", "pbllm", "billm", "arb"]
+    assert list(METHODS) == ["ptq161", "rtn", "gptq", "awq", "omniquant", "pbllm", "billm", "arb"]
     assert all(cls.name == name for name, cls in METHODS.items())
     with pytest.raises(PTQ161Error, match="unknown method 'nosuch'; available: arb, awq, billm, gptq"):
         get_method("nosuch")
@@ -31,6 +31,7 @@ def test_only_ptq161_with_4_bit_salient_codes_packs():
         ("billm", dict(compensation="intra")),
         ("arb", dict(iters=-1)),
         ("awq", dict(bits=9)),
+        ("omniquant", dict(lr=0.0)),
     ],
 )
 def test_unsupported_options_are_rejected(name, bad):
@@ -48,6 +49,7 @@ def test_unsupported_options_are_rejected(name, bad):
         ("billm", {}),
         ("arb", {}),
         ("awq", dict(bits=3)),
+        ("omniquant", dict(bits=3, epochs=1)),
     ],
 )
 def test_every_method_runs_on_the_shared_driver(tiny_model_dir, text_file, tmp_path, method, opts):

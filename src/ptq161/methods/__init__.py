@@ -6,6 +6,7 @@ from .awq import AWQ
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
 from .billm import BiLLM
 from .gptq import GPTQ
+from .omniquant import OmniQuant
 from .pbllm import PBLLM
 from .ptq161 import PTQ161
 from .rtn import RTN
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Method]] = {
     "rtn": RTN,
     "gptq": GPTQ,
     "awq": AWQ,
+    "omniquant": OmniQuant,
     "pbllm": PBLLM,
     "billm": BiLLM,
     "arb": ARB,

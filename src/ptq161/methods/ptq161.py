@@ -19,12 +19,13 @@ from torch import nn
 
 from ..calibration import ChannelStats, run_block
 from ..config import option
-from ..errors import PTQ161Error, check_finite
+from ..errors import PTQ161Error
 from ..nn import PackedPTQ161Linear
 from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 from ..primitives.quant import STORAGE_DTYPE, assemble, binary_dequantize, rtn_asym_params, rtn_dequantize, rtn_quantize
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
+from .block_training import TrainSettings, swapped_in, train_block
 
 
 @dataclass
@@ -333,60 +334,10 @@ class PTQ161(Method):
         cfg = self.config
         params_s = [m.s_parameter() for m in modules.values()]
         params_r = [p for m in modules.values() for p in (m.r1, m.r2)]
-        opt = torch.optim.AdamW(
-            [{"params": params_s, "lr": cfg.lr_s}, {"params": params_r, "lr": cfg.lr_r}], weight_decay=0.0
-        )
-        n_all, bs = ctx.x_q.shape[0], cfg.batch_size
-        n = n_all - cfg.holdout if cfg.holdout < n_all else n_all  # the last windows are held out
-        total_steps = cfg.epochs * -(-n // bs)
-        sched = None
-        if cfg.schedule == "cosine":
-            warm = max(1, total_steps // 10)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: pm.cosine_warmup(k, total_steps, warm))
+        groups = [{"params": params_s, "lr": cfg.lr_s}, {"params": params_r, "lr": cfg.lr_r}]
         norm = pm.channel_norm(ctx.y_fp) if cfg.loss == "normalized" else None
-        history: list[dict] = []
-        best: tuple[float, list[torch.Tensor]] | None = None
-        trainable = params_s + params_r
-        for epoch in range(cfg.epochs):
-            sums = [0.0, 0.0, 0.0]
-            for i in range(0, n, bs):
-                sl = slice(i, min(i + bs, n))
-                y = run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs)
-                loss, m1, m2 = self._loss(ctx, y, t2, sl, norm)
-                check_finite(loss.detach(), f"block {ctx.index}: the training loss (epoch {epoch + 1}, sample {i})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                for k, v in enumerate((loss, m1, m2)):
-                    sums[k] += v.item() * y.shape[0]
-            rec = {"loss": sums[0] / n, "t1": sums[1] / n, "t2": sums[2] / n}
-            if n < n_all:
-                with torch.no_grad():
-                    sl = slice(n, n_all)
-                    rec["heldout"] = self._loss(ctx, run_block(ctx.block, ctx.x_q[sl], ctx.call), t2, sl, norm)[
-                        0
-                    ].item()
-                if best is None or rec["heldout"] < best[0]:
-                    best = (rec["heldout"], [p.detach().clone() for p in trainable])
-            history.append(rec)
-            ctx.report(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{rec['loss']:.4g}")
-        log = {
-            "loss_first_epoch": history[0]["loss"],
-            "loss_last_epoch": history[-1]["loss"],
-            "t1_first_epoch": history[0]["t1"],
-            "t1_last_epoch": history[-1]["t1"],
-            "t2_first_epoch": history[0]["t2"],
-            "t2_last_epoch": history[-1]["t2"],
-        }
-        if best is not None:
-            with torch.no_grad():
-                for p, v in zip(trainable, best[1], strict=True):
-                    p.copy_(v)
-            log["heldout_by_epoch"] = [h["heldout"] for h in history]
-            log["best_epoch"] = 1 + min(range(len(history)), key=lambda e: history[e]["heldout"])
-        return log
+        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.schedule, cfg.holdout, terms=("loss", "t1", "t2"))
+        return train_block(ctx, groups, lambda y, sl: self._loss(ctx, y, t2, sl, norm), settings)
 
     def quantize_block(self, ctx: BlockContext) -> BlockResult:
         """Initialise every linear, train s, r1, r2 on the block, write the stored weights back."""
@@ -396,19 +347,8 @@ class PTQ161(Method):
         modules = {name: self._init_layer(lin, ctx.stats[name]) for name, lin in ctx.linears.items()}
         log: dict = {}
         if cfg.epochs > 0:
-            frozen = [p for p in ctx.block.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            for name, mod in modules.items():
-                ctx.block.set_submodule(name, mod)
-            try:
-                with torch.enable_grad():
-                    log = self._train(ctx, modules, t2)
-            finally:
-                for name, lin in ctx.linears.items():
-                    ctx.block.set_submodule(name, lin)
-                for p in frozen:
-                    p.requires_grad_(True)
+            with swapped_in(ctx.block, modules, ctx.linears):
+                log = self._train(ctx, modules, t2)
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():
             a, b, r2 = mod.folded_parts()

@@ -1,0 +1,114 @@
+"""The block training loop shared by the methods that learn parameters block by block (PTQ1.61, OmniQuant).
+
+A method swaps its trainable modules into the block (``swapped_in``), then ``train_block``
+runs ``epochs`` passes over the calibration samples of the quantized stream ``ctx.x_q`` in
+batches, one AdamW step per batch, with an optional cosine schedule and held-out samples
+(the last ``holdout`` ones: the parameters of the epoch with the lowest held-out loss are
+kept). The loss is the method's own function of the block outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calibration import run_block
+from ..errors import check_finite
+from . import ptq161_math as pm
+from .base import BlockContext
+
+# (outputs y [b, seq, d] of samples ``sl``, sl) -> (total loss, *logged terms), scalar tensors
+LossFn = Callable[[torch.Tensor, slice], tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a block trains: passes, samples per step, schedule, held-out samples, and the names of the loss terms."""
+
+    epochs: int
+    batch_size: int = 1
+    schedule: str = "constant"  # or "cosine" (10 % linear warm-up)
+    holdout: int = 0
+    terms: tuple[str, ...] = ("loss",)
+
+
+@contextmanager
+def swapped_in(block: nn.Module, modules: dict[str, nn.Module], originals: dict[str, nn.Module]) -> Iterator[None]:
+    """Put ``modules`` in ``block`` at their paths with the block's own parameters frozen; restore on exit."""
+    frozen = [p for p in block.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    for name, mod in modules.items():
+        block.set_submodule(name, mod)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for name, mod in originals.items():
+            block.set_submodule(name, mod)
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def train_block(
+    ctx: BlockContext, param_groups: list[dict[str, Any]], loss_fn: LossFn, settings: TrainSettings
+) -> dict[str, Any]:
+    """Train ``param_groups`` (AdamW, no weight decay) on the block; returns the log.
+
+    The log has, for each loss term, its mean over the first and the last epoch
+    (``{term}_first_epoch`` / ``_last_epoch``), the loss of every epoch (``loss_by_epoch``)
+    and, with held-out samples, ``heldout_by_epoch`` and ``best_epoch``.
+    """
+    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    n_all, bs = ctx.x_q.shape[0], settings.batch_size
+    n = n_all - settings.holdout if settings.holdout < n_all else n_all  # the last windows are held out
+    total_steps = settings.epochs * -(-n // bs)
+    sched = None
+    if settings.schedule == "cosine":
+        warm = max(1, total_steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: pm.cosine_warmup(k, total_steps, warm))
+    history: list[dict] = []
+    best: tuple[float, list[torch.Tensor]] | None = None
+    trainable = [p for g in param_groups for p in g["params"]]
+    names = settings.terms
+    for epoch in range(settings.epochs):
+        sums = [0.0] * len(names)
+        for i in range(0, n, bs):
+            sl = slice(i, min(i + bs, n))
+            y = run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs)
+            terms = loss_fn(y, sl)
+            loss = terms[0]
+            check_finite(loss.detach(), f"block {ctx.index}: the training loss (epoch {epoch + 1}, sample {i})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            for k, v in enumerate(terms):
+                sums[k] += v.item() * y.shape[0]
+        rec = {name: s / n for name, s in zip(names, sums, strict=True)}
+        if n < n_all:
+            with torch.no_grad():
+                sl = slice(n, n_all)
+                rec["heldout"] = loss_fn(run_block(ctx.block, ctx.x_q[sl], ctx.call), sl)[0].item()
+            if best is None or rec["heldout"] < best[0]:
+                best = (rec["heldout"], [p.detach().clone() for p in trainable])
+        history.append(rec)
+        ctx.report(epoch=f"{epoch + 1}/{settings.epochs}", loss=f"{rec[names[0]]:.4g}")
+    log: dict[str, Any] = {}
+    for name in names:
+        log[f"{name}_first_epoch"] = history[0][name]
+        log[f"{name}_last_epoch"] = history[-1][name]
+    log["loss_by_epoch"] = [h[names[0]] for h in history]
+    if best is not None:
+        with torch.no_grad():
+            for p, v in zip(trainable, best[1], strict=True):
+                p.copy_(v)
+        log["heldout_by_epoch"] = [h["heldout"] for h in history]
+        log["best_epoch"] = 1 + min(range(len(history)), key=lambda e: history[e]["heldout"])
+    return log

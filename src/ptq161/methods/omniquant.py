@@ -1,0 +1,150 @@
+"""OmniQuant baseline (Shao et al., ICLR 2024), weight-only: learnable weight clipping (LWC) trained per block.
+
+Each linear's weight is quantized in groups (asymmetric, b bits) with a learned clipping
+range: per row and group, upper = sigmoid(gamma) max(w, 0) and lower = sigmoid(beta) min(w, 0),
+gamma = beta = ``init`` at the start (sigmoid(4) = 0.98: almost min-max). Rounding passes the
+gradient straight through. gamma and beta train with AdamW on the MSE between the quantized
+block's output on the quantized stream and the FP block's output on the FP stream, through
+the block training loop PTQ1.61 uses (``ptq161.methods.block_training``). The learnable
+equivalent transformation of the paper is for weight-activation quantization and is not
+needed weight-only. The range always contains 0 (as RTN's here), so the zero point fits in b bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import option
+from ..errors import PTQ161Error
+from ..primitives.quant import STORAGE_DTYPE, rtn_stored_bits
+from .base import BlockContext, BlockResult, MethodConfig, Parts
+from .block_training import TrainSettings, swapped_in, train_block
+from .layerwise import LayerwiseMethod
+
+
+@dataclass
+class OmniQuantConfig(MethodConfig):
+    """bits 2..8 in groups of ``group_size`` (0 = per row); LWC trained ``epochs`` per block at ``lr``."""
+
+    bits: int = option(2, "weight bits 2-8 (default 2)", minimum=1)
+    group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
+    epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
+    batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
+    lr: float = 1e-2  # OmniQuant's lwc_lr
+    init: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise PTQ161Error(f"omniquant supports --bits 2..8, got {self.bits}")
+        if self.group_size < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise PTQ161Error("omniquant needs group_size >= 0, epochs >= 0, batch_size >= 1 and lr > 0")
+
+
+def round_ste(t: torch.Tensor) -> torch.Tensor:
+    """round(t) forward, identity gradient backward."""
+    return t + (t.round() - t).detach()
+
+
+def grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """W [m, n] -> [m, G, g] with g = group_size (0: n), zero-padded on the right to G * g columns."""
+    m, n = w.shape
+    g = group_size or n
+    pad = (-n) % g
+    return F.pad(w, (0, pad)).reshape(m, (n + pad) // g, g)
+
+
+def lwc_range(wg: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper) [m, G, 1] of groups wg [m, G, g]: sigmoid(beta) min(w, 0), sigmoid(gamma) max(w, 0)."""
+    hi = wg.amax(dim=-1, keepdim=True).clamp(min=0)
+    lo = wg.amin(dim=-1, keepdim=True).clamp(max=0)
+    return torch.sigmoid(beta) * lo, torch.sigmoid(gamma) * hi
+
+
+def lwc_fake_quant(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, group_size: int):
+    """Differentiable (straight-through) dequantized W [m, n] with the clipping gamma, beta [m, G, 1]."""
+    m, n = w.shape
+    wg = grouped(w, group_size)
+    lo, hi = lwc_range(wg, gamma, beta)
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).clamp(min=1e-8)
+    zero = round_ste(-lo / scale)
+    q = torch.clamp(round_ste(wg / scale) + zero, 0, qmax)
+    return ((q - zero) * scale).reshape(m, -1)[:, :n]
+
+
+def lwc_stored(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """The stored weight: codes against the fp16-rounded scale and a b-bit zero point, dequantized. [m, n]."""
+    m, n = w.shape
+    wg = grouped(w, group_size)
+    lo, hi = lwc_range(wg, gamma, beta)
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).to(STORAGE_DTYPE).float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
+    q = torch.clamp(torch.round(wg / scale) + zero, 0, qmax)
+    return ((q - zero) * scale).reshape(m, -1)[:, :n]
+
+
+class LWCLinear(nn.Module):
+    """A linear whose weight is quantized with learnable clipping (gamma, beta [m, G, 1]); weight and bias frozen."""
+
+    def __init__(self, lin: nn.Linear, bits: int, group_size: int, init: float) -> None:
+        super().__init__()
+        w = lin.weight.detach().float()
+        self.register_buffer("w", w)
+        self.bias = lin.bias
+        self.bits, self.group_size = bits, group_size
+        groups = math.ceil(w.shape[1] / (group_size or w.shape[1]))
+        self.gamma = nn.Parameter(torch.full((w.shape[0], groups, 1), init, device=w.device))
+        self.beta = nn.Parameter(torch.full((w.shape[0], groups, 1), init, device=w.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., n] -> [..., m] through the fake-quantized weight."""
+        wq = lwc_fake_quant(self.w, self.gamma, self.beta, self.bits, self.group_size)
+        return F.linear(x, wq.to(x.dtype), self.bias)
+
+    def stored_weight(self) -> torch.Tensor:
+        """The weight as stored after training, float32 [m, n]."""
+        with torch.no_grad():
+            return lwc_stored(self.w, self.gamma, self.beta, self.bits, self.group_size)
+
+
+class OmniQuant(LayerwiseMethod):
+    """OmniQuant's LWC on the shared block-wise driver and block training loop (dense "fake-quant" output)."""
+
+    name = "omniquant"
+    config_class = OmniQuantConfig
+    config: OmniQuantConfig
+
+    def quantize_block(self, ctx: BlockContext) -> BlockResult:
+        """Train the clipping of every linear of the block together, then write the stored weights."""
+        cfg = self.config
+        modules = {name: LWCLinear(lin, cfg.bits, cfg.group_size, cfg.init) for name, lin in ctx.linears.items()}
+        log: dict = {}
+        if cfg.epochs > 0:
+            params = [p for m in modules.values() for p in (m.gamma, m.beta)]
+
+            def loss_fn(y: torch.Tensor, sl: slice) -> tuple[torch.Tensor, ...]:
+                return (F.mse_loss(y, ctx.y_fp[sl].to(y.device)),)
+
+            with swapped_in(ctx.block, modules, ctx.linears):
+                log = train_block(
+                    ctx, [{"params": params, "lr": cfg.lr}], loss_fn, TrainSettings(cfg.epochs, cfg.batch_size)
+                )
+        parts: dict[str, Parts] = {}
+        for name, mod in modules.items():
+            q = mod.stored_weight().cpu()
+            lin = ctx.linears[name]
+            with torch.no_grad():
+                lin.weight.copy_(q.to(lin.weight.device, lin.weight.dtype))
+            parts[name] = {"weight": q}
+        return BlockResult(parts, log)
+
+    def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
+        """b bits per weight + per group an fp16 scale and a b-bit zero."""
+        return float(self.config.bits), rtn_stored_bits(m, n, self.config.bits, self.config.group_size)
