@@ -87,6 +87,7 @@ def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
     only); the wall time of the whole command (model loading and writing included) is kept beside.
     """
+    import json
     import shutil
     import subprocess
     import sys
@@ -94,19 +95,30 @@ def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
 
     from ptq161 import load
     from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
+    from ptq161.pipeline.state import STATE_DIR
 
-    if out.exists():
-        shutil.rmtree(out)
     args = ["quantize", model, "--output", str(out)]
+    progress = out / STATE_DIR / "progress.json"
+    earlier = 0.0  # block seconds of an interrupted run of this row that this one resumes
+    if progress.is_file() and read_meta(out) is None:
+        earlier = sum(log["seconds"] for log in json.loads(progress.read_text())["progress"]["logs"])
+        args.append("--resume")
+    elif out.exists():
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     meta = read_meta(out)
+    resumed = {}
+    if earlier:
+        why = note("compare", "resumed", seconds=f"{earlier:.0f}")
+        resumed = {"resumed_after_seconds": earlier, "timing_resumed": why}
     return {
         **result_row(meta, table_perplexities(*load(str(out)), windows), windows, out),
         "command": " ".join(["ptq161", *args]).replace(str(RESULTS.parents[1]) + "/", ""),
-        "quantize_seconds": meta["seconds"],
+        "quantize_seconds": meta["seconds"] + earlier,
         "command_wall_seconds": wall,
+        **resumed,
         "peak_rss_mb": meta["peak_rss_mb"],
         "file_bits_per_weight": file_bits_per_weight(out, meta["bits"]["layers"]),
     }
@@ -222,6 +234,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
     contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
     if contended:
         notes += " " + note("compare", "contended", rows="; ".join(contended))
+    notes += "".join(f" {n}: {r['timing_resumed']}" for n, r in rows.items() if r.get("timing_resumed"))
     commit = main_commit(rows)
     other = [
         f"{n} ({r['git_commit'][:7] if r.get('git_commit') else 'commit not recorded'}"
