@@ -36,21 +36,40 @@ ROWS: dict[str, tuple[str, dict]] = {
     "rtn_w3": ("rtn", dict(bits=3)),
     "rtn_w2": ("rtn", dict(bits=2)),
     "rtn_w1_xnor": ("rtn", dict(bits=1)),
+    "rtn_w3_g128": ("rtn", dict(bits=3, group_size=128)),
+    "rtn_w2_g128": ("rtn", dict(bits=2, group_size=128)),
     "gptq_w4": ("gptq", dict(bits=4)),
     "gptq_w3": ("gptq", dict(bits=3)),
     "gptq_w3_g128": ("gptq", dict(bits=3, group_size=128)),
     "gptq_w2": ("gptq", dict(bits=2)),
     "gptq_w2_g128": ("gptq", dict(bits=2, group_size=128)),
+    "awq_w4_g128": ("awq", dict(bits=4, group_size=128)),
+    "awq_w3_g128": ("awq", dict(bits=3, group_size=128)),
+    "awq_w2_g128": ("awq", dict(bits=2, group_size=128)),
+    # OmniQuant trains 20 (W3) / 40 (W2) epochs on 128 x 2048 tokens; here the cpu preset's 10 on 64 x 256
+    "omniquant_w3_g128": ("omniquant", dict(bits=3, group_size=128, epochs=10)),
+    "omniquant_w2_g128": ("omniquant", dict(bits=2, group_size=128, epochs=10)),
+    "omniquant_w2": ("omniquant", dict(bits=2, group_size=0, epochs=10)),
     "pbllm": ("pbllm", dict()),
     "billm": ("billm", dict()),
     "billm_weight_search": ("billm", dict(search="weight")),  # the literal reading of the paper (see billm.py)
+    "arb": ("arb", dict()),  # ARB-LLM_RC on BiLLM's split
     # the paper's method at the cpu budget (what the cpu preset was before issue 15)
     "ptq161_paper": ("ptq161", dict(preset="cpu", s_param="linear", lr_s=5e-4, e2e_steps=0)),
     # the default: `ptq161 quantize smollm2-135m` (cpu preset) run as a user runs it, packed dir evaluated
     "ptq161": ("ptq161", dict(cli=True)),
 }
 ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
-PAPER_LABEL = {"rtn": "{bits}", "gptq": "{bits}", "pbllm": "1.7 (+1)", "billm": "1 (+1.1)", "ptq161": "1.6 (+0.0002)"}
+PAPER_LABEL = {
+    "rtn": "{bits}",
+    "gptq": "{bits}",
+    "awq": "{bits}",
+    "omniquant": "{bits}",
+    "pbllm": "1.7 (+1)",
+    "billm": "1 (+1.1)",
+    "arb": "1 (+1.1)",
+    "ptq161": "1.6 (+0.0002)",
+}
 
 
 def results_name(model: str) -> str:
@@ -179,7 +198,7 @@ def table_rows(rows: dict, fp: dict, commit: str | None, fp_label: str = "dequan
             continue
         r = rows[name]
         label = PAPER_LABEL[r["method"]]
-        label = label.format(**r["config"]) if r["method"] in ("rtn", "gptq") else label
+        label = label.format(**r["config"]) if "{bits}" in label else label
         g = r["config"].get("group_size")
         seconds = round(r["quantize_seconds"])
         mark = "" if r.get("git_commit") == commit else " †"
@@ -254,7 +273,11 @@ def render(store: dict, args: argparse.Namespace) -> None:
         results_name(args.model),
         f"Methods side by side on {args.model} (paper Table 1 analogue)",
         markdown_table(HEAD, table_rows(rows, fp, commit, spec.fp_label)),
-        {"fp": fp, "rows": rows},
+        {
+            "fp": fp,
+            "rows": rows,
+            **({"plain_transformers": store["plain_transformers"]} if "plain_transformers" in store else {}),
+        },
         notes,
         keep_meta=store if args.render_only else None,
         nsamples=args.nsamples,
