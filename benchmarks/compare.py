@@ -216,6 +216,18 @@ def table_rows(rows: dict, fp: dict, commit: str | None, fp_label: str = "dequan
     return out
 
 
+def pareto_plot(rows: dict, fp: dict, model: str, fp_label: str) -> Path:
+    """``results/NAME_pareto.png``: WikiText-2 perplexity (log) against true stored bits, one point per row."""
+    from ptq161.eval.plots import pareto_png
+
+    points = [(f"FP ({fp_label})", 16.0, fp["wikitext2"])]
+    points += [(n, r["stored_bits_per_weight"], r["wikitext2_ppl"]) for n, r in rows.items()]
+    png = RESULTS / f"{results_name(model)}_pareto.png"
+    title = f"{model}: WikiText-2 perplexity (first windows of 2048) against true bits per weight"
+    pareto_png(points, png, title, "WikiText-2 perplexity (log scale)")
+    return png
+
+
 HEAD = [
     "method",
     "weight bits (+extra), papers' count",
@@ -269,6 +281,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
         notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
         if args.model == "smollm2-135m":
             notes += " " + note("compare", "smollm2_determinism")
+    png = pareto_plot(rows, fp, args.model, spec.fp_label)
+    notes += f"\n\n![perplexity against true bits per weight]({png.name})"
     write_results(
         results_name(args.model),
         f"Methods side by side on {args.model} (paper Table 1 analogue)",
@@ -304,7 +318,7 @@ def main() -> None:
     if "fp" not in store:
         store["fp"] = fp_perplexities(args.windows, args.model)
         render(store, args)
-    if args.model != "smollm2-135m" and "plain_transformers" not in store:
+    if args.model != "smollm2-135m" and "plain_transformers" not in store and not args.render_only:
         store["plain_transformers"] = plain_transformers_perplexities(args.model, args.windows)
         render(store, args)
     names = args.rows.split(",")
