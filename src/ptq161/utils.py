@@ -172,6 +172,18 @@ def python_rng(seed: int) -> random.Random:
     return random.Random(seed)
 
 
+def current_rss_bytes() -> int:
+    """Resident set size of this process now, in bytes (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux: VmHWM; elsewhere ru_maxrss).
 

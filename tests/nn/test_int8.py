@@ -16,3 +16,10 @@ def test_int8_roundtrip_and_error_bound():
     emb = Int8Embedding.from_weight(w)
     ids = torch.tensor([[0, 5, 36]])
     assert torch.equal(emb(ids)[0], emb.dequantize()[ids[0]])
+
+
+def test_int8_rows_quantized_in_tiles_equal_all_at_once():
+    w = torch.randn(37, 16, generator=torch.Generator().manual_seed(3))
+    q1, s1 = quantize_int8_rows(w, rows=5)
+    q2, s2 = quantize_int8_rows(w, rows=1000)
+    assert torch.equal(q1, q2) and torch.equal(s1, s2)

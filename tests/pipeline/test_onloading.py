@@ -32,6 +32,27 @@ def test_memory_sizes_parse_and_the_budget_decides(model_dir):
     assert not onloads(str(model_dir), torch.float32, 10**9)
 
 
+def test_evaluation_counts_loading_twice_and_one_windows_working_memory(model_dir, monkeypatch):
+    """The rule behind a real case: the int8-head 1.5B model (714 MiB of weights) was evaluated whole under
+    --max-memory 3GB by the half-budget rule and peaked at 3.95 GB."""
+    import json
+
+    import ptq161.models.lazy as lazy_mod
+    from ptq161.models.lazy import model_bytes, window_bytes
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    h, i, heads, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["vocab_size"]
+    assert window_bytes(model_dir, 64) == 8 * (64 * (4 * h + 3 * i) + heads * 64 * 64 + 64 * v)
+    monkeypatch.setattr(lazy_mod, "current_rss_bytes", lambda: 10**6)
+    need = 10**6 + 2 * model_bytes(model_dir, torch.float32) + window_bytes(model_dir, 64)
+    assert not onloads(str(model_dir), torch.float32, need, seqlen=64)
+    assert onloads(str(model_dir), torch.float32, need - 1, seqlen=64)
+    assert not onloads(str(model_dir), torch.float32, need - 1)  # quantization: the half-budget rule
+    big = {"hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12, "vocab_size": 151936}
+    (model_dir / "config.json").write_text(json.dumps(big))
+    assert window_bytes(model_dir, 2048) == 8 * (2048 * (4 * 1536 + 3 * 8960) + 12 * 2048**2 + 256 * 151936)
+
+
 def test_blockwise_perplexity_equals_the_whole_model(model_dir):
     model, _ = ptq161.load(model_dir)
     lazy, _ = load_model_lazy(str(model_dir))

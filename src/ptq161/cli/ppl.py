@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.datasets or []:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
-    if onloads(args.model, dtype, args.max_memory):
+    if onloads(args.model, dtype, args.max_memory, seqlen=args.seqlen):
         model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype, **load_options(args))
         print(f"model: {args.model} is over half the memory budget: evaluated block by block (onloading)")
     else:

@@ -25,10 +25,8 @@ from tqdm.auto import tqdm
 from ..calibration import capture_block_inputs, run_block
 from ..errors import DataError, check_finite
 from ..models.adapters import LLAMA_LIKE, Adapter, get_adapter
-from ..models.lazy import LazyModel
+from ..models.lazy import HEAD_CHUNK, LARGE_LOGITS, LazyModel
 
-HEAD_CHUNK = 256  # tokens per lm_head call when the logits of a window would be large
-LARGE_LOGITS = 512 * 2**20  # bytes of [seqlen, vocab] float32 logits above which the head is chunked
 LAZY_GROUP = 8  # windows that go through the layers together in the block-wise loop
 
 

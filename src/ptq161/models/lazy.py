@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import PTQ161Error, check_finite
 from ..nn.packed import validate_lowbit_modules
+from ..utils import current_rss_bytes
 from .adapters import Adapter, get_adapter
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30, "T": 2**40}
@@ -259,14 +260,44 @@ def model_bytes(where: str | Path, dtype: torch.dtype) -> int | None:
     return weights.nbytes(torch.finfo(dtype).bits // 8)
 
 
-def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int) -> bool:
-    """Whether the model in directory ``where`` at ``dtype`` takes at most half of ``budget`` bytes.
+HEAD_CHUNK = 256  # tokens per lm_head call when the logits of a window would be large (perplexity)
+LARGE_LOGITS = 512 * 2**20  # bytes of [seqlen, vocab] float32 logits above which the head is chunked
 
-    The other half is for activations, calibration streams and the output; a directory
-    without safetensors (a hub id) counts as fitting (it is loaded whole).
+
+def window_bytes(where: str | Path, seqlen: int) -> int:
+    """Working memory of one perplexity window of ``seqlen`` tokens through the model in ``where`` (float32):
+    the residual stream and MLP activations, the attention scores of all heads, and the logits (chunked
+    as ``ptq161.eval.perplexity`` does), each counted twice for the temporaries beside them. 0 without a
+    readable config.json."""
+    try:
+        cfg = json.loads((Path(where) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    cfg = cfg.get("text_config", cfg)
+    hidden = int(cfg.get("hidden_size") or 0)
+    inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    heads = int(cfg.get("num_attention_heads") or 1)
+    vocab = int(cfg.get("vocab_size") or 0)
+    logit_rows = HEAD_CHUNK if seqlen * vocab * 4 > LARGE_LOGITS else seqlen
+    return 2 * 4 * (seqlen * (4 * hidden + 3 * inter) + heads * seqlen * seqlen + logit_rows * vocab)
+
+
+def fits_in_memory(where: str | Path, dtype: torch.dtype, budget: int, seqlen: int | None = None) -> bool:
+    """Whether the model in directory ``where`` at ``dtype`` can be held whole within ``budget`` bytes.
+
+    Without ``seqlen`` (quantization): its weights take at most half of the budget, the other
+    half is for activations, calibration streams and the output. With ``seqlen`` (evaluating
+    windows of that length): what this process holds now, plus the weights twice (the
+    safetensors pages read and the model's copy, both resident while loading), plus one
+    window's working memory (``window_bytes``) fit in the budget. A directory without
+    safetensors (a hub id) counts as fitting (it is loaded whole).
     """
     need = model_bytes(where, dtype)
-    return need is None or need <= budget // 2
+    if need is None:
+        return True
+    if seqlen is None:
+        return need <= budget // 2
+    return current_rss_bytes() + 2 * need + window_bytes(where, seqlen) <= budget
 
 
 def _checkpoint_renames(model: nn.Module, weights: SafetensorsDir):

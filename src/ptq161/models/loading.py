@@ -152,11 +152,12 @@ def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
         )
 
 
-def onloads(spec: str, dtype: torch.dtype, max_memory: int | None) -> bool:
-    """Whether ``spec`` must be block-onloaded: a safetensors model (FP or packed) whose weights at
-    ``dtype`` take more than half of ``max_memory`` bytes (default: the RAM available now)."""
+def onloads(spec: str, dtype: torch.dtype, max_memory: int | None, seqlen: int | None = None) -> bool:
+    """Whether ``spec`` must be block-onloaded: a safetensors model (FP or packed) that does not fit in
+    ``max_memory`` bytes (default: the RAM available now) by ``fits_in_memory``'s rule (its evaluation rule
+    with ``seqlen``, the window length of a perplexity run)."""
     budget = max_memory if max_memory is not None else available_memory()
-    return not fits_in_memory(resolve_model_path(spec), dtype, budget)  # a hub id fits: loaded whole
+    return not fits_in_memory(resolve_model_path(spec), dtype, budget, seqlen)  # a hub id fits: loaded whole
 
 
 def _remote_code_error(spec: str, e: Exception) -> PTQ161Error:

@@ -17,16 +17,24 @@ from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
 ROW_TILE = 4096
 
 
-def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: w [m, n] -> (int8 [m, n], fp16 scale [m]), scale = max|w_i| / 127."""
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).half()
-    q = torch.clamp(torch.round(w / scale.float()[:, None]), -127, 127).to(torch.int8)
+def quantize_int8_rows(w: torch.Tensor, rows: int = ROW_TILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: w [m, n] -> (int8 [m, n], fp16 scale [m]), scale = max|w_i| / 127.
+
+    Done ``rows`` rows at a time, so the float temporaries stay small for a large vocabulary.
+    """
+    scale = torch.empty(w.shape[0], dtype=torch.float16)
+    q = torch.empty(w.shape, dtype=torch.int8)
+    for r in range(0, w.shape[0], rows):
+        part = w[r : r + rows].float()
+        s = (part.abs().amax(dim=1) / 127).clamp(min=1e-8).half()
+        scale[r : r + rows] = s
+        q[r : r + rows] = torch.clamp(torch.round(part / s.float()[:, None]), -127, 127).to(torch.int8)
     return q, scale
 
 
 def _fill(mod: nn.Module, w: torch.Tensor) -> nn.Module:
     """Quantize ``w`` into the ``weight_int8`` and ``scale`` buffers of ``mod``."""
-    q, s = quantize_int8_rows(w.detach().float().cpu())
+    q, s = quantize_int8_rows(w.detach().cpu())
     mod.weight_int8.copy_(q)
     mod.scale.copy_(s)
     return mod
