@@ -281,6 +281,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
         notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
         if args.model == "smollm2-135m":
             notes += " " + note("compare", "smollm2_determinism")
+    if any(r["method"] in ("awq", "omniquant", "arb") for r in rows.values()):
+        notes += " " + note("compare", "methods17")
     png = pareto_plot(rows, fp, args.model, spec.fp_label)
     notes += f"\n\n![perplexity against true bits per weight]({png.name})"
     write_results(
