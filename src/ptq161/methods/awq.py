@@ -23,9 +23,9 @@ from torch import nn
 from ..calibration import record_hessians, run_block
 from ..config import option
 from ..errors import PTQ161Error
-from ..primitives.quant import rtn_grouped, rtn_stored_bits
+from ..primitives.quant import rtn_grouped
 from .base import BlockContext, BlockResult, MethodConfig, Parts
-from .layerwise import LayerwiseMethod
+from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
 @dataclass
@@ -148,13 +148,10 @@ class AWQ(LayerwiseMethod):
             for name, w in zip(group, ws, strict=True):
                 clip = not any(name.endswith(k) for k in cfg.no_clip.split(",") if k)
                 q = awq_layer(w, h, s, cfg, clip)
-                lin = ctx.linears[name]
-                with torch.no_grad():
-                    lin.weight.copy_(q.to(lin.weight.device, lin.weight.dtype))
-                parts[name] = {"weight": q}
+                parts[name] = write_dense(ctx.linears[name], q)
                 ctx.report(layer=name)
         return BlockResult(parts, {"awq_ratio": ratios})
 
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
         """b bits per weight + per group an fp16 scale and a b-bit zero (the AWQ scales are folded away)."""
-        return float(self.config.bits), rtn_stored_bits(m, n, self.config.bits, self.config.group_size)
+        return grouped_rtn_bits(self.config.bits, self.config.group_size, m, n)

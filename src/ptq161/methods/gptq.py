@@ -8,10 +8,10 @@ import torch
 
 from ..config import option
 from ..errors import PTQ161Error
-from ..primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize, rtn_stored_bits
+from ..primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize
 from .base import MethodConfig
 from .gptq_math import gptq_quantize, prepare_hessian
-from .layerwise import LayerwiseMethod
+from .layerwise import LayerwiseMethod, grouped_rtn_bits
 
 
 @dataclass
@@ -64,5 +64,4 @@ class GPTQ(LayerwiseMethod):
 
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
         """b bits per weight + per group an fp16 scale and a b-bit zero."""
-        b = self.config.bits
-        return float(b), rtn_stored_bits(m, n, b, self.config.group_size)
+        return grouped_rtn_bits(self.config.bits, self.config.group_size, m, n)

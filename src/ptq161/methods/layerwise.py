@@ -8,9 +8,24 @@ their dequantized weight (they are fake-quant); bit counts come from the method'
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..calibration import record_hessians, run_block
+from ..primitives.quant import rtn_stored_bits
 from .base import BlockContext, BlockResult, LayerBits, Method, Parts
+
+
+def write_dense(lin: nn.Linear, q: torch.Tensor) -> Parts:
+    """Write the dequantized weight Q [m, n] into ``lin`` (its device and dtype); -> the parts ``{"weight": Q}``."""
+    with torch.no_grad():
+        lin.weight.copy_(q.to(lin.weight.device, lin.weight.dtype))
+    return {"weight": q}
+
+
+def grouped_rtn_bits(bits: int, group_size: int, m: int, n: int) -> tuple[float, int]:
+    """(paper count, stored bits) of an [m, n] layer in grouped RTN format: b bits a weight + per group an
+    fp16 scale and a b-bit zero point (group_size 0: one group per row)."""
+    return float(bits), rtn_stored_bits(m, n, bits, group_size)
 
 
 class LayerwiseMethod(Method):
@@ -36,9 +51,7 @@ class LayerwiseMethod(Method):
         parts: dict[str, Parts] = {}
         for name, lin in ctx.linears.items():
             q, counts = self.quantize_layer(lin.weight.detach().float().cpu(), hessians[name])
-            with torch.no_grad():
-                lin.weight.copy_(q.to(lin.weight.device, lin.weight.dtype))
-            parts[name] = {"weight": q, **{k: torch.tensor(v, dtype=torch.int64) for k, v in counts.items()}}
+            parts[name] = {**write_dense(lin, q), **{k: torch.tensor(v, dtype=torch.int64) for k, v in counts.items()}}
             ctx.report(layer=name)
         return BlockResult(parts, {})
 

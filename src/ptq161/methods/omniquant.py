@@ -21,10 +21,10 @@ from torch import nn
 
 from ..config import option
 from ..errors import PTQ161Error
-from ..primitives.quant import STORAGE_DTYPE, rtn_stored_bits
+from ..primitives.quant import STORAGE_DTYPE
 from .base import BlockContext, BlockResult, MethodConfig, Parts
 from .block_training import TrainSettings, swapped_in, train_block
-from .layerwise import LayerwiseMethod
+from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
 @dataclass
@@ -138,13 +138,9 @@ class OmniQuant(LayerwiseMethod):
                 )
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():
-            q = mod.stored_weight().cpu()
-            lin = ctx.linears[name]
-            with torch.no_grad():
-                lin.weight.copy_(q.to(lin.weight.device, lin.weight.dtype))
-            parts[name] = {"weight": q}
+            parts[name] = write_dense(ctx.linears[name], mod.stored_weight().cpu())
         return BlockResult(parts, log)
 
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
         """b bits per weight + per group an fp16 scale and a b-bit zero."""
-        return float(self.config.bits), rtn_stored_bits(m, n, self.config.bits, self.config.group_size)
+        return grouped_rtn_bits(self.config.bits, self.config.group_size, m, n)
