@@ -24,7 +24,7 @@ def test_every_flag_sets_a_real_config_field_and_every_option_field_has_a_flag()
     assert declared == {(m, f) for mf in flags for m, f in mf.fields.items()}
     by_flag = {mf.flag: mf for mf in flags}
     assert set(by_flag["--ratio"].fields) == {"ptq161", "pbllm"}  # one flag, two methods, same parsing
-    assert set(by_flag["--bits"].fields) == {"rtn", "gptq"}
+    assert set(by_flag["--bits"].fields) == {"rtn", "gptq", "awq", "omniquant"}
 
 
 def test_method_config_takes_the_methods_own_flags_and_refuses_others():
