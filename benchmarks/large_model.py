@@ -12,6 +12,11 @@ fresh child process whose whole peak RSS is recorded:
   dense fp32 model in the same process (the dense model needs 7.1 GB: this step is not under the budget);
 - ``int8_convert``: ``ptq161 convert OUT --int8-head -o OUT-int8head`` (the embedding and lm_head in
   per-row int8, what ``quantize --int8-head`` writes), then ``int8_ppl`` and ``int8_decode`` as above on it.
+- ``mem_quantize_int8`` / ``mem_ppl_int8``: memory checks only. ``ptq161 quantize MODEL --preset smoke
+  --epochs 0 --e2e-steps 0 --int8-head --max-memory 3GB`` (the same packed format, tensor shapes and
+  int8 head as a trained result, in minutes), then ``ptq161 ppl`` of it on one 2048-token WikiText-2
+  window (windows are evaluated one after another: one shows the peak). Their perplexity says nothing
+  of the method and is not reported.
 """
 
 from __future__ import annotations
@@ -25,7 +30,18 @@ import time
 from benchmarks.common import OUTPUTS, bench_parser, note, run_pending, serve_child, stored, write_results
 from ptq161.eval.report import markdown_table
 
-STEPS = ("fp", "ptq161", "ptq161_ppl", "decode", "int8_convert", "int8_ppl", "int8_decode")
+STEPS = (
+    "fp",
+    "ptq161",
+    "ptq161_ppl",
+    "decode",
+    "int8_convert",
+    "int8_ppl",
+    "int8_decode",
+    "mem_quantize_int8",
+    "mem_ppl_int8",
+)
+MEMORY_ONLY = ("mem_quantize_int8", "mem_ppl_int8")  # peak RSS of an untrained model of the same format
 
 
 def _cli(argv: list[str]) -> tuple[str, float]:
@@ -50,7 +66,23 @@ def run_step(name: str, args: argparse.Namespace) -> dict:
     int8 = out.with_name(out.name + "-int8head")
     mem = ["--max-memory", args.max_memory]
     row: dict = {"step": name}
-    if name in ("fp", "ptq161_ppl", "int8_ppl"):
+    smoke = OUTPUTS / "large_model" / f"{args.model}-smoke-int8head"
+    if name == "mem_quantize_int8":
+        if smoke.exists():
+            import shutil
+
+            shutil.rmtree(smoke)
+        argv = ["quantize", args.model, "--preset", "smoke", "--epochs", "0", "--e2e-steps", "0", "--int8-head"]
+        argv += ["--output", str(smoke), *mem]
+        _, seconds = _cli(argv)
+        row |= {"seconds": seconds, "block_onloading": read_meta(smoke)["block_onloading"]}
+        row["command"] = "ptq161 " + " ".join(argv).replace(str(OUTPUTS.parent) + "/", "")
+    elif name == "mem_ppl_int8":
+        argv = ["ppl", str(smoke), "--datasets", "wikitext2", "--max-windows", "1", *mem]
+        text, seconds = _cli(argv)
+        row |= {"seconds": seconds, "block_onloading": "block by block" in text}
+        row["command"] = "ptq161 " + " ".join(argv).replace(str(OUTPUTS.parent) + "/", "")
+    elif name in ("fp", "ptq161_ppl", "int8_ppl"):
         target = {"fp": args.model, "ptq161_ppl": str(out), "int8_ppl": str(int8)}[name]
         report = OUTPUTS / "large_model" / f"{name}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +150,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "int8_convert": "`ptq161 convert --int8-head` (embedding and lm_head in int8)",
         "int8_ppl": "PTQ1.61 + int8 head perplexity (packed{how})",
         "int8_decode": "packed + int8 head decode (fused engine) vs dense fp32, same process",
+        "mem_quantize_int8": "memory check: quantize --int8-head, untrained (smoke preset, epochs 0; block onloading)",
+        "mem_ppl_int8": "memory check: perplexity of that int8-head model, 1 window ({how})",
     }
     for name in STEPS:
         if name not in rows:

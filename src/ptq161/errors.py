@@ -22,6 +22,9 @@ class NonFiniteError(PTQ161Error):
     exit_code = 3
 
 
+FINITE_CHUNK = 2**22  # elements checked at a time by check_finite
+
+
 def check_finite(t, what: str) -> None:
     """``NonFiniteError`` "``what`` is NaN / infinite" unless every element of tensor or float ``t`` is finite."""
     import math
@@ -29,8 +32,15 @@ def check_finite(t, what: str) -> None:
     import torch
 
     if isinstance(t, torch.Tensor):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
-            raise NonFiniteError(f"{what} holds {kind} values")
+        if not t.is_floating_point():
+            return
+        # in slices: torch.isfinite makes temporaries of the tensor's size (|t| among them), 1.4x
+        # a 900 MB embedding while it loads (measured: peak RSS 3.0 GB instead of 1.7 GB)
+        flat = t.reshape(-1)
+        for i in range(0, flat.numel(), FINITE_CHUNK):
+            part = flat[i : i + FINITE_CHUNK]
+            if not bool(torch.isfinite(part).all()):
+                kind = "NaN" if bool(torch.isnan(part).any()) or bool(torch.isnan(flat).any()) else "infinite"
+                raise NonFiniteError(f"{what} holds {kind} values")
     elif not math.isfinite(t):
         raise NonFiniteError(f"{what} is {t}")

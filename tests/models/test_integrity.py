@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ptq161 import CalibConfig, quantize
 from ptq161.cli import main
@@ -221,3 +222,22 @@ def test_quantization_stops_at_the_first_non_finite_block_and_saves_nothing_of_i
     saved = sorted(p.name for p in (out / STATE_DIR).iterdir())
     assert "block_0000.safetensors" in saved and "block_0001.safetensors" not in saved
     assert not (out / META).exists()
+
+
+def test_check_finite_finds_a_bad_value_in_any_slice(monkeypatch):
+    import ptq161.errors as errors
+    from ptq161.errors import NonFiniteError, check_finite
+
+    monkeypatch.setattr(errors, "FINITE_CHUNK", 7)  # many slices, the last one partial
+    t = torch.zeros(5, 9)
+    check_finite(t, "t")
+    for pos, value, kind in ((44, float("nan"), "NaN"), (20, float("inf"), "infinite"), (0, float("-inf"), "inf")):
+        bad = t.clone()
+        bad.view(-1)[pos] = value
+        with pytest.raises(NonFiniteError, match=kind):
+            check_finite(bad, "t")
+    both = t.clone()
+    both.view(-1)[3], both.view(-1)[40] = float("inf"), float("nan")
+    with pytest.raises(NonFiniteError, match="NaN"):  # a NaN anywhere is named first
+        check_finite(both, "t")
+    check_finite(torch.ones(3, dtype=torch.int64), "ints are not checked")

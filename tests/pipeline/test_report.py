@@ -66,3 +66,15 @@ def test_report_cli_errors_are_one_line(two_outputs, tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("ptq161: error:") for line in err)
     with pytest.raises(PTQ161Error, match="not a ptq161 output"):
         read_output(tmp_path)
+
+
+def test_report_ppl_onloads_over_the_budget_with_the_same_numbers(two_outputs, text_file, tmp_path, capsys):
+    ptq, rtn = two_outputs
+    base = ["report", str(ptq), str(rtn), "--ppl", "--datasets", f"text:{text_file}", "--seqlen", "64"]
+    assert main([*base, "-o", str(tmp_path / "whole.md")]) == 0
+    assert "block by block" not in capsys.readouterr().out
+    assert main([*base, "-o", str(tmp_path / "onloaded.md"), "--max-memory", "1KB"]) == 0
+    assert capsys.readouterr().out.count("block by block") == 2
+    rows = [[line for line in (tmp_path / f"{n}.md").read_text().splitlines() if line.startswith("| ptq161 |")]
+            for n in ("whole", "onloaded")]  # fmt: skip
+    assert rows[0] and rows[0] == rows[1]

@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    if getattr(args, "max_memory", None) is not None:  # a memory budget: freed large buffers go back at once
+        from ..models.lazy import bound_heap_growth
+
+        bound_heap_growth()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

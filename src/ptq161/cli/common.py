@@ -102,7 +102,8 @@ def add_max_memory(p: argparse.ArgumentParser) -> None:
         default=None,
         help="RAM budget, e.g. 3GB (default: the RAM available now). A model whose weights take more than "
         "half of it is onloaded block by block: one decoder layer in memory at a time, read from its "
-        "safetensors files (slower, same numbers)",
+        "safetensors files (slower, same numbers). With a budget, buffers of 1 MiB or more are returned to the "
+        "system as soon as they are freed",
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from ..api import evaluate_perplexity, load_model
 from ..data.corpora import EVAL_CORPORA, check_eval_name
 from ..eval.report import markdown_table, run_metadata
-from ..models import load_model_lazy, onloads
+from ..models import LazyModel, load_model_lazy, onloads
 from ..pipeline.output_dir import read_meta
 from ..utils import atomic_write_json
 from .common import (
@@ -51,16 +51,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def load_for_perplexity(
+    spec: str, args: argparse.Namespace, *, dtype: torch.dtype = torch.float32, device: str = "cpu", seqlen: int
+) -> tuple[torch.nn.Module | LazyModel, object]:
+    """(model, tokenizer) for evaluating windows of ``seqlen`` tokens: whole when it fits ``args.max_memory``
+    (by ``onloads``' rule), else block-onloaded (with a message)."""
+    if onloads(spec, dtype, args.max_memory, seqlen=seqlen):
+        print(f"model: {spec} does not fit the memory budget whole: evaluated block by block (onloading)")
+        return load_model_lazy(spec, device=device, dtype=dtype, **load_options(args))
+    return load_model(spec, device=device, dtype=dtype, **load_options(args))
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print a table (and JSON with ``--json``)."""
     for name in args.datasets or []:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
-    if onloads(args.model, dtype, args.max_memory, seqlen=args.seqlen):
-        model, tok = load_model_lazy(args.model, device=args.device, dtype=dtype, **load_options(args))
-        print(f"model: {args.model} is over half the memory budget: evaluated block by block (onloading)")
-    else:
-        model, tok = load_model(args.model, device=args.device, dtype=dtype, **load_options(args))
+    model, tok = load_for_perplexity(args.model, args, dtype=dtype, device=args.device, seqlen=args.seqlen)
     results = evaluate_perplexity(
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..api import evaluate_perplexity, load_model
+from ..api import evaluate_perplexity
 from ..data.corpora import check_eval_name
 from ..pipeline.report import read_output, write_report
-from .common import add_data_dir, add_load_options, csv_list, load_options, positive_int
+from .common import add_data_dir, add_load_options, add_max_memory, csv_list, positive_int
+from .ppl import load_for_perplexity
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ppl", action="store_true", help="evaluate each output's perplexity (needed for the plot)")
     p.add_argument("--datasets", type=csv_list, default=["wikitext2"], help="with --ppl (default: wikitext2)")
     p.add_argument("--max-windows", type=positive_int, default=8, help="with --ppl: first K windows (default 8)")
+    p.add_argument("--seqlen", type=positive_int, default=2048, help="with --ppl: window length (default 2048)")
     add_data_dir(p)
     add_load_options(p)
+    add_max_memory(p)
     p.set_defaults(func=run)
 
 
@@ -42,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if names.count(o.label) > 1:
             o.label = str(o.path)
         if args.ppl:
-            model, tok = load_model(str(o.path), **load_options(args))
+            model, tok = load_for_perplexity(str(o.path), args, seqlen=args.seqlen)
             results = evaluate_perplexity(
-                model, tok, args.datasets, max_windows=args.max_windows, data_dir=args.data_dir
+                model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
             )
             o.ppl = {r.dataset: r.ppl for r in results}
             del model

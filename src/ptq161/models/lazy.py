@@ -81,6 +81,26 @@ def _libc_malloc_trim():
 
 
 _MALLOC_TRIM = _libc_malloc_trim()
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD = 2**20  # allocations from this size up are mapped, and unmapped when freed
+
+
+def bound_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more by its own mapping, released when freed
+    (glibc ``mallopt(M_MMAP_THRESHOLD)``); False (nothing done) on other C libraries.
+
+    By default glibc raises its mmap threshold each time a mapped chunk is freed (up to 32 MB):
+    from then on activations and weight tiles of a few MB come from the heap, and the freed
+    ones stay in the process's RSS. Measured on a packed qwen2.5-coder-1.5b (int8 head), one
+    2048-token perplexity window loaded whole: peak RSS 3391 MiB with the default, 1864 MiB
+    with a fixed 1 MiB threshold. Process-wide, so only the command line calls it, when a
+    memory budget is given (``--max-memory``): every large allocation then costs a mapping.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
 
 
 def return_freed_memory() -> None:
