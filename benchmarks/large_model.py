@@ -151,7 +151,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "int8_ppl": "PTQ1.61 + int8 head perplexity (packed{how})",
         "int8_decode": "packed + int8 head decode (fused engine) vs dense fp32, same process",
         "mem_quantize_int8": "memory check: quantize --int8-head, untrained (smoke preset, epochs 0; block onloading)",
-        "mem_ppl_int8": "memory check: perplexity of that int8-head model, 1 window ({how})",
+        "mem_ppl_int8": "memory check: perplexity of that int8-head model, 1 window{how}",
     }
     for name in STEPS:
         if name not in rows:
