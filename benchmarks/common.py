@@ -267,3 +267,32 @@ def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifa
         "git_commit": git_commit(),
         **({"artifact": str(artifact.relative_to(RESULTS.parents[1]))} if artifact is not None else {}),
     }
+
+
+def cpu_busy_share(seconds: float = 2.0) -> float:
+    """Share of the machine's CPU time (0..1) used by other processes over ``seconds`` (Linux /proc/stat).
+
+    With 2 threads on 2 cores a background process stalls torch's and numba's thread pools, so
+    timings taken while this is above a few per cent are not comparable."""
+    import os
+    import time
+
+    def ticks() -> tuple[int, int]:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    def own() -> int:
+        parts = open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()
+        return int(parts[11]) + int(parts[12])  # utime + stime of this process
+
+    (t0, i0), o0 = ticks(), own()
+    time.sleep(seconds)
+    (t1, i1), o1 = ticks(), own()
+    total = max(t1 - t0, 1)
+    return max(0.0, (total - (i1 - i0) - (o1 - o0)) / total)
+
+
+def timing_note(threshold: float = 0.05) -> str | None:
+    """None on a quiet machine, else a note for a row's ``timing_contended`` (other processes' CPU share)."""
+    busy = cpu_busy_share()
+    return None if busy <= threshold else f"other processes used {100 * busy:.0f} % of the CPU when timing started"
