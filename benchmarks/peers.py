@@ -1,0 +1,260 @@
+"""Peers (issue 18): ptq161's packed model beside onnxruntime-genai, OpenVINO GenAI and dense fp32.
+
+One prompt (the first ``--prompt-tokens`` tokens of ``ptq161 bench``'s text), ``--new-tokens`` greedy
+tokens forced (no early stop), ``--threads`` threads everywhere, medians of ``--runs`` timed runs
+after a warm-up, every row in its own fresh process:
+
+- ``fp32``: the dense model through transformers (ptq161's ``measure_speed``, the model's forward);
+- ``ptq161``: the packed output ``--packed`` (default: the int8-head cpu-preset model of ``benchmarks.heads``,
+  what ``ptq161 quantize smollm2-135m`` writes)
+  through the fused decode engine;
+- ``ort_int4``: onnxruntime-genai's model builder, int4 block 32, MatMul and Gather quantized (the
+  embedding and the tied head in int4), run by ``peer_runners/run_ort.py``;
+- ``openvino_int4``: optimum-intel's ``export openvino --weight-format int4 --group-size 64 --ratio 1``
+  (128 does not divide 576; the head stays int8, optimum's default), run by OpenVINO GenAI
+  (``peer_runners/run_openvino.py``).
+
+Each peer gets its own venv under ``outputs/peers/`` made by this script with pinned versions
+(optimum-intel needs transformers < 5.6, older than ptq161's). Timing refuses to start while other
+processes use more than 5 % of the CPU (with 2 threads on 2 cores they stall the thread pools);
+``--allow-busy`` times anyway and marks the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import (
+    OUTPUTS,
+    bench_parser,
+    cpu_busy_share,
+    note,
+    run_pending,
+    serve_child,
+    stored,
+    write_results,
+)
+from ptq161.eval.report import markdown_table
+
+ROWS = ("fp32", "ptq161", "ort_int4", "openvino_int4")
+LABEL = {
+    "fp32": "transformers fp32 (dense)",
+    "ptq161": "ptq161 packed (cpu preset, int8 head), fused engine",
+    "ort_int4": "onnxruntime-genai int4 (block 32, embedding + head int4)",
+    "openvino_int4": "OpenVINO GenAI int4 g64 (head int8)",
+}
+PEERS = Path(OUTPUTS) / "peers"
+RUNNERS = Path(__file__).resolve().parent / "peer_runners"
+# torch first (the exporters import it; both builds lie on this machine's disk), then the runtime
+VENVS = {
+    "ort_int4": ["torch==2.13.0", "onnxruntime-genai==0.18.0", "onnxruntime==1.32.0", "onnx==1.23.2", "onnx-ir"],
+    "openvino_int4": ["torch==2.14.1", "optimum-intel==2.2.0", "openvino-genai==2026.4.1.0", "nncf==3.4.0"],
+}
+EXTRA = {"ort_int4": ["transformers"], "openvino_int4": ["transformers<5.6"]}  # optimum-intel: < 5.6
+BUSY_LIMIT = 0.05
+
+
+def venv_python(row: str) -> Path:
+    """The peer's interpreter, creating its venv with the pinned packages on first use."""
+    where = PEERS / f"venv-{row}"
+    py = where / "bin" / "python"
+    stamp = where / ".installed"
+    if not stamp.exists():
+        print(f"  creating {where} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys._base_executable, "-m", "venv", str(where)], check=True)  # the interpreter, not .venv's
+        pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run([*pip, VENVS[row][0]], check=True)
+        subprocess.run([*pip, *VENVS[row], *EXTRA[row]], check=True)
+        frozen = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
+        stamp.write_text(frozen.stdout)
+    return py
+
+
+def export(row: str, fp_dir: Path) -> Path:
+    """The peer's int4 model of ``fp_dir`` (built once, kept under ``outputs/peers/``)."""
+    out = PEERS / row
+    if (out / ".complete").exists():
+        return out
+    py = str(venv_python(row))
+    tmp = out.with_name(out.name + ".partial")
+    subprocess.run(["rm", "-rf", str(tmp)], check=True)
+    if row == "ort_int4":
+        cmd = [py, "-m", "onnxruntime_genai.models.builder", "-i", str(fp_dir), "-o", str(tmp), "-p", "int4"]
+        cmd += ["-e", "cpu", "-c", str(PEERS / "ort-cache"), "--extra_options", "op_types_to_quantize=MatMul/Gather"]
+    else:
+        cmd = [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(fp_dir)]
+        cmd += ["--task", "text-generation-with-past"]
+        cmd += ["--weight-format", "int4", "--group-size", "64", "--ratio", "1.0", str(tmp)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    tmp.rename(out)
+    (out / ".complete").write_text(" ".join(cmd) + "\n")
+    return out
+
+
+def dir_mib(path: Path) -> float:
+    """Bytes of the files under ``path`` (model files, tokenizer included), in MiB."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def prompt_ids(fp_dir: Path, n: int) -> list[int]:
+    """The first ``n`` tokens of ``ptq161 bench``'s prompt text under the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from ptq161.cli.bench import PROMPT_TEXT
+
+    ids = AutoTokenizer.from_pretrained(fp_dir)(PROMPT_TEXT).input_ids[:n]
+    if len(ids) != n:
+        raise SystemExit(f"the prompt text has only {len(ids)} tokens")
+    return list(ids)
+
+
+def run_ptq161(spec: str, ids: list[int], args: argparse.Namespace, engine: str) -> dict:
+    """Medians of ptq161's ``measure_speed`` over ``args.runs`` runs (one warm-up inside each)."""
+    import torch
+
+    from ptq161 import load
+    from ptq161.runtime import measure_speed
+
+    torch.set_num_threads(args.threads)
+    model, _ = load(spec)
+    x = torch.tensor([ids])
+    runs = [measure_speed(model, x, args.new_tokens, engine=engine) for _ in range(args.runs)]
+    return {
+        "prefill_tokens_per_s": statistics.median(r.prefill_tokens_per_s for r in runs),
+        "decode_tokens_per_s": statistics.median(r.decode_tokens_per_s for r in runs),
+        "runs": [r.to_dict() | {"tokens": None} for r in runs],
+        "tokens": runs[0].tokens,
+        "engine": runs[0].engine,
+    }
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    """One row, in this fresh process: build what it needs, then time it."""
+    from ptq161.models.loading import builtin_dir
+    from ptq161.pipeline.output_dir import read_meta
+
+    fp_dir = builtin_dir(args.model)
+    ids = prompt_ids(fp_dir, args.prompt_tokens)
+    if name == "fp32":
+        where, bits = fp_dir, 32.0
+    elif name == "ptq161":
+        where = Path(args.packed)
+        meta = read_meta(where)
+        if meta is None:
+            raise SystemExit(f"{where} is not a ptq161 output: run benchmarks.heads first")
+        bits = meta["bits"]["stored_bits_per_weight"]
+    else:
+        where, bits = export(name, fp_dir), None
+    busy = cpu_busy_share()
+    if busy > BUSY_LIMIT and not args.allow_busy:
+        raise SystemExit(f"other processes use {100 * busy:.0f} % of the CPU: not timing (--allow-busy to force)")
+    if name in ("fp32", "ptq161"):
+        res = run_ptq161(str(where), ids, args, engine="off" if name == "fp32" else "auto")
+    else:
+        ids_file = PEERS / "prompt_ids.json"
+        ids_file.write_text(json.dumps(ids))
+        script = RUNNERS / ("run_ort.py" if name == "ort_int4" else "run_openvino.py")
+        argv = [str(venv_python(name)), str(script), str(where), str(ids_file)]
+        argv += [str(args.new_tokens), str(args.threads), str(args.runs)]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    contended = None if busy <= BUSY_LIMIT else f"other processes used {100 * busy:.0f} % of the CPU"
+    return {
+        **res,
+        "model_dir": str(where),
+        "files_mib": dir_mib(where),
+        **({"stored_bits_per_weight": bits} if bits is not None else {}),
+        **({"timing_contended": contended} if contended else {}),
+    }
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two greedy continuations share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def render(store: dict, args: argparse.Namespace) -> None:
+    rows = store["rows"]
+    fp_tokens = rows.get("fp32", {}).get("tokens")
+    table = []
+    for name in ROWS:
+        if name not in rows:
+            continue
+        r = rows[name]
+        bits = f"{r['stored_bits_per_weight']:.2f}" if "stored_bits_per_weight" in r else "-"
+        same = "-" if fp_tokens is None or name == "fp32" else str(common_prefix(r["tokens"], fp_tokens))
+        mark = " *" if r.get("timing_contended") else ""
+        table.append(
+            (
+                LABEL[name] + mark,
+                bits,
+                f"{r['files_mib']:.0f}",
+                f"{r['prefill_tokens_per_s']:.0f}",
+                f"{r['decode_tokens_per_s']:.1f}",
+                same,
+            )
+        )
+    head = ["runtime", "stored bits/weight (decoder linears)", "files MiB", "prefill tok/s", "decode tok/s"]
+    head.append(f"first tokens equal to fp32's (of {args.new_tokens})")
+    extra = ""
+    peers = [rows[n] for n in ("ort_int4", "openvino_int4") if n in rows]
+    if "ptq161" in rows and peers:
+        best = max(p["decode_tokens_per_s"] for p in peers)
+        store["decode_vs_fastest_peer"] = rows["ptq161"]["decode_tokens_per_s"] / best
+        extra += f"\n\nptq161 decode / fastest peer's decode: {store['decode_vs_fastest_peer']:.2f}x (target 1.3x)."
+    if any(r.get("timing_contended") for r in rows.values()):
+        extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
+    write_results(
+        "peers",
+        f"Decode and prefill against other runtimes ({args.model}, batch 1)",
+        markdown_table(head, table),
+        {"rows": rows, **{k: store[k] for k in ("decode_vs_fastest_peer",) if k in store}},
+        note("peers", prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, runs=args.runs) + extra,
+        keep_meta=store if args.render_only else None,
+        model=args.model,
+        packed=args.packed,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        threads=args.threads,
+        runs=args.runs,
+    )
+
+
+def main() -> None:
+    ap = bench_parser(__doc__)
+    ap.add_argument("--model", default="smollm2-135m", help="the FP model every runtime starts from")
+    ap.add_argument("--packed", default=str(OUTPUTS / "heads" / "int8"), help="ptq161's packed output")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    if serve_child(args, lambda name: run_row(name, args)):
+        return
+    store = stored("peers")
+    store.setdefault("rows", {})
+    child = ["--model", args.model, "--packed", args.packed, "--prompt-tokens", str(args.prompt_tokens)]
+    child += ["--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--runs", str(args.runs)]
+    child += ["--allow-busy"] if args.allow_busy else []
+    run_pending("benchmarks.peers", store["rows"], args.rows.split(","), args, child, lambda _: render(store, args))
+    render(store, args)
+
+
+if __name__ == "__main__":
+    main()
