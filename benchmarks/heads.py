@@ -69,6 +69,15 @@ def quantize_fp32_head(out: str) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
+def shown(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    from pathlib import Path
+
+    root = OUTPUTS.parent
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+
 def render(store: dict, args: argparse.Namespace) -> None:
     rows = store["rows"]
     table = []
@@ -101,9 +110,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "Embedding and lm_head: fp32 against per-row int8 (packed cpu-preset smollm2-135m)",
         markdown_table(head, table),
         {"rows": rows, **({"wikitext2_change": store["wikitext2_change"]} if "wikitext2_change" in store else {})},
-        note("heads", windows=args.windows, packed=args.packed) + extra,
+        note("heads", windows=args.windows, packed=shown(args.packed)) + extra,
         keep_meta=store if args.render_only else None,
-        packed=args.packed,
+        packed=shown(args.packed),
         windows=args.windows,
     )
 

@@ -37,7 +37,7 @@ def main() -> None:
         out = list(gen.get_sequence(0))[len(prompt) :]
         return t1 - t0, t2 - t1, [int(t) for t in out]
 
-    once(ids[:8], 4)  # warm-up
+    once(ids[::-1][:8], 4)  # warm-up (not a prefix of the prompt)
     timed = [once(ids, new_tokens) for _ in range(runs)]
     tokens = timed[0][2]
     if len(tokens) != new_tokens:

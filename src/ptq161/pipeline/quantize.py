@@ -59,7 +59,7 @@ def quantize(
     an interrupted run to a result identical to an uninterrupted one. Methods with a packed
     format (PTQ1.61) are saved packed, and the returned model is then the packed one;
     ``int8_head`` also stores the embedding and lm_head in per-row int8 (default, None: when the
-    method packs; measured on the cpu-preset smollm2-135m: WikiText-2 148.36 -> 148.59, +0.16 %, and
+    method packs; measured on the cpu-preset smollm2-135m: WikiText-2 148.36 -> 148.58, +0.15 %, and
     on qwen2.5-coder-1.5b decode 3.50x -> 6.06x dense fp32; README, large_model.md). ``device`` and ``dtype``
     are where and in which dtype the model and the calibration streams live (the methods'
     own arithmetic is float32); the returned model is on ``device``. ``e2e`` (steps > 0) adds the
