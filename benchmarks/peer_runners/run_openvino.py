@@ -6,13 +6,13 @@ time to the first new token and decode the time of the other ``NEW_TOKENS - 1``,
 """
 
 import json
-import statistics
 import sys
 import time
 
 import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
+from timing import time_and_report
 
 
 class Stamps(ov_genai.StreamerBase):
@@ -56,22 +56,7 @@ def main() -> None:
         first, last = stamps.times[0], stamps.times[-1]
         return first - t0, last - first, [int(t) for t in res.tokens[0]], own
 
-    once(ids[::-1][:8], 4)  # warm-up (not a prefix of the prompt)
-    timed = [once(ids, new_tokens) for _ in range(runs)]
-    tokens = timed[0][2]
-    if len(tokens) != new_tokens:
-        sys.exit(f"OpenVINO GenAI produced {len(tokens)} tokens, not {new_tokens}")
-    print(
-        json.dumps(
-            {
-                "prefill_tokens_per_s": statistics.median(len(ids) / p for p, _, _, _ in timed),
-                "decode_tokens_per_s": statistics.median((new_tokens - 1) / d for _, d, _, _ in timed),
-                "runs": [{"prefill_s": p, "decode_s": d, **own} for p, d, _, own in timed],
-                "tokens": tokens,
-                "version": ov_genai.__version__,
-            }
-        )
-    )
+    time_and_report(once, ids, new_tokens, runs, "OpenVINO GenAI", ov_genai.__version__)
 
 
 if __name__ == "__main__":

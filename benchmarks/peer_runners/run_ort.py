@@ -6,11 +6,11 @@ prompt, the first ``generate_next_token`` picks from its logits); decode is the 
 """
 
 import json
-import statistics
 import sys
 import time
 
 import onnxruntime_genai as og
+from timing import time_and_report
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
     model = og.Model(config)
 
-    def once(prompt: list[int], n: int) -> tuple[float, float, list[int]]:
+    def once(prompt: list[int], n: int) -> tuple[float, float, list[int], dict]:
         params = og.GeneratorParams(model)
         total = len(prompt) + n
         params.set_search_options(do_sample=False, max_length=total, min_length=total)
@@ -35,24 +35,9 @@ def main() -> None:
             gen.generate_next_token()
         t2 = time.perf_counter()
         out = list(gen.get_sequence(0))[len(prompt) :]
-        return t1 - t0, t2 - t1, [int(t) for t in out]
+        return t1 - t0, t2 - t1, [int(t) for t in out], {}
 
-    once(ids[::-1][:8], 4)  # warm-up (not a prefix of the prompt)
-    timed = [once(ids, new_tokens) for _ in range(runs)]
-    tokens = timed[0][2]
-    if len(tokens) != new_tokens:
-        sys.exit(f"onnxruntime-genai produced {len(tokens)} tokens, not {new_tokens}")
-    print(
-        json.dumps(
-            {
-                "prefill_tokens_per_s": statistics.median(len(ids) / p for p, _, _ in timed),
-                "decode_tokens_per_s": statistics.median((new_tokens - 1) / d for _, d, _ in timed),
-                "runs": [{"prefill_s": p, "decode_s": d} for p, d, _ in timed],
-                "tokens": tokens,
-                "version": og.__version__ if hasattr(og, "__version__") else "unknown",
-            }
-        )
-    )
+    time_and_report(once, ids, new_tokens, runs, "onnxruntime-genai", getattr(og, "__version__", "unknown"))
 
 
 if __name__ == "__main__":
