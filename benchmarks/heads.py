@@ -63,8 +63,10 @@ def quantize_fp32_head(out: str) -> None:
     import sys
     from pathlib import Path
 
+    from ptq161.pipeline.state import STATE_DIR
+
     argv = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--fp32-head", "--output", out]
-    if (Path(out) / ".ptq161-state").exists():
+    if (Path(out) / STATE_DIR).exists():
         argv.append("--resume")
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 

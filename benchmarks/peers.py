@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,11 +34,11 @@ from pathlib import Path
 from benchmarks.common import (
     OUTPUTS,
     bench_parser,
-    cpu_busy_share,
     note,
     run_pending,
     serve_child,
     stored,
+    timing_note,
     write_results,
 )
 from ptq161.eval.report import markdown_table
@@ -83,7 +84,7 @@ def export(row: str, fp_dir: Path) -> Path:
         return out
     py = str(venv_python(row))
     tmp = out.with_name(out.name + ".partial")
-    subprocess.run(["rm", "-rf", str(tmp)], check=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     if row == "ort_int4":
         cmd = [py, "-m", "onnxruntime_genai.models.builder", "-i", str(fp_dir), "-o", str(tmp), "-p", "int4"]
         cmd += ["-e", "cpu", "-c", str(PEERS / "ort-cache"), "--extra_options", "op_types_to_quantize=MatMul/Gather"]
@@ -94,7 +95,7 @@ def export(row: str, fp_dir: Path) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     (out / ".complete").write_text(" ".join(cmd) + "\n")
     return out
@@ -154,9 +155,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         bits = meta["bits"]["stored_bits_per_weight"]
     else:
         where, bits = export(name, fp_dir), None
-    busy = cpu_busy_share()
-    if busy > BUSY_LIMIT and not args.allow_busy:
-        raise SystemExit(f"other processes use {100 * busy:.0f} % of the CPU: not timing (--allow-busy to force)")
+    contended = timing_note(BUSY_LIMIT)
+    if contended and not args.allow_busy:
+        raise SystemExit(f"{contended}: not timing (--allow-busy to force)")
     if name in ("fp32", "ptq161"):
         res = run_ptq161(str(where), ids, args, engine="off" if name == "fp32" else "auto")
     else:
@@ -167,7 +168,6 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         argv += [str(args.new_tokens), str(args.threads), str(args.runs)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True)
         res = json.loads(out.stdout.strip().splitlines()[-1])
-    contended = None if busy <= BUSY_LIMIT else f"other processes used {100 * busy:.0f} % of the CPU"
     return {
         **res,
         "model_dir": str(where),

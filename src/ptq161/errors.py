@@ -36,11 +36,9 @@ def check_finite(t, what: str) -> None:
             return
         # in slices: torch.isfinite makes temporaries of the tensor's size (|t| among them), 1.4x
         # a 900 MB embedding while it loads (measured: peak RSS 3.0 GB instead of 1.7 GB)
-        flat = t.reshape(-1)
-        for i in range(0, flat.numel(), FINITE_CHUNK):
-            part = flat[i : i + FINITE_CHUNK]
-            if not bool(torch.isfinite(part).all()):
-                kind = "NaN" if bool(torch.isnan(part).any()) or bool(torch.isnan(flat).any()) else "infinite"
-                raise NonFiniteError(f"{what} holds {kind} values")
+        parts = t.reshape(-1).split(FINITE_CHUNK)
+        if not all(bool(torch.isfinite(part).all()) for part in parts):
+            kind = "NaN" if any(bool(torch.isnan(part).any()) for part in parts) else "infinite"
+            raise NonFiniteError(f"{what} holds {kind} values")
     elif not math.isfinite(t):
         raise NonFiniteError(f"{what} is {t}")
