@@ -1,10 +1,11 @@
-"""Compact heads (issue 18): the embedding and lm_head in fp32 against per-row int8, on one packed model.
+"""Compact heads (issue 18): the embedding and lm_head in fp32, per-row int8 and grouped int4, on one packed model.
 
 ``ptq161 quantize smollm2-135m --fp32-head`` (the cpu preset, written to ``outputs/heads/fp32`` unless
-``--packed`` names another fp32-head packed output) and ``ptq161 convert --int8-head`` of it (byte-identical
-to what the default ``ptq161 quantize smollm2-135m`` writes, tests/pipeline/test_convert.py); both are evaluated
-on the first 8 x 2048 windows of WikiText-2 and C4, and ``ptq161 bench INT8 --against FP32`` times
-prefill and decode of both in one process (ratios count; a busy machine is recorded).
+``--packed`` names another fp32-head packed output) and ``ptq161 convert --head int8`` / ``--head int4`` of it
+(byte-identical to what ``ptq161 quantize smollm2-135m --head ...`` writes, tests/pipeline/test_convert.py);
+each is evaluated on the first 8 x 2048 windows of WikiText-2 and C4. ``ptq161 bench INT8 --against FP32``
+(row ``speed``) and ``ptq161 bench INT4 --against INT8`` (row ``speed4``) time prefill and decode of two
+models in one process each (ratios count; a busy machine is recorded).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from benchmarks.common import (
 )
 from ptq161.eval.report import markdown_table
 
-ROWS = ("fp32", "int8", "speed")
+ROWS = ("fp32", "int8", "speed", "int4", "speed4")
+HEADS = ("fp32", "int8", "int4")
 
 
 def run_row(name: str, args: argparse.Namespace) -> dict:
@@ -34,13 +36,13 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     from ptq161.pipeline.output_dir import read_meta
 
     src = args.packed
-    int8 = str(OUTPUTS / "heads" / "int8")
+    dirs = {"fp32": src, "int8": str(OUTPUTS / "heads" / "int8"), "int4": str(OUTPUTS / "heads" / "int4")}
     if name == "fp32" and read_meta(src) is None:
         quantize_fp32_head(src)
-    if name == "int8":
-        shutil.rmtree(int8, ignore_errors=True)
-        convert(src, int8)
-    target = {"fp32": src, "int8": int8}.get(name)
+    if name in ("int8", "int4"):
+        shutil.rmtree(dirs[name], ignore_errors=True)
+        convert(src, dirs[name], head=name)
+    target = dirs.get(name) if name in HEADS else None
     if target is not None:
         model, tok = load_model(target)
         res = evaluate_perplexity(model, tok, ["wikitext2", "c4"], max_windows=args.windows, progress=False)
@@ -48,12 +50,13 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         return {"dir": target, "bytes": size, **{f"{r.dataset}_ppl": r.ppl for r in res}}
     from ptq161.cli import main as cli
 
+    first, against = ("int8", "fp32") if name == "speed" else ("int4", "int8")
     contended = timing_note()
-    report = OUTPUTS / "heads" / "bench.json"
-    if cli(["bench", int8, "--against", src, "--json", str(report)]) != 0:
+    report = OUTPUTS / "heads" / f"{name}.json"
+    if cli(["bench", dirs[first], "--against", dirs[against], "--json", str(report)]) != 0:
         raise SystemExit("ptq161 bench failed")
     res = json.loads(report.read_text())
-    row = {"int8": res[int8], "fp32": res[src]}
+    row = {first: res[dirs[first]], against: res[dirs[against]]}
     return row | ({"timing_contended": contended} if contended else {})
 
 
@@ -83,35 +86,40 @@ def shown(path: str) -> str:
 def render(store: dict, args: argparse.Namespace) -> None:
     rows = store["rows"]
     table = []
-    for name in ("fp32", "int8"):
+    for name in HEADS:
         if name not in rows:
             continue
         r = rows[name]
-        speed = rows.get("speed", {}).get(name, {})
-        table.append(
-            (
-                f"{name} embedding + lm_head",
-                f"{r['wikitext2_ppl']:.2f}",
-                f"{r['c4_ppl']:.2f}",
-                f"{r['bytes'] / 2**20:.1f}",
-                f"{speed['prefill_tokens_per_s']:.0f}" if speed else "-",
-                f"{speed['decode_tokens_per_s']:.1f}" if speed else "-",
-            )
-        )
-    if "fp32" in rows and "int8" in rows:
-        loss = rows["int8"]["wikitext2_ppl"] / rows["fp32"]["wikitext2_ppl"] - 1
-        store["wikitext2_change"] = loss
-    head = ["head", "WikiText-2", "C4", "files MiB", "prefill tok/s", "decode tok/s"]
+        for sitting in ("speed", "speed4"):  # one bench process each: fp32 / int8, then int8 / int4
+            speed = rows.get(sitting, {}).get(name, {})
+            if speed or (sitting == "speed" and name != "int4") or (sitting == "speed4" and name == "int4"):
+                table.append(
+                    (
+                        f"{name} embedding + lm_head",
+                        f"{r['wikitext2_ppl']:.2f}",
+                        f"{r['c4_ppl']:.2f}",
+                        f"{r['bytes'] / 2**20:.1f}",
+                        sitting,
+                        f"{speed['prefill_tokens_per_s']:.0f}" if speed else "-",
+                        f"{speed['decode_tokens_per_s']:.1f}" if speed else "-",
+                    )
+                )
+    changes = {h: rows[h]["wikitext2_ppl"] / rows["fp32"]["wikitext2_ppl"] - 1 for h in ("int8", "int4")
+               if "fp32" in rows and h in rows}  # fmt: skip
+    store["wikitext2_change"] = changes.get("int8")
+    store["wikitext2_change_int4"] = changes.get("int4")
+    head = ["head", "WikiText-2", "C4", "files MiB", "timed in", "prefill tok/s", "decode tok/s"]
     extra = ""
-    if "wikitext2_change" in store:
-        extra += f"\n\nWikiText-2 change with the int8 head: {100 * store['wikitext2_change']:+.2f} % (limit: +1 %)."
-    if rows.get("speed", {}).get("timing_contended"):
-        extra += f"\n\n* timings contended: {rows['speed']['timing_contended']}"
+    for h, change in changes.items():
+        extra += f"\n\nWikiText-2 change with the {h} head: {100 * change:+.2f} % (limit for the default: +1 %)."
+    for sitting in ("speed", "speed4"):
+        if rows.get(sitting, {}).get("timing_contended"):
+            extra += f"\n\n* {sitting} timings contended: {rows[sitting]['timing_contended']}"
     write_results(
         "heads",
-        "Embedding and lm_head: fp32 against per-row int8 (packed cpu-preset smollm2-135m)",
+        "Embedding and lm_head: fp32, per-row int8 and grouped int4 (packed cpu-preset smollm2-135m)",
         markdown_table(head, table),
-        {"rows": rows, **({"wikitext2_change": store["wikitext2_change"]} if "wikitext2_change" in store else {})},
+        {"rows": rows, **{k: store[k] for k in ("wikitext2_change", "wikitext2_change_int4")}},
         note("heads", windows=args.windows, packed=shown(args.packed)) + extra,
         keep_meta=store if args.render_only else None,
         packed=shown(args.packed),

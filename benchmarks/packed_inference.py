@@ -127,7 +127,7 @@ def main() -> None:
     from ptq161 import CalibConfig, evaluate_perplexity, quantize
     from ptq161.config import PRESETS
     from ptq161.methods.ptq161 import PTQ161Config
-    from ptq161.pipeline.convert import add_int8_head
+    from ptq161.pipeline.convert import add_compact_head
     from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
     from ptq161.runtime import measure_speed
 
@@ -157,7 +157,7 @@ def main() -> None:
         packed, tok = ptq161.load(out)
         fake = fake_quant_copy(out)
         out8 = Path(tmp) / "packed-int8-head"
-        add_int8_head(packed)
+        add_compact_head(packed, "int8")
         packed.save_pretrained(out8)
         tok.save_pretrained(out8)
         packed8, _ = ptq161.load(out8)

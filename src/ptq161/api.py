@@ -80,11 +80,12 @@ def evaluate_perplexity(
 
 
 def convert(
-    src: str | Path, output: str | Path, *, int8_head: bool = True, verify: bool = True, trust_remote_code: bool = False
+    src: str | Path, output: str | Path, *, head: str = "int8", verify: bool = True, trust_remote_code: bool = False
 ) -> dict:
-    """Rewrite the packed directory ``src`` as ``output`` with its embedding and lm_head stored per-row int8.
+    """Rewrite the packed directory ``src`` (fp32 head) as ``output`` with its embedding and lm_head stored in
+    ``head`` format: "int8" (per-row) or "int4" (grouped; ``ptq161.nn.heads``).
 
     The decoder blocks are copied unchanged, one module in memory at a time. Returns the new
-    directory's ``ptq161.json`` (``int8_head: true``, ``converted_from``).
+    directory's ``ptq161.json`` (``head``, ``converted_from``).
     """
-    return convert_output(src, output, int8_head=int8_head, verify=verify, trust_remote_code=trust_remote_code)
+    return convert_output(src, output, head=head, verify=verify, trust_remote_code=trust_remote_code)

@@ -34,7 +34,7 @@ def test_int8_modules_run_on_the_device(device):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_packed_model_loads_and_evaluates_in_any_dtype(tiny_model_dir, text_file, tmp_path, device, dtype):
     out = tmp_path / "packed"
-    res = quantize_tiny(tiny_model_dir, text_file, out, epochs=1, int8_head=True)
+    res = quantize_tiny(tiny_model_dir, text_file, out, epochs=1, head="int8")
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = res.model(ids).logits
@@ -59,7 +59,7 @@ def test_quantize_honours_device_and_dtype(tiny_model_dir, text_file, tmp_path, 
     cfg = RTNConfig(bits=3) if method == "rtn" else None
     out = tmp_path / f"{method}-{dtype}"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
-    kw = dict(method_config=cfg, calib=calib, output=out, progress=False, device=device, int8_head=False)
+    kw = dict(method_config=cfg, calib=calib, output=out, progress=False, device=device, head="fp32")
     res = quantize(str(tiny_model_dir), method, dtype=dtype, **kw)
     params = list(res.model.parameters()) + list(res.model.buffers())
     assert {p.device.type for p in params} == {torch.device(device).type}  # packed modules moved too

@@ -1,5 +1,5 @@
 """Fuzz: 300 seeded mutations and truncations of a small packed directory (with an fp32 head, and again
-with an int8 head), each loaded by ``ptq161 ppl``.
+with an int8 and an int4 head), each loaded by ``ptq161 ppl``.
 
 Every case must end in a load whose perplexity is finite, or a one-line error with exit code 2
 (bad or damaged input) or 3 (a non-finite number): never an exception escaping the CLI (a
@@ -26,11 +26,11 @@ CASES = 300
 FILES = ("model.safetensors", "model.safetensors", "model.safetensors", "config.json", "ptq161.json", "tokenizer.json")
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["fp32-head", "int8-head"])
+@pytest.fixture(scope="module", params=["fp32", "int8", "int4"], ids=["fp32-head", "int8-head", "int4-head"])
 def packed(request, tmp_path_factory, tiny_model_dir_module, text_module) -> Path:
     out = tmp_path_factory.mktemp("fuzz") / "packed"
     calib = CalibConfig(dataset=f"text:{text_module}", nsamples=2, seqlen=64)
-    quantize(str(tiny_model_dir_module), "ptq161", calib=calib, output=out, progress=False, int8_head=request.param)
+    quantize(str(tiny_model_dir_module), "ptq161", calib=calib, output=out, progress=False, head=request.param)
     return out
 
 

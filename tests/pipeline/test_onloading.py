@@ -66,16 +66,16 @@ def test_blockwise_perplexity_equals_the_whole_model(model_dir):
     assert layer.mlp.up_proj.weight.device.type == "meta"  # released again
 
 
-@pytest.mark.parametrize("int8_head", [False, True])
+@pytest.mark.parametrize("head", ["fp32", "int8", "int4"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tmp_path, method, int8_head):
-    if int8_head and not METHODS[method](METHODS[method].config_class()).packs:
-        pytest.skip("the int8 head is a packed-format option")
+def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tmp_path, method, head):
+    if head != "fp32" and not METHODS[method](METHODS[method].config_class()).packs:
+        pytest.skip("a compact head is a packed-format option")
     cfg = METHODS[method].config_class()
     if method == "ptq161":
         cfg = type(cfg)(epochs=1)
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
-    kw = dict(method_config=cfg, calib=calib, progress=False, int8_head=int8_head)
+    kw = dict(method_config=cfg, calib=calib, progress=False, head=head)
     whole = quantize(str(model_dir), method, output=tmp_path / "whole", **kw)
     lazy = quantize(str(model_dir), method, output=tmp_path / "lazy", max_memory=TINY_BUDGET, **kw)
     assert read_meta(tmp_path / "lazy")["block_onloading"] and not read_meta(tmp_path / "whole")["block_onloading"]

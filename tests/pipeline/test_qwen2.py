@@ -32,7 +32,7 @@ def _quantize(model_dir: Path, method: str, text_file: Path, out: Path, **kw):
 def test_every_method_keeps_qwen2_biases_and_saves_loads_exactly(qwen2_dir, text_file, tmp_path, method):
     fp = AutoModelForCausalLM.from_pretrained(qwen2_dir)
     out = tmp_path / method
-    res = _quantize(qwen2_dir, method, text_file, out, int8_head=False)  # the untied fp head is checked below
+    res = _quantize(qwen2_dir, method, text_file, out, head="fp32")  # the untied fp head is checked below
     loaded, _ = ptq161.load(out)
     for name in ("q_proj", "k_proj", "v_proj"):
         want = fp.model.layers[1].self_attn.get_submodule(name).bias
@@ -47,7 +47,7 @@ def test_every_method_keeps_qwen2_biases_and_saves_loads_exactly(qwen2_dir, text
 
 def test_packed_qwen2_with_int8_head_decodes_in_the_engine(qwen2_dir, text_file, tmp_path):
     out = tmp_path / "int8"
-    res = _quantize(qwen2_dir, "ptq161", text_file, out, int8_head=True)
+    res = _quantize(qwen2_dir, "ptq161", text_file, out, head="int8")
     model, _ = ptq161.load(out)
     assert isinstance(model.lm_head, Int8Linear)
     assert isinstance(model.model.layers[0].self_attn.q_proj, PackedPTQ161Linear)

@@ -1,4 +1,4 @@
-"""``ptq161 convert``: rewrite a packed directory with its embedding and lm_head in per-row int8."""
+"""``ptq161 convert``: rewrite a packed directory with its embedding and lm_head in int8 or grouped int4."""
 
 from __future__ import annotations
 
@@ -12,22 +12,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     p = sub.add_parser(
         "convert",
-        help="store a packed result's embedding and lm_head in int8 (what quantize --int8-head writes), "
+        help="store a packed result's embedding and lm_head in int8 or int4 (what quantize --head writes), "
         "without quantizing again",
-        description="Copy a packed `ptq161 quantize` directory into a new one whose input embedding and lm_head "
-        "are per-row int8 (4x smaller than fp32; the head dominates decoding time on models with a large "
-        "vocabulary). The decoder blocks are copied unchanged, one module in memory at a time.",
+        description="Copy a packed `ptq161 quantize --fp32-head` directory into a new one whose input embedding "
+        "and lm_head are per-row int8 (4x smaller than fp32) or grouped int4 (7x smaller); the head dominates "
+        "decoding time on models with a large vocabulary. The decoder blocks are copied unchanged, one module in "
+        "memory at a time.",
     )
-    p.add_argument("dir", help="a packed output directory of `ptq161 quantize`")
+    p.add_argument("dir", help="a packed output directory of `ptq161 quantize` with an fp32 head")
     p.add_argument("--output", "-o", required=True, help="the new directory (must not exist or be empty)")
-    p.add_argument("--int8-head", action="store_true", required=True, help="store the embedding and lm_head in int8")
+    head = p.add_mutually_exclusive_group(required=True)
+    head.add_argument("--head", choices=("int8", "int4"), help="the format of the embedding and lm_head")
+    head.add_argument("--int8-head", dest="head", action="store_const", const="int8", help="same as --head int8")
     add_load_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print where the result went."""
-    meta = convert(args.dir, args.output, int8_head=args.int8_head, **load_options(args))
+    meta = convert(args.dir, args.output, head=args.head, **load_options(args))
     size = sum(f["bytes"] for f in meta["files"].values())
-    print(f"{args.output}: {meta['method']} packed, embedding and lm_head int8, {size / 2**20:.1f} MiB")
+    print(f"{args.output}: {meta['method']} packed, embedding and lm_head {args.head}, {size / 2**20:.1f} MiB")
     return 0

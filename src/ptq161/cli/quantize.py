@@ -9,6 +9,7 @@ from ..api import quantize
 from ..config import PRESETS, CalibConfig, get_preset
 from ..methods import METHODS, MethodConfig, get_method
 from ..models import onloads
+from ..nn import HEAD_FORMATS
 from ..pipeline.e2e import E2EConfig
 from .common import (
     add_config_options,
@@ -43,21 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     head = p.add_mutually_exclusive_group()
     head.add_argument(
-        "--int8-head",
-        dest="int8_head",
-        action="store_const",
-        const=True,
-        default=None,
-        help="store the embedding and lm_head as per-row int8: the default for packed methods (smaller, "
-        "decodes faster; +0.15%% WikiText-2 perplexity on the cpu-preset smollm2-135m)",
+        "--head",
+        choices=HEAD_FORMATS,
+        help="format of the embedding and lm_head of a packed result: int8 (per-row; the default for packed "
+        "methods: smaller, decodes faster, +0.15%% WikiText-2 perplexity on the cpu-preset smollm2-135m), int4 "
+        "(groups of 64, 4.5 bits; smaller still, see benchmarks/results/heads.md for its cost) or fp32",
     )
-    head.add_argument(
-        "--fp32-head",
-        dest="int8_head",
-        action="store_const",
-        const=False,
-        help="keep the embedding and lm_head in floating point",
-    )
+    head.add_argument("--int8-head", dest="head", action="store_const", const="int8", help="same as --head int8")
+    head.add_argument("--fp32-head", dest="head", action="store_const", const="fp32", help="same as --head fp32")
     p.add_argument("--calib", help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH (default: wikitext2)")
     p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
@@ -112,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=torch_dtype(args.dtype),
         max_memory=args.max_memory,
-        int8_head=args.int8_head,
+        head=args.head,
         e2e=e2e,
         **load_options(args),
     )

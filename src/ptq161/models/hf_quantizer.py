@@ -21,7 +21,7 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import PTQ161Error
-from ..nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
+from ..nn import PackedPTQ161Linear, empty_head_twin
 from ..nn.packed import validate_lowbit_modules
 
 QUANT_METHOD = "ptq161"
@@ -32,7 +32,9 @@ class PTQ161HfConfig(QuantizationConfigMixin):
     """The ``quantization_config`` of a packed ptq161 directory.
 
     layers: {module path: {"n_salient": int}} for every packed linear; config: the method
-    settings; format_version: the packed layout version this reader understands.
+    settings; format_version: the packed layout version this reader understands;
+    int8_modules: the paths stored per-row int8; int4_modules: {path: group size} of the
+    paths stored in grouped 4-bit (the embedding and lm_head, see ``ptq161.nn.heads``).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         config: dict[str, Any] | None = None,
         layers: dict[str, dict[str, int]] | None = None,
         int8_modules: list[str] | None = None,
+        int4_modules: dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
         self.quant_method = QUANT_METHOD
@@ -50,6 +53,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         self.config = config or {}
         self.layers = layers or {}
         self.int8_modules = int8_modules or []
+        self.int4_modules = int4_modules or {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
             "config": self.config,
             "layers": self.layers,
             "int8_modules": self.int8_modules,
+            "int4_modules": self.int4_modules,
         }
 
 
@@ -75,7 +80,8 @@ class PTQ161HfQuantizer(HfQuantizer):
             )
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
-        replace_with_packed(model, self.quantization_config.layers, self.quantization_config.int8_modules)
+        q = self.quantization_config
+        replace_with_packed(model, q.layers, q.int8_modules, q.int4_modules)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         validate_lowbit_modules(model)  # indices, zero points, finite factors: before any kernel runs
@@ -89,20 +95,24 @@ class PTQ161HfQuantizer(HfQuantizer):
         return False
 
 
-def replace_with_packed(model: nn.Module, layers: dict[str, dict[str, int]], int8_modules: list[str]) -> None:
-    """Swap each listed linear for an empty ``PackedPTQ161Linear`` and each int8 module for its int8 twin."""
+def replace_with_packed(
+    model: nn.Module,
+    layers: dict[str, dict[str, int]],
+    int8_modules: list[str],
+    int4_modules: dict[str, int] | None = None,
+) -> None:
+    """Swap each listed linear for an empty ``PackedPTQ161Linear`` and each int8 / int4 module (embedding,
+    lm_head) for its empty twin (int4: ``{path: group size}``)."""
     for path, info in layers.items():
         lin = model.get_submodule(path)
         model.set_submodule(
             path, PackedPTQ161Linear(lin.in_features, lin.out_features, int(info["n_salient"]), lin.bias is not None)
         )
-    for path in int8_modules:
-        mod = model.get_submodule(path)
-        if isinstance(mod, nn.Embedding):
-            model.set_submodule(path, Int8Embedding(mod.num_embeddings, mod.embedding_dim))
-        else:
-            model.set_submodule(path, Int8Linear(mod.in_features, mod.out_features))
-    if int8_modules:
+    heads = {path: ("int8", 0) for path in int8_modules}
+    heads |= {path: ("int4", int(group)) for path, group in (int4_modules or {}).items()}
+    for path, (fmt, group) in heads.items():
+        model.set_submodule(path, empty_head_twin(model.get_submodule(path), fmt, group))
+    if heads:
         model.config.tie_word_embeddings = False
 
 

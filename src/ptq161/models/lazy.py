@@ -231,7 +231,7 @@ class LazyModel:
             alias = {prefix + "weight": f"{self.adapter.embed}.weight"}
             names = [alias[prefix + "weight"]]
         _materialize(module, self.weights.load(names), prefix, self.device, alias)
-        validate_lowbit_modules(module, prefix)  # packed / int8 modules: before any kernel reads them
+        validate_lowbit_modules(module, prefix)  # packed / int8 / int4 modules: before any kernel reads them
         return module
 
     def load_block(self, i: int) -> nn.Module:
@@ -371,7 +371,7 @@ def load_lazy(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if quant is not None:
         q = quant if isinstance(quant, dict) else quant.to_dict()
-        replace_with_packed(model, q["layers"], q.get("int8_modules") or [])
+        replace_with_packed(model, q["layers"], q.get("int8_modules") or [], q.get("int4_modules") or {})
         model.config.quantization_config = quant
     adapter = get_adapter(model)
     weights.rename(_checkpoint_renames(model, weights))

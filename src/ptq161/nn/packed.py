@@ -154,7 +154,7 @@ class PackedPTQ161Linear(nn.Module):
 
 
 def validate_lowbit_modules(model: nn.Module, prefix: str = "") -> int:
-    """``validate`` every packed and int8 module of ``model`` (names ``prefix + path``); returns how many."""
+    """``validate`` every packed, int8 and int4 module of ``model`` (names ``prefix + path``); returns how many."""
     count = 0
     for path, mod in model.named_modules():
         if hasattr(mod, "validate"):

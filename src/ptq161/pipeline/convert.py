@@ -12,19 +12,20 @@ from torch import nn
 from ..methods import Method, Parts
 from ..models import PTQ161HfConfig, get_adapter
 from ..models.hf_quantizer import PACKED_FORMAT_VERSION
-from ..nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
+from ..nn import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, PackedPTQ161Linear, head_twin
+from ..nn.int4 import int4_group_size
 
 
-def pack_model_in_place(model: nn.Module, method: Method, parts: dict[str, Parts], int8_head: bool = False) -> None:
+def pack_model_in_place(model: nn.Module, method: Method, parts: dict[str, Parts], head: str = "fp32") -> None:
     """Swap every quantized linear of ``model`` for ``method.packed_module`` of its parts.
 
     Records the packed layout in ``model.config.quantization_config`` so that the saved
-    directory loads back through transformers. ``int8_head`` also stores the input
-    embedding and the lm_head as per-row int8 (untied).
+    directory loads back through transformers. ``head`` ("int8", "int4") also stores the
+    input embedding and the lm_head in that format (untied; ``ptq161.nn.heads``).
     """
     record_packed_layout(model, method, pack_linears_in_place(model, method, parts))
-    if int8_head:
-        add_int8_head(model)
+    if head != "fp32":
+        add_compact_head(model, head)
 
 
 def pack_linears_in_place(model: nn.Module, method: Method, parts: dict[str, Parts]) -> dict[str, dict]:
@@ -45,44 +46,55 @@ def record_packed_layout(model: nn.Module, method: Method, layers: dict[str, dic
     )
 
 
-def add_int8_head(model: nn.Module) -> None:
-    """Store the input embedding and the lm_head of a packed model as per-row int8 (untied)."""
+def add_compact_head(model: nn.Module, head: str) -> None:
+    """Store the input embedding and the lm_head of a packed model in format ``head`` (int8 / int4, untied)."""
     adapter = get_adapter(model)
     for path in (adapter.lm_head, adapter.embed):
-        model.set_submodule(path, int8_twin(model.get_submodule(path)))
-    record_int8_layout(model)
+        model.set_submodule(path, head_twin(model.get_submodule(path), head))
+    record_head_layout(model, head)
 
 
-def record_int8_layout(model: nn.Module) -> None:
-    """Record in the packed layout that the embedding and the lm_head are stored in int8 (untied)."""
+def record_head_layout(model: nn.Module, head: str) -> None:
+    """Record in the packed layout the format of the embedding and the lm_head (int8 / int4: untied).
+
+    int4 records each module's group size (read from the module, so call it after the swap).
+    """
+    if head == "fp32":
+        return
     adapter = get_adapter(model)
     model.config.tie_word_embeddings = False
-    model.config.quantization_config.int8_modules = [adapter.lm_head, adapter.embed]
+    paths = [adapter.lm_head, adapter.embed]
+    q = model.config.quantization_config
+    if head == "int8":
+        q.int8_modules = paths
+    else:
+        q.int4_modules = {path: _group_size(model, path) for path in paths}
 
 
-def int8_twin(mod: nn.Module) -> nn.Module:
-    """The per-row int8 twin of an ``nn.Embedding`` (``Int8Embedding``) or a bias-free linear (``Int8Linear``)."""
-    if isinstance(mod, nn.Embedding):
-        return Int8Embedding.from_weight(mod.weight)
-    return Int8Linear.from_weight(mod.weight)
+def _group_size(model: nn.Module, path: str) -> int:
+    """The int4 group size of module ``path``: the module's own, or (an unloaded one) the default for its rows."""
+    mod = model.get_submodule(path)
+    if isinstance(mod, Int4Linear | Int4Embedding):
+        return mod.group_size
+    return int4_group_size(mod.weight.shape[1])
 
 
 def _dense_twin(mod: nn.Module, dtype: torch.dtype) -> nn.Module | None:
     """The plain ``nn.Linear`` / ``nn.Embedding`` (weights in ``dtype``, on the module's device) with the
     dequantized weight of a low-bit module (else None)."""
-    if isinstance(mod, PackedPTQ161Linear | Int8Linear):
+    if isinstance(mod, PackedPTQ161Linear | Int8Linear | Int4Linear):
         dense = nn.Linear(mod.in_features, mod.out_features, bias=getattr(mod, "bias", None) is not None)
         dense.weight = nn.Parameter(mod.dequantize().to(dtype), requires_grad=False)
         if dense.bias is not None:
             dense.bias = nn.Parameter(mod.bias.detach().to(dtype), requires_grad=False)
         return dense
-    if isinstance(mod, Int8Embedding):
+    if isinstance(mod, Int8Embedding | Int4Embedding):
         return nn.Embedding.from_pretrained(mod.dequantize().to(dtype), freeze=True)
     return None
 
 
 def dequantize_model_in_place(model: nn.Module) -> int:
-    """Swap every packed / int8 module for a plain ``nn.Linear`` / ``nn.Embedding`` with its dequantized weight.
+    """Swap every packed / int8 / int4 module for a plain ``nn.Linear`` / ``nn.Embedding`` with its dequantized weight.
 
     Same numbers, dense speed: the packed modules' multi-token path multiplies by the same
     dequantized fp32 weights row tile by row tile, so scoring (lm-eval, perplexity) gives
@@ -101,11 +113,10 @@ def dequantize_model_in_place(model: nn.Module) -> int:
 
 
 __all__ = [
-    "add_int8_head",
+    "add_compact_head",
     "dequantize_model_in_place",
-    "int8_twin",
     "pack_linears_in_place",
     "pack_model_in_place",
-    "record_int8_layout",
+    "record_head_layout",
     "record_packed_layout",
 ]

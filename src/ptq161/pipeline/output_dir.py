@@ -22,9 +22,10 @@ from ..errors import PTQ161Error
 from ..methods import Method, Parts
 from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
+from ..nn import check_head_format, head_twin
 from ..nn.packed import PACKED_BUFFERS
 from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, os_errors, read_json
-from .convert import int8_twin, pack_linears_in_place, pack_model_in_place, record_int8_layout, record_packed_layout
+from .convert import pack_linears_in_place, pack_model_in_place, record_head_layout, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
@@ -61,15 +62,17 @@ def write_output(
     method: Method,
     parts: dict[str, Parts],
     meta: dict[str, Any],
-    int8_head: bool = False,
+    head: str = "fp32",
 ) -> None:
     """Write the model (packed in place when ``method.packs``), parts and metadata; ``ptq161.json`` last.
+
+    ``head`` is the format of a packed model's embedding and lm_head (``ptq161.nn.heads``).
 
     The resume state of the run (``STATE_DIR``) is removed once the result is complete.
     """
     path.mkdir(parents=True, exist_ok=True)
     if method.packs:
-        pack_model_in_place(model, method, parts, int8_head=int8_head)
+        pack_model_in_place(model, method, parts, head=head)
     with os_errors(path):
         model.save_pretrained(path)
     _finish(path, tokenizer, method.packs, parts, meta)
@@ -102,13 +105,13 @@ def write_output_lazy(
     method: Method,
     parts: dict[str, Parts],
     meta: dict[str, Any],
-    int8_head: bool = False,
+    head: str = "fp32",
 ) -> None:
     """``write_output`` for a block-onloaded run: one module in memory at a time, one shard each.
 
     Each decoder block is loaded, packed (or given its dequantized weights), written as its
     own safetensors shard and released; then the embedding, final norm and lm_head, one at a
-    time (in int8 with ``int8_head``). An index and the config make it a sharded Hugging Face
+    time (in format ``head``). An index and the config make it a sharded Hugging Face
     directory that transformers (and ``ptq161.load``) read as usual.
     """
     model = lazy.model
@@ -122,11 +125,10 @@ def write_output_lazy(
                 lin = model.get_submodule(name)
                 lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
 
-    write_modules_lazily(path, lazy, parts, prepare, int8_head)
+    write_modules_lazily(path, lazy, parts, prepare, head if method.packs else "fp32")
     if method.packs:
         record_packed_layout(model, method, layers)
-        if int8_head:
-            record_int8_layout(model)
+        record_head_layout(model, head)
     write_config(path, model)
     _finish(path, tokenizer, method.packs, parts, meta)
 
@@ -136,14 +138,14 @@ def write_modules_lazily(
     lazy: LazyModel,
     parts: dict[str, Parts],
     prepare: Callable[[dict[str, Parts]], None],
-    int8_head: bool,
+    head: str,
 ) -> None:
     """Write ``lazy``'s weights into ``path`` one module at a time, one safetensors shard each, and their index.
 
     Each decoder block is loaded, given to ``prepare`` with its entries of ``parts`` (to swap
     or fill its linears in place), written and released; then the embedding, final norm and
-    lm_head, one at a time (per-row int8 with ``int8_head``; a tied head is stored once, as
-    the embedding, unless it becomes int8).
+    lm_head, one at a time (the embedding and lm_head in format ``head``; a tied fp32 head is
+    stored once, as the embedding).
     """
     path.mkdir(parents=True, exist_ok=True)
     model, adapter = lazy.model, lazy.adapter
@@ -155,13 +157,13 @@ def write_modules_lazily(
         _save_shard(path, shard, {prefix + k: v for k, v in block.state_dict().items()})
         lazy.release_block(i)
         shard += 1
-    tied = getattr(model.config, "tie_word_embeddings", False) and not int8_head
+    tied = getattr(model.config, "tie_word_embeddings", False) and head == "fp32"
     for mod_path in lazy.outside_modules():
         if tied and mod_path == adapter.lm_head:
             continue  # stored once, as the embedding
         mod = lazy.load_module(mod_path)
-        if int8_head and mod_path in (adapter.embed, adapter.lm_head):
-            mod = int8_twin(mod)
+        if mod_path in (adapter.embed, adapter.lm_head):
+            mod = head_twin(mod, head)
         _save_shard(path, shard, {f"{mod_path}.{k}": v for k, v in mod.state_dict().items()})
         lazy.release_module(mod_path)
         shard += 1
@@ -278,17 +280,23 @@ def file_bits_per_weight(path: str | Path, layers: dict[str, Any]) -> float:
     return 8 * SafetensorsDir(path).nbytes(prefixes=tuple(f"{layer}." for layer in layers)) / max(numel, 1)
 
 
+def head_format(meta: dict[str, Any]) -> str:
+    """The head format ("fp32", "int8", "int4") an output's ``ptq161.json`` records (older ones: ``int8_head``)."""
+    return meta.get("head") or ("int8" if meta.get("int8_head") else "fp32")
+
+
 def convert_output(
     src: str | Path,
     out: str | Path,
     *,
-    int8_head: bool = True,
+    head: str = "int8",
     verify: bool = True,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Write a packed output directory ``src`` again as ``out`` with its embedding and lm_head in per-row int8.
+    """Write a packed output directory ``src`` (fp32 head) again as ``out`` with its embedding and lm_head
+    in format ``head`` ("int8" or "int4", ``ptq161.nn.heads``).
 
-    What ``quantize --int8-head`` would have written, without quantizing again: the decoder
+    What ``quantize --head HEAD`` would have written, without quantizing again: the decoder
     blocks are copied as they are (one module in memory at a time, so it works on models
     larger than RAM), the embedding and head are re-encoded. Returns the new ``ptq161.json``.
     """
@@ -303,24 +311,27 @@ def convert_output(
     if meta.get("weights_format") != "packed":
         raise PTQ161Error(f"'{src}' holds dense (fake-quant) weights of method '{meta.get('method')}'; only a packed "
                           "result can be converted")  # fmt: skip
-    if not int8_head:
-        raise PTQ161Error("nothing to convert: pass --int8-head")
-    if meta.get("int8_head"):
-        raise PTQ161Error(f"'{src}' already stores its embedding and lm_head in int8")
+    if check_head_format(head) == "fp32":
+        raise PTQ161Error("nothing to convert: choose --head int8 or --head int4")
+    if head_format(meta) != "fp32":
+        raise PTQ161Error(
+            f"'{src}' already stores its embedding and lm_head in {head_format(meta)}; convert a result with an "
+            "fp32 head (quantize --fp32-head) so that the head is quantized once"
+        )
     if out.resolve() == src.resolve():
         raise PTQ161Error("--output must be a new directory, not the source")
     lazy, tokenizer = load_model_lazy(str(src), verify=verify, trust_remote_code=trust_remote_code)
     model = lazy.model
     with output_lock(out):
         check_output_dir(out, resume=False)
-        write_modules_lazily(out, lazy, {}, lambda _parts: None, int8_head=True)
+        write_modules_lazily(out, lazy, {}, lambda _parts: None, head=head)
         q = model.config.quantization_config
         q = dict(q) if isinstance(q, dict) else q.to_dict()
         q.pop("quant_method", None)
         model.config.quantization_config = PTQ161HfConfig(**q)
-        record_int8_layout(model)
+        record_head_layout(model, head)
         write_config(out, model)
-        new = {k: v for k, v in meta.items() if k not in ("files", "weights_format", "format_version")}
-        new |= {"int8_head": True, "converted_from": str(src)}
+        new = {k: v for k, v in meta.items() if k not in ("files", "weights_format", "format_version", "int8_head")}
+        new |= {"head": head, "converted_from": str(src)}
         _finish(out, tokenizer, True, {}, new)
     return read_meta(out)

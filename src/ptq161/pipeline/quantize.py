@@ -16,6 +16,7 @@ from ..data import calibration_windows
 from ..errors import PTQ161Error
 from ..methods import MethodConfig, get_method
 from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
+from ..nn import check_head_format
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
@@ -47,7 +48,7 @@ def quantize(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
-    int8_head: bool | None = None,
+    head: str | None = None,
     e2e: E2EConfig | None = None,
     max_memory: int | None = None,
     verify: bool = True,
@@ -58,9 +59,10 @@ def quantize(
     With ``output``, progress is saved after every block and ``resume=True`` continues
     an interrupted run to a result identical to an uninterrupted one. Methods with a packed
     format (PTQ1.61) are saved packed, and the returned model is then the packed one;
-    ``int8_head`` also stores the embedding and lm_head in per-row int8 (default, None: when the
-    method packs; measured on the cpu-preset smollm2-135m: WikiText-2 148.36 -> 148.58, +0.15 %, and
-    on qwen2.5-coder-1.5b decode 3.50x -> 6.06x dense fp32; README, large_model.md). ``device`` and ``dtype``
+    ``head`` is the format of a packed model's embedding and lm_head: "int8" (per-row, the default,
+    None, when the method packs; measured on the cpu-preset smollm2-135m: WikiText-2 148.36 -> 148.58,
+    +0.15 %, and on qwen2.5-coder-1.5b decode 3.50x -> 6.06x dense fp32; README, large_model.md),
+    "int4" (grouped, ``ptq161.nn.int4``; results/heads.md) or "fp32". ``device`` and ``dtype``
     are where and in which dtype the model and the calibration streams live (the methods'
     own arithmetic is float32); the returned model is on ``device``. ``e2e`` (steps > 0) adds the
     end-to-end stage after the block stage (``ptq161.pipeline.e2e``).
@@ -76,10 +78,10 @@ def quantize(
     method_cls = get_method(method)
     cfg = method_config or method_cls.config_class()
     impl = method_cls(cfg)
-    if int8_head is None:
-        int8_head = impl.packs
-    if int8_head and not impl.packs:
-        raise PTQ161Error(f"--int8-head needs a packed format; method '{method}' with these settings has none")
+    if head is None:
+        head = "int8" if impl.packs else "fp32"
+    if check_head_format(head) != "fp32" and not impl.packs:
+        raise PTQ161Error(f"--head {head} needs a packed format; method '{method}' with these settings has none")
     calib = calib or CalibConfig()
     e2e = e2e or E2EConfig()
     if e2e.steps and not impl.trains_end_to_end:
@@ -138,16 +140,16 @@ def quantize(
             "block_logs": res.block_logs,
             **({"e2e_log": e2e_log} if e2e_log is not None else {}),
         }
-        meta["int8_head"] = bool(int8_head and out is not None)  # only a written output has a head format
+        meta["head"] = head if out is not None else "fp32"  # only a written output has a head format
         meta["block_onloading"] = lazy is not None
         if lazy is not None:
-            output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, int8_head)
+            output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, head)
             # the directory this call just wrote and hashed: reading it back needs no second sha256 pass
             lazy_out = load_model_lazy(
                 str(out), device=device, dtype=dtype, verify=False, trust_remote_code=trust_remote_code
             )[0]
             return QuantizeResult(lazy_out, tok, out, meta, res.parts)
         if out is not None:
-            output_dir.write_output(out, model, tok, impl, res.parts, meta, int8_head)
+            output_dir.write_output(out, model, tok, impl, res.parts, meta, head)
             model.to(device)  # the packed modules are built on the CPU
         return QuantizeResult(model, tok, out, meta, res.parts)

@@ -23,7 +23,7 @@ from ..errors import PTQ161Error
 from ..eval.plots import loss_curves_png, pareto_png, salient_map_png
 from ..eval.report import markdown_table
 from ..utils import atomic_write_text
-from .output_dir import META, read_meta, read_parts
+from .output_dir import META, head_format, read_meta, read_parts
 
 # a report is a list of items: ("h1"|"h2"|"p", text), ("table", headers, rows), ("img", png path, alt text)
 Item = tuple
@@ -84,7 +84,9 @@ def _settings_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("method", meta.get("method")), ("model", meta.get("model")), ("weights", meta.get("weights_format"))]
     rows += [(f"calibration {k}", v) for k, v in (meta.get("calibration") or {}).items()]
     rows += [(k, v) for k, v in (meta.get("config") or {}).items()]
-    for key in ("dtype", "device", "int8_head", "block_onloading", "seconds", "peak_rss_mb"):
+    if meta.get("weights_format") == "packed":
+        rows.append(("embedding and lm_head", head_format(meta)))
+    for key in ("dtype", "device", "block_onloading", "seconds", "peak_rss_mb"):
         if key in meta:
             v = meta[key]
             rows.append((key, f"{v:.1f}" if isinstance(v, float) else v))

@@ -180,6 +180,50 @@ def _int8_matvec(x, w, scale, out):
                 out[t, i] = acc * scale[i]
 
 
+def _int4_matvec(x, codes, scale, offset, out):
+    """out [T, m] = x [T, n] @ W^T for grouped 4-bit W (codes uint8 [m, n / 2], float32 scale and
+    offset [m, n / g]; see ``ptq161.nn.int4``).
+
+    y_i = sum_k scale[i, k] * (sum over group k of q_ij x_j) + offset[i, k] * (sum over group k of x_j).
+    A code byte c = lo + 16 hi holds the codes of the even and the odd column, so
+    lo x_even + hi x_odd = c x_even + hi (x_odd - 16 x_even) with hi = floor(c / 16): one float
+    floor per byte and no integer unpacking (which numba widens to int64 and stops vectorizing).
+    Each row is two passes: the byte products into a row buffer, then the group sums. Rows go to
+    the threads in blocks of 64.
+    """
+    m, half = codes.shape
+    groups = scale.shape[1]
+    per = half // groups  # code bytes per group
+    tokens = x.shape[0]
+    xe = np.empty((tokens, half), dtype=np.float32)
+    xd = np.empty((tokens, half), dtype=np.float32)
+    xs = np.zeros((tokens, groups), dtype=np.float32)
+    for t in range(tokens):
+        for p in range(half):
+            e = x[t, 2 * p]
+            o = x[t, 2 * p + 1]
+            xe[t, p] = e
+            xd[t, p] = o - np.float32(16.0) * e
+            xs[t, p // per] += e + o
+    for blk in numba.prange((m + 63) // 64):
+        qs = np.empty(half, dtype=np.float32)
+        for t in range(tokens):
+            xet = xe[t]
+            xdt = xd[t]
+            for i in range(blk * 64, min(m, blk * 64 + 64)):
+                row = codes[i]
+                for p in range(half):
+                    c = np.float32(row[p])
+                    qs[p] = c * xet[p] + np.floor(c * np.float32(0.0625)) * xdt[p]
+                acc = np.float32(0.0)
+                for k in range(groups):
+                    q = np.float32(0.0)
+                    for p in range(k * per, (k + 1) * per):
+                        q += qs[p]
+                    acc += scale[i, k] * q + offset[i, k] * xs[t, k]
+                out[t, i] = acc
+
+
 # Compiled at the end of the module: the kernels call each other through these globals.
 _jit = numba.njit(cache=True, nogil=True, fastmath=True)
 _prepare_jit = _jit(_prepare)
@@ -190,4 +234,5 @@ _linear_chunk_jit = _jit(_linear_chunk)
 linear_chunk = _linear_chunk_jit
 packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
 int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
+int4_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int4_matvec)
 dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath
