@@ -24,6 +24,22 @@ def test_int8_head_output_loads_and_dequantizes_to_the_same_logits(tiny_model_di
         assert torch.allclose(model(ids).logits, packed_logits, rtol=0, atol=1e-5)
 
 
+def _tensors(path, part: str = "") -> dict:
+    """Every tensor in the safetensors files of ``path`` whose name contains ``part``."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in path.glob("*.safetensors"):
+        out |= {k: v for k, v in load_file(str(f)).items() if part in k}
+    return out
+
+
+def _quantize_argv(model_dir, text_file) -> list[str]:
+    """``ptq161 quantize`` of a tiny model on a text file, one epoch, no end-to-end stage; --output comes next."""
+    argv = ["quantize", str(model_dir), "--calib", f"text:{text_file}", "--nsamples", "2"]
+    return [*argv, "--calib-seqlen", "64", "--epochs", "1", "--e2e-steps", "0", "--output"]
+
+
 def _load_logits(path, ids):
     model, _ = ptq161.load(path)
     with torch.no_grad():
@@ -32,8 +48,6 @@ def _load_logits(path, ids):
 
 def test_convert_adds_the_int8_head_that_quantize_would_have_written(tiny_model_dir, text_file, tmp_path):
     """quantize + convert --int8-head == quantize --int8-head: same tensors, same logits (tied tiny model)."""
-    from safetensors.torch import load_file
-
     direct = tmp_path / "direct"
     quantize_tiny(tiny_model_dir, text_file, direct, epochs=1, nsamples=2, head="int8")
     plain = tmp_path / "plain"
@@ -43,13 +57,7 @@ def test_convert_adds_the_int8_head_that_quantize_would_have_written(tiny_model_
     assert meta["head"] == "int8" and "int8_head" not in meta and meta["converted_from"] == str(plain)
     assert meta["weights_format"] == "packed" and set(meta["files"]) >= {"config.json", "model.safetensors.index.json"}
 
-    def tensors(path):
-        out = {}
-        for f in path.glob("*.safetensors"):
-            out |= load_file(str(f))
-        return out
-
-    want, got = tensors(direct), tensors(converted)
+    want, got = _tensors(direct), _tensors(converted)
     assert set(want) == set(got)
     assert all(torch.equal(want[k], got[k]) for k in want)
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
@@ -104,13 +112,10 @@ def test_convert_refuses_what_it_cannot_convert(tiny_model_dir, text_file, tmp_p
 
 def test_packed_outputs_store_an_int8_head_by_default_and_fp32_head_keeps_it(tiny_model_dir, text_file, tmp_path):
     """The default head format (issue 18): int8 for packed methods; ``--fp32-head`` opts out; equal decoders."""
-    from safetensors.torch import load_file
-
     from ptq161.cli import main
     from ptq161.pipeline.output_dir import read_meta
 
-    argv = ["quantize", str(tiny_model_dir), "--calib", f"text:{text_file}", "--nsamples", "2"]
-    argv += ["--calib-seqlen", "64", "--epochs", "1", "--e2e-steps", "0", "--output"]
+    argv = _quantize_argv(tiny_model_dir, text_file)
     default, fp = tmp_path / "default", tmp_path / "fp32head"
     assert main([*argv, str(default)]) == 0 and main([*argv, str(fp), "--fp32-head"]) == 0
     assert read_meta(default)["head"] == "int8" and read_meta(fp)["head"] == "fp32"
@@ -119,40 +124,25 @@ def test_packed_outputs_store_an_int8_head_by_default_and_fp32_head_keeps_it(tin
     model, _ = ptq161.load(fp)
     assert not isinstance(model.lm_head, Int8Linear) and not isinstance(model.model.embed_tokens, Int8Embedding)
 
-    def decoder(path):
-        out = {}
-        for f in path.glob("*.safetensors"):
-            out |= {k: v for k, v in load_file(str(f)).items() if ".layers." in k}
-        return out
-
-    a, b = decoder(default), decoder(fp)
+    a, b = _tensors(default, ".layers."), _tensors(fp, ".layers.")
     assert a and set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_int4_head_quantize_and_convert_write_the_same_tensors_and_logits(tiny_model_dir, text_file, tmp_path):
     """``--head int4`` (grouped 4-bit embedding and lm_head): quantize writes it, convert from an fp32 head writes
     the same tensors, both load as int4 modules, and their logits stay close to the fp32-head model's."""
-    from safetensors.torch import load_file
-
     from ptq161.cli import main
     from ptq161.nn import Int4Embedding, Int4Linear
     from ptq161.pipeline.output_dir import read_meta
 
-    argv = ["quantize", str(tiny_model_dir), "--calib", f"text:{text_file}", "--nsamples", "2"]
-    argv += ["--calib-seqlen", "64", "--epochs", "1", "--e2e-steps", "0", "--output"]
+    argv = _quantize_argv(tiny_model_dir, text_file)
     direct, plain = tmp_path / "int4", tmp_path / "fp32"
     assert main([*argv, str(direct), "--head", "int4"]) == 0 and main([*argv, str(plain), "--fp32-head"]) == 0
     converted = tmp_path / "converted"
     assert main(["convert", str(plain), "-o", str(converted), "--head", "int4"]) == 0
     assert read_meta(direct)["head"] == read_meta(converted)["head"] == "int4"
 
-    def tensors(path):
-        out = {}
-        for f in path.glob("*.safetensors"):
-            out |= load_file(str(f))
-        return out
-
-    want, got = tensors(direct), tensors(converted)
+    want, got = _tensors(direct), _tensors(converted)
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
     assert want["lm_head.codes"].shape == (260, 32) and want["lm_head.scale"].shape == (260, 1)  # 64 / 64 groups
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
