@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import PTQ161Error
+from ..primitives.bits import pack_nibbles, unpack_nibbles
 from ..primitives.kernels import int4_matvec
 from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
 
@@ -75,14 +76,15 @@ def quantize_int4_groups(
             best[2] = torch.where(better, o, best[2])
             best[3] = torch.minimum(err, best[3])
         q = best[0].reshape(-1, n).to(torch.uint8)
-        codes[r : r + rows] = q[:, 0::2] | (q[:, 1::2] << 4)
+        codes[r : r + rows] = pack_nibbles(q)
         scale[r : r + rows], offset[r : r + rows] = best[1], best[2]
     return codes, scale, offset
 
 
 def dequantize_int4_groups(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """codes uint8 [..., n / 2], scale and offset fp16 [..., n / g] -> float32 weights [..., n]."""
-    q = torch.stack((codes & 15, codes >> 4), dim=-1).reshape(*codes.shape[:-1], -1).float()
+    half = codes.shape[-1]
+    q = unpack_nibbles(codes.reshape(-1, half), 2 * half).reshape(*codes.shape[:-1], -1).float()
     groups = scale.shape[-1]
     q = q.reshape(*codes.shape[:-1], groups, -1)
     w = q * scale.float()[..., None] + offset.float()[..., None]
