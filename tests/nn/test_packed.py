@@ -17,6 +17,10 @@ def test_kernel_matches_reference_matmul(m, n, n_sal, tokens):
     assert torch.equal(mod.dequantize(), w)  # unpacking reproduces the quantizer's weight bit for bit
     assert torch.equal(mod.dense_rows(slice(None)), w)  # the numba row kernel (prefill path) too
     assert torch.equal(mod.dense_rows(slice(1, m - 1)), w[1 : m - 1])
+    order = mod.column_order()  # the prefill tiles: columns grouped (salient, then binarized), same bits
+    assert sorted(order.tolist()) == list(range(n))
+    assert torch.equal(mod.grouped_rows(slice(None)), w[:, order])
+    assert torch.equal(mod.grouped_rows(slice(2, m)), w[2:, order])
     x = torch.randn(2, tokens, n, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = mod(x)

@@ -18,8 +18,10 @@ def test_decode_engine_matches_the_model_forward(overrides):
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
     cache = DynamicCache()
     with torch.no_grad():
-        ref = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
-        assert torch.equal(eng.prefill(ids), ref)  # the prompt goes through the model itself
+        full = model(input_ids=ids).logits[0, -1]  # every position's logits, no cache
+        ref = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+        assert torch.equal(eng.prefill(ids), ref)  # the prompt goes through the model itself, last logits only
+        assert torch.allclose(ref, full, atol=1e-5, rtol=1e-5)
         token, pos = int(ref.argmax()), ids.shape[1]
         for _ in range(6):  # each step: the model's own forward with its cache vs the engine
             want = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
@@ -38,3 +40,18 @@ def test_decode_engine_refuses_what_it_does_not_run():
     eng = DecodeEngine(random_packed_llama(), max_len=8)
     with pytest.raises(ValueError, match="max_len"):
         eng.generate(torch.zeros(1, 8, dtype=torch.long), 2)
+
+
+def test_prefill_computes_the_last_positions_logits_only():
+    """The prompt's lm_head runs on its last position only (as transformers' generate does)."""
+    from ptq161.runtime.engine import last_logits_only
+
+    model = random_packed_llama()
+    assert last_logits_only(model) == {"logits_to_keep": 1}
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[-2]))
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    greedy_generate(model, ids, 3)
+    DecodeEngine(model, max_len=32).generate(ids, 3)
+    hook.remove()
+    assert rows and set(rows) == {1}, rows  # never all 12 prompt positions

@@ -33,21 +33,25 @@ def lowbit_forward(
     dequantize_rows: Callable[[slice], torch.Tensor],
     kernel: Callable[[np.ndarray, np.ndarray], None],
     row_tile: int,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x W^T for x [..., n] without forming the whole weight -> [..., out_features].
 
     Few tokens on the CPU without autograd: ``kernel(x2d float32 [T, n], out float32 [T, m])``.
     Otherwise (prefill, perplexity, GPU, training): BLAS over rows rebuilt by
     ``dequantize_rows(slice)``, so at most ``row_tile`` rows of the weight exist at a time.
+    ``columns`` (int64 [n], optional): the order of the columns of those rows; x's columns are
+    gathered in that order once.
     """
     n = x.shape[-1]
     tokens = x.numel() // n
     if x.device.type != "cpu" or tokens > LUT_MAX_TOKENS or (torch.is_grad_enabled() and x.requires_grad):
+        xs = x if columns is None else x.index_select(-1, columns.to(x.device))
         tiles = [
-            nn.functional.linear(x, dequantize_rows(slice(r, r + row_tile)).to(x.dtype))
+            nn.functional.linear(xs, dequantize_rows(slice(r, r + row_tile)).to(x.dtype))
             for r in range(0, out_features, row_tile)
         ]
-        return torch.cat(tiles, dim=-1)
+        return tiles[0] if len(tiles) == 1 else torch.cat(tiles, dim=-1)
     flat = x.reshape(-1, n).float().contiguous().numpy()
     out = np.empty((flat.shape[0], out_features), dtype=np.float32)
     kernel(flat, out)

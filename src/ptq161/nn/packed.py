@@ -21,11 +21,19 @@ from torch import nn
 
 from ..errors import PTQ161Error
 from ..primitives.bits import unpack_bits, unpack_nibbles
-from ..primitives.kernels import dequantize_rows, kernel_threads, packed_matvec, padded_codes
+from ..primitives.kernels import (
+    SIGN_PATTERNS,
+    dequantize_rows,
+    dequantize_rows_grouped,
+    kernel_threads,
+    packed_matvec,
+    padded_codes,
+)
 from ..primitives.quant import assemble, binary_dequantize, rtn_dequantize
 from .lowbit import LUT_MAX_TOKENS, apply_keeping_stored_dtypes, lowbit_forward
 
-ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path
+ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path (at least) ...
+TILE_FLOATS = 1 << 21  # ... or as many as fit 8 MiB of float32: a small layer is one tile, one BLAS call
 PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "b", "r2")
 FACTORS = ("scale", "a", "b", "r2")  # stored fp16 whatever the model's dtype
 
@@ -49,6 +57,7 @@ class PackedPTQ161Linear(nn.Module):
         self.register_buffer("r2", torch.ones(n_b, dtype=torch.float16))
         self.bias = nn.Parameter(torch.zeros(m)) if bias else None
         self._cpu_cache: tuple | None = None
+        self._order: torch.Tensor | None = None
 
     @classmethod
     def from_parts(cls, parts: dict[str, torch.Tensor], bias: torch.Tensor | None = None) -> PackedPTQ161Linear:
@@ -117,6 +126,24 @@ class PackedPTQ161Linear(nn.Module):
             dequantize_rows(lo, hi, *self.kernel_buffers(), out)
         return torch.from_numpy(out)
 
+    def column_order(self) -> torch.Tensor:
+        """int64 [n]: sal_idx followed by bin_idx, the column order of ``grouped_rows`` (cached)."""
+        if self._order is None:
+            self._order = torch.cat([self.sal_idx, self.bin_idx]).long()
+        return self._order
+
+    def grouped_rows(self, rows: slice) -> torch.Tensor:
+        """``dense_rows(rows)[:, column_order()]``, built without scattered writes (CPU); float32 [rows, n].
+
+        The prefill path's tiles: ``x[..., column_order()] @ grouped_rows(r)^T`` equals
+        ``x @ dense_rows(r)^T`` up to float32 summation order."""
+        lo, hi, _ = rows.indices(self.out_features)
+        out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
+        if hi > lo:
+            _, _, r2, sign, codes, a, b, scale, zero = self.kernel_buffers()
+            dequantize_rows_grouped(lo, hi, self.n_salient, r2, sign, codes, a, b, scale, zero, SIGN_PATTERNS, out)
+        return torch.from_numpy(out)
+
     def kernel_buffers(self) -> tuple:
         """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
         (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m]);
@@ -136,16 +163,18 @@ class PackedPTQ161Linear(nn.Module):
         return self._cpu_cache
 
     def _apply(self, fn, recurse: bool = True):
-        self._cpu_cache = None
+        self._cpu_cache, self._order = None, None
         return apply_keeping_stored_dtypes(self, lambda: super(PackedPTQ161Linear, self)._apply(fn, recurse), FACTORS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cpu = self.sign.device.type == "cpu"  # CPU tiles come with their columns grouped (see grouped_rows)
         y = lowbit_forward(
             x,
             self.out_features,
-            self.dense_rows,
+            self.grouped_rows if cpu else self.dense_rows,
             lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
-            ROW_TILE,
+            max(ROW_TILE, TILE_FLOATS // max(self.in_features, 1)),
+            columns=self.column_order() if cpu else None,
         )
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

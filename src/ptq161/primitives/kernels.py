@@ -164,6 +164,53 @@ def _dequantize_rows(lo, hi, sal, bidx, r2, sign, codes, a, b, scale, zero, out)
             out[r, bidx[j]] = r2[j] * (a[i] * sgn + b[i])
 
 
+def sign_patterns() -> np.ndarray:
+    """float32 [256, 8]: row v holds +1 where bit t of the byte v is set, else -1 (LSB first)."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
+    return np.where(bits == 1, 1.0, -1.0).astype(np.float32)
+
+
+SIGN_PATTERNS = sign_patterns()  # a constant (read-only), passed to dequantize_rows_grouped
+SIGN_PATTERNS.flags.writeable = False
+
+
+def _dequantize_rows_grouped(lo, hi, n_s, r2, sign, codes, a, b, scale, zero, patterns, out):
+    """out [hi - lo, n] = rows lo..hi of the packed weight with the columns grouped: the salient
+    columns first (in sal_idx order), then the binarized ones (in bin_idx order).
+
+    The prefill path multiplies these rows with x's columns gathered in the same order
+    (``x[:, sal_idx ++ bin_idx]``), so no write is scattered: the codes unpack to consecutive
+    entries and each sign byte selects a row of ``patterns`` (``sign_patterns()``, 8 signs as
+    +-1.0), which vectorizes. The values are those of ``_dequantize_rows`` bit for bit (same
+    float32 operations, no fast-math); only their column order differs.
+    """
+    n_b = r2.shape[0]
+    full = n_b // 8
+    pairs = n_s // 2
+    for r in numba.prange(hi - lo):
+        i = lo + r
+        z = zero[i]
+        s = scale[i]
+        ai = a[i]
+        bi = b[i]
+        row = out[r]
+        for p in range(pairs):
+            byte = codes[i, p]
+            row[2 * p] = (np.float32(byte & 15) - z) * s
+            row[2 * p + 1] = (np.float32(byte >> 4) - z) * s
+        if n_s & 1:
+            row[n_s - 1] = (np.float32(codes[i, pairs] & 15) - z) * s
+        for g in range(full):
+            pat = patterns[sign[i, g]]
+            base = n_s + 8 * g
+            for t in range(8):
+                row[base + t] = r2[8 * g + t] * (ai * pat[t] + bi)
+        for j in range(8 * full, n_b):
+            bit = (sign[i, j >> 3] >> (j & 7)) & 1
+            sgn = np.float32(1.0) if bit else np.float32(-1.0)
+            row[n_s + j] = r2[j] * (ai * sgn + bi)
+
+
 def _int8_matvec(x, w, scale, out):
     """out [T, m] = (x [T, n] @ w[m, n]^T) * scale [m] with int8 w (per-row symmetric).
 
@@ -236,3 +283,4 @@ packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)
 int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
 int4_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int4_matvec)
 dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath
+dequantize_rows_grouped = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows_grouped)  # exact too

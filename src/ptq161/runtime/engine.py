@@ -20,6 +20,7 @@ then fall back to the model's own forward.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numba
@@ -145,6 +146,13 @@ _add_bias_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_add_bias)
 _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
 _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
 _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
+
+
+def last_logits_only(model: nn.Module) -> dict[str, int]:
+    """Keyword arguments that make ``model``'s forward compute the logits of the last position only
+    (``logits_to_keep=1``, as transformers' own ``generate`` does in its prefill), or none when the
+    model's forward does not take it. A prompt of T tokens then costs one lm_head row, not T."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _bias(mod: nn.Module) -> np.ndarray:
@@ -293,7 +301,7 @@ class DecodeEngine:
         if n >= self.max_len:
             raise ValueError(f"prompt of {n} tokens does not fit max_len {self.max_len}")
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **last_logits_only(self.model))
         for i, layer in enumerate(cache.layers):
             self.k_cache[i, :, :n] = layer.keys[0].float().numpy()
             self.v_cache[i, :, :n] = layer.values[0].float().numpy()
@@ -315,4 +323,4 @@ class DecodeEngine:
         return generated, t1 - t0, time.perf_counter() - t1
 
 
-__all__ = ["DecodeEngine"]
+__all__ = ["DecodeEngine", "last_logits_only"]

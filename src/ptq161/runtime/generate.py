@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import PTQ161Error
-from .engine import DecodeEngine
+from .engine import DecodeEngine, last_logits_only
 
 
 @dataclass
@@ -72,13 +72,14 @@ def greedy_generate(
         return eng.generate(input_ids, new_tokens)
 
     cache = DynamicCache()
+    last = last_logits_only(model)
     t0 = time.perf_counter()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **last)
     t1 = time.perf_counter()
     token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
     generated = [int(token)]
     for _ in range(new_tokens - 1):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, past_key_values=cache, use_cache=True, **last)
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         generated.append(int(token))
     t2 = time.perf_counter()
