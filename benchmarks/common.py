@@ -214,6 +214,27 @@ def fp_perplexities(windows: int, model_spec: str = "smollm2-135m") -> dict[str,
 OUTPUTS = RESULTS.parents[1] / "outputs"  # quantized artifacts kept for later benchmarks (git-ignored)
 
 
+def interrupted_run(out: Path) -> float | None:
+    """Logged block seconds of an interrupted quantization saved in ``out`` (progress saved, no result
+    written yet), or None when there is nothing to resume."""
+    import json
+
+    from ptq161.pipeline.output_dir import read_meta
+    from ptq161.pipeline.state import STATE_DIR
+
+    progress = out / STATE_DIR / "progress.json"
+    if not progress.is_file() or read_meta(out) is not None:
+        return None
+    return sum(log["seconds"] for log in json.loads(progress.read_text())["progress"]["logs"])
+
+
+def resumed_note(earlier: float | None) -> dict[str, Any]:
+    """The row keys that say a row resumed an interrupted run of ``earlier`` block seconds (empty if not)."""
+    if not earlier:
+        return {}
+    return {"resumed_after_seconds": earlier, "timing_resumed": note("compare", "resumed", seconds=f"{earlier:.0f}")}
+
+
 def quantize_and_evaluate(
     method: str,
     cfg: Any,
@@ -226,7 +247,8 @@ def quantize_and_evaluate(
     """Quantize ``model`` and evaluate WikiText-2 test and C4 on the first ``windows`` windows.
 
     With ``save`` the artifact is also written there (replacing an older one), so that later
-    benchmarks (zero-shot tasks, preprocessing) evaluate exactly the model measured here.
+    benchmarks (zero-shot tasks, preprocessing) evaluate exactly the model measured here; an
+    interrupted run saved there is resumed (its earlier block seconds are added to the time).
     """
     import shutil
     import time
@@ -234,14 +256,18 @@ def quantize_and_evaluate(
     from ptq161 import quantize
     from ptq161.utils import peak_rss_mb
 
-    if save is not None and save.exists():
+    earlier = interrupted_run(save) if save is not None else None
+    if save is not None and save.exists() and earlier is None:
         shutil.rmtree(save)
     t0 = time.perf_counter()
-    res = quantize(model, method, method_config=cfg, calib=calib, output=save, progress=False, e2e=e2e)
+    res = quantize(
+        model, method, method_config=cfg, calib=calib, output=save, progress=False, e2e=e2e, resume=earlier is not None
+    )
     seconds = time.perf_counter() - t0
     return {
         **result_row(res.meta, table_perplexities(res.model, res.tokenizer, windows), windows, save),
-        "quantize_seconds": seconds,
+        "quantize_seconds": seconds + (earlier or 0.0),
+        **resumed_note(earlier),
         "peak_rss_mb": peak_rss_mb(),
         "block_logs": res.meta["block_logs"],
         "e2e": None if e2e is None else e2e.to_dict(),

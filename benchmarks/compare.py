@@ -19,9 +19,11 @@ from benchmarks.common import (
     OUTPUTS,
     RESULTS,
     fp_perplexities,
+    interrupted_run,
     note,
     quantize_and_evaluate,
     result_row,
+    resumed_note,
     rows_parser,
     run_ppl_rows,
     serve_child,
@@ -106,7 +108,6 @@ def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
     only); the wall time of the whole command (model loading and writing included) is kept beside.
     """
-    import json
     import shutil
     import subprocess
     import sys
@@ -114,13 +115,10 @@ def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
 
     from ptq161 import load
     from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
-    from ptq161.pipeline.state import STATE_DIR
 
     args = ["quantize", model, "--output", str(out)]
-    progress = out / STATE_DIR / "progress.json"
-    earlier = 0.0  # block seconds of an interrupted run of this row that this one resumes
-    if progress.is_file() and read_meta(out) is None:
-        earlier = sum(log["seconds"] for log in json.loads(progress.read_text())["progress"]["logs"])
+    earlier = interrupted_run(out)  # block seconds of an interrupted run of this row that this one resumes
+    if earlier is not None:
         args.append("--resume")
     elif out.exists():
         shutil.rmtree(out)
@@ -128,16 +126,12 @@ def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
     subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     meta = read_meta(out)
-    resumed = {}
-    if earlier:
-        why = note("compare", "resumed", seconds=f"{earlier:.0f}")
-        resumed = {"resumed_after_seconds": earlier, "timing_resumed": why}
     return {
         **result_row(meta, table_perplexities(*load(str(out)), windows), windows, out),
         "command": " ".join(["ptq161", *args]).replace(str(RESULTS.parents[1]) + "/", ""),
-        "quantize_seconds": meta["seconds"] + earlier,
+        "quantize_seconds": meta["seconds"] + (earlier or 0.0),
         "command_wall_seconds": wall,
-        **resumed,
+        **resumed_note(earlier),
         "peak_rss_mb": meta["peak_rss_mb"],
         "file_bits_per_weight": file_bits_per_weight(out, meta["bits"]["layers"]),
     }
