@@ -23,7 +23,6 @@ from ..errors import PTQ161Error
 from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import (
     SIGN_PATTERNS,
-    dequantize_rows,
     dequantize_rows_grouped,
     kernel_threads,
     packed_matvec,
@@ -117,14 +116,14 @@ class PackedPTQ161Linear(nn.Module):
         return assemble(self.mask(), w_sal, w_bin)
 
     def dense_rows(self, rows: slice) -> torch.Tensor:
-        """``dequantize(rows)`` by the numba kernel on the CPU (same bits, about 10x faster); float32 [rows, n]."""
+        """``dequantize(rows)``, on the CPU by the numba kernel of ``grouped_rows`` (same bits) with the
+        columns put back in place; float32 [rows, n]."""
         if self.sign.device.type != "cpu" or rows.step not in (None, 1):
             return self.dequantize(rows)
-        lo, hi, _ = rows.indices(self.out_features)
-        out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
-        if hi > lo:
-            dequantize_rows(lo, hi, *self.kernel_buffers(), out)
-        return torch.from_numpy(out)
+        grouped = self.grouped_rows(rows)
+        out = torch.empty_like(grouped)
+        out[:, self.column_order()] = grouped
+        return out
 
     def column_order(self) -> torch.Tensor:
         """int64 [n]: sal_idx followed by bin_idx, the column order of ``grouped_rows`` (cached)."""
@@ -171,7 +170,7 @@ class PackedPTQ161Linear(nn.Module):
         y = lowbit_forward(
             x,
             self.out_features,
-            self.grouped_rows if cpu else self.dense_rows,
+            self.grouped_rows if cpu else self.dequantize,
             lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
             max(ROW_TILE, TILE_FLOATS // max(self.in_features, 1)),
             columns=self.column_order() if cpu else None,

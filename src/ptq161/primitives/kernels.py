@@ -143,27 +143,6 @@ def _packed_matvec(x, w, out, n_chunks):
             _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo)
 
 
-def _dequantize_rows(lo, hi, sal, bidx, r2, sign, codes, a, b, scale, zero, out):
-    """out [hi - lo, n] = float32 rows lo..hi of the packed weight (the prefill path's row tiles).
-
-    The same float32 operations in the same order as ``ptq161_math.rtn_dequantize`` and
-    ``binary_dequantize`` and compiled without fast-math (no fused multiply-add), so the rows
-    equal the torch dequantization bit for bit (a test). ``codes`` may be padded.
-    """
-    n_s = sal.shape[0]
-    n_b = bidx.shape[0]
-    for r in numba.prange(hi - lo):
-        i = lo + r
-        for k in range(n_s):
-            byte = codes[i, k >> 1]
-            c = (byte >> 4) if k & 1 else (byte & 15)
-            out[r, sal[k]] = (np.float32(c) - zero[i]) * scale[i]
-        for j in range(n_b):
-            bit = (sign[i, j >> 3] >> (j & 7)) & 1
-            sgn = np.float32(1.0) if bit else np.float32(-1.0)
-            out[r, bidx[j]] = r2[j] * (a[i] * sgn + b[i])
-
-
 def sign_patterns() -> np.ndarray:
     """float32 [256, 8]: row v holds +1 where bit t of the byte v is set, else -1 (LSB first)."""
     bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
@@ -181,8 +160,10 @@ def _dequantize_rows_grouped(lo, hi, n_s, r2, sign, codes, a, b, scale, zero, pa
     The prefill path multiplies these rows with x's columns gathered in the same order
     (``x[:, sal_idx ++ bin_idx]``), so no write is scattered: the codes unpack to consecutive
     entries and each sign byte selects a row of ``patterns`` (``sign_patterns()``, 8 signs as
-    +-1.0), which vectorizes. The values are those of ``_dequantize_rows`` bit for bit (same
-    float32 operations, no fast-math); only their column order differs.
+    +-1.0), which vectorizes. The same float32 operations in the same order as
+    ``primitives.quant.rtn_dequantize`` and ``binary_dequantize``, compiled without fast-math (no
+    fused multiply-add), so the values equal the torch dequantization bit for bit (a test); only
+    their column order differs. ``codes`` may be padded.
     """
     n_b = r2.shape[0]
     full = n_b // 8
@@ -282,5 +263,5 @@ linear_chunk = _linear_chunk_jit
 packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
 int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
 int4_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int4_matvec)
-dequantize_rows = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows)  # exact: no fastmath
-dequantize_rows_grouped = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows_grouped)  # exact too
+# exact: no fastmath
+dequantize_rows_grouped = numba.njit(cache=True, parallel=True, nogil=True)(_dequantize_rows_grouped)
