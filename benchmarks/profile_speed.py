@@ -4,9 +4,13 @@ One process, one sitting, on the packed cpu-preset smollm2-135m of ``benchmarks.
 ``--packed``) and the FP model:
 
 - ``decode``: one fused-engine step split into the 30 decoder layers and the final norm + lm_head,
-  medians over steps at one cache position, with 2 threads and with 1 (the parallel efficiency);
-- ``lookup``: layer 0's gate_proj (1536 x 576) on one thread: the whole lookup kernel (tables,
-  sign lookups, 4-bit part) and the sign lookups alone, as lookups per nanosecond;
+  medians over steps at one cache position, with 2 threads and with 1 (the parallel efficiency),
+  with each sign-sum kernel (table lookups; masked adds, the default on AVX-512 CPUs);
+- ``lookup``: layer 0's gate_proj (1536 x 576) on one thread: the whole kernel with table lookups
+  (tables, sign lookups, 4-bit part) and the sign lookups alone, as lookups per nanosecond, and the
+  whole kernel with masked adds; then the same in a child process whose numba compiles for an
+  AVX2-only CPU (``NUMBA_CPU_NAME=haswell`` and AVX-512 switched off), the code AVX2 machines run,
+  which is why the masked kernel is the default on AVX-512 CPUs only;
 - ``prefill``: the same gate_proj on a 128-token prompt: rebuilding its rows (grouped columns, the
   prefill path) against the BLAS product they feed, and the FP32 BLAS rate;
 - ``training``: PTQ1.61 training steps of block 0 with the cpu preset's settings (8 windows of 256
@@ -49,8 +53,9 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(n)
 
 
-def decode_split(packed) -> dict:
-    """Engine step, decoder layers and norm + lm_head (ms) with 2 threads and with 1."""
+def decode_split(packed, masked: bool) -> dict:
+    """Engine step, decoder layers and norm + lm_head (ms) with 2 threads and with 1; sign sums by
+    masked adds (``masked``) or table lookups."""
     import torch
 
     from ptq161.runtime import DecodeEngine
@@ -58,7 +63,7 @@ def decode_split(packed) -> dict:
     out = {}
     for threads in (2, 1):
         set_threads(threads)
-        eng = DecodeEngine(packed, max_len=256)
+        eng = DecodeEngine(packed, max_len=256, masked=masked)
         eng.prefill(torch.arange(128)[None] + 100)
         h = eng._hidden_step(5, 128)
         with torch.no_grad():
@@ -98,17 +103,41 @@ def lookup_kernel(packed) -> dict:
                 p += lut[g, sign[i, g]]
             out[i] = p
 
-    whole = median_ms(lambda: k.linear_chunk(0, 1, x, w, out, lut, xp, xe, xo), n=200) * 1e3
+    whole = median_ms(lambda: k.linear_chunk(0, 1, x, w, out, lut, xp, xe, xo, False), n=200) * 1e3
     signs = median_ms(lambda: lookups(sign, lut, out), n=200) * 1e3
+    masked = median_ms(lambda: k.linear_chunk(0, 1, x, w, out, lut, xp, xe, xo, True), n=200) * 1e3
     set_threads(2)
     n_lookups = sign.shape[0] * groups
     return {
         "shape": [mod.out_features, mod.in_features],
         "salient": int(sal.shape[0]),
         "whole_us": whole,
+        "whole_masked_us": masked,
         "lookups_us": signs,
         "lookups_per_ns": n_lookups / (signs * 1e3),
     }
+
+
+AVX2_ENV = {  # numba's code for an AVX2-only CPU (Haswell's features), on whatever CPU runs the benchmark
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+mmx,+movbe,+popcnt,"
+    "+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+fxsr,+sahf",
+}
+
+
+def lookup_kernel_avx2(packed_dir: str) -> dict:
+    """``lookup_kernel`` in a child process whose numba compiles for an AVX2-only CPU (own cache dir)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, **AVX2_ENV, "NUMBA_CACHE_DIR": cache}
+        cmd = [sys.executable, "-m", "benchmarks.profile_speed", "--kernel-only", "--packed", packed_dir]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def prefill_split(packed) -> dict:
@@ -170,19 +199,46 @@ def training_step(model) -> dict:
     return {"seconds_per_step": (t3 - t1) / 16, "mm_share": mm / total, "windows": 8, "seqlen": 256}
 
 
+STORED = ("decode", "lookup", "lookup_avx2", "prefill", "training", "masked_default", "timing_contended")
+
+
 def render(store: dict, args) -> None:
     d, lk, pf, tr = (store[k] for k in ("decode", "lookup", "prefill", "training"))
-    two, one = d["threads2"], d["threads1"]
+    if "threads2" in d:  # results from before the masked kernel: one split, the lookup kernel
+        d = {"lookup": d}
+    default = "masked" if store.get("masked_default") else "lookup"
+    two, one = d[default]["threads2"], d[default]["threads1"]
     per_layer = 1e3 * two["layers_ms"] / two["layers"]
     head_share = 100 * two["head_ms"] / two["step_ms"]
     gain = one["layers_ms"] / two["layers_ms"]
+    others = [
+        (f"decode step, 2 threads, {kind} sign sums", f"{v['threads2']['step_ms']:.2f} ms",
+         f"{1e3 / v['threads2']['step_ms']:.1f} tok/s; layers {v['threads2']['layers_ms']:.2f} ms, "
+         f"{v['threads2']['layers_ms'] / two['layers_ms']:.2f}x the default's")
+        for kind, v in d.items() if kind != default
+    ]  # fmt: skip
+    masked_kernel = (
+        [("  same layer, masked-add kernel, 1 thread", f"{lk['whole_masked_us']:.0f} us",
+          f"{lk['whole_us'] / lk['whole_masked_us']:.2f}x the lookup kernel's speed")]
+        if "whole_masked_us" in lk else []
+    )  # fmt: skip
+    if "lookup_avx2" in store:
+        av = store["lookup_avx2"]
+        masked_kernel += [
+            ("  same layer, compiled for AVX2 only: lookup kernel", f"{av['whole_us']:.0f} us", ""),
+            ("  same layer, compiled for AVX2 only: masked-add kernel", f"{av['whole_masked_us']:.0f} us",
+             f"{av['whole_us'] / av['whole_masked_us']:.2f}x the lookup kernel's speed"),
+        ]  # fmt: skip
     table = [
-        ("decode step, 2 threads", f"{two['step_ms']:.2f} ms", f"{1e3 / two['step_ms']:.1f} tok/s"),
+        (f"decode step, 2 threads, {default} sign sums (this CPU's default)", f"{two['step_ms']:.2f} ms",
+         f"{1e3 / two['step_ms']:.1f} tok/s"),
         ("  30 decoder layers", f"{two['layers_ms']:.2f} ms", f"{per_layer:.0f} us a layer"),
         ("  final norm + int8 lm_head", f"{two['head_ms']:.2f} ms", f"{head_share:.0f} % of a step"),
         ("decode step, 1 thread", f"{one['step_ms']:.2f} ms", f"layers {gain:.2f}x the 2-thread time"),
+        *others,
         (f"lookup kernel, gate_proj {lk['shape'][0]} x {lk['shape'][1]}, 1 thread", f"{lk['whole_us']:.0f} us",
          f"sign lookups alone {lk['lookups_us']:.0f} us ({lk['lookups_per_ns']:.2f} lookups/ns, 8 weights each)"),
+        *masked_kernel,
         ("prefill, gate_proj on 128 tokens", f"{pf['forward_ms']:.2f} ms",
          f"rows rebuilt {pf['rebuild_ms']:.2f} ms + BLAS {pf['blas_ms']:.2f} ms ({pf['gflops']:.0f} GFLOP/s)"),
         ("block-training step (cpu preset, block 0)", f"{1e3 * tr['seconds_per_step']:.0f} ms",
@@ -193,7 +249,7 @@ def render(store: dict, args) -> None:
         "profile_speed",
         "Where the time goes: decode, lookup kernel, prefill, block training (smollm2-135m, packed cpu preset)",
         markdown_table(["part", "time", "detail"], table),
-        {k: store[k] for k in ("decode", "lookup", "prefill", "training", "timing_contended") if k in store},
+        {k: store[k] for k in STORED if k in store},
         note("profile_speed") + extra,
         keep_meta=store if args.render_only else None,
         packed=shown(args.packed),
@@ -203,7 +259,15 @@ def render(store: dict, args) -> None:
 def main() -> None:
     ap = bench_parser(__doc__, redo=False)
     ap.add_argument("--packed", default=str(OUTPUTS / "heads" / "int8"), help="a packed int8-head output")
+    ap.add_argument("--kernel-only", action="store_true", help="print the kernel timings as JSON (child mode)")
     args = ap.parse_args()
+    if args.kernel_only:
+        import json
+
+        from ptq161.api import load
+
+        print(json.dumps(lookup_kernel(load(args.packed)[0].eval())))
+        return
     if args.render_only:
         render(stored("profile_speed"), args)
         return
@@ -212,7 +276,12 @@ def main() -> None:
     set_threads(2)
     contended = timing_note()
     packed = load(args.packed)[0].eval()
-    store = {"decode": decode_split(packed), "lookup": lookup_kernel(packed), "prefill": prefill_split(packed)}
+    from ptq161.primitives.kernels import MASKED_SIGNS
+
+    decode = {kind: decode_split(packed, kind == "masked") for kind in ("lookup", "masked")}
+    store = {"decode": decode, "lookup": lookup_kernel(packed), "prefill": prefill_split(packed)}
+    store["lookup_avx2"] = lookup_kernel_avx2(args.packed)
+    store["masked_default"] = MASKED_SIGNS
     store["training"] = training_step(load("smollm2-135m")[0])
     store["timing_contended"] = contended
     render(store, args)

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import PTQ161Error
 from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import (
+    MASKED_SIGNS,
     SIGN_PATTERNS,
     dequantize_rows_grouped,
     kernel_threads,
@@ -171,7 +172,7 @@ class PackedPTQ161Linear(nn.Module):
             x,
             self.out_features,
             self.grouped_rows if cpu else self.dequantize,
-            lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads()),
+            lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads(), MASKED_SIGNS),
             max(ROW_TILE, TILE_FLOATS // max(self.in_features, 1)),
             columns=self.column_order() if cpu else None,
         )

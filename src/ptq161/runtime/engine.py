@@ -4,7 +4,7 @@ Decoding one token through transformers' eager modules costs hundreds of small t
 calls per layer; for a packed model whose matrix work is only a few milliseconds, that
 overhead dominates (measured in benchmarks/results/packed_inference.md). The engine runs
 each decoder layer of one step as a single numba call over the packed buffers:
-RMSNorm, the seven packed linears (table-lookup kernel of ``ptq161.primitives.kernels``),
+RMSNorm, the seven packed linears (the kernels of ``ptq161.primitives.kernels``),
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
 Threads share the rows of each linear; q/k/v and gate/up run in one parallel region each,
 so a layer has five.
@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
 from ..nn import PackedPTQ161Linear
-from ..primitives.kernels import kernel_threads, linear_chunk
+from ..primitives.kernels import MASKED_SIGNS, kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
@@ -97,19 +97,20 @@ def _add_bias(y, b):
 
 
 def _layer(
-    h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, bs, scratch
+    h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, bs, scratch, masked
 ):
     """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``.
-    ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none)."""
+    ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none);
+    masked: the sign-sum kernel (masked adds, or table lookups; see ``primitives.kernels``)."""
     q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
     q_b, k_b, v_b, o_b, g_b, u_b, d_b = bs
     xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo = scratch
     nc = lut_b.shape[0]  # row chunks (one per thread), each with its own tables
     _rms_norm_jit(h, norm_in, eps, xn)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c])
-        linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c])
-        linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c], masked)
     _add_bias_jit(q, q_b)
     _add_bias_jit(k, k_b)
     _add_bias_jit(v, v_b)
@@ -121,21 +122,21 @@ def _layer(
             v_cache[layer, j, pos, e] = v[j * head_dim + e]
     _attend_jit(q, k_cache[layer], v_cache[layer], pos, n_heads, n_kv, head_dim, att)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c], masked)
     _add_bias_jit(o, o_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
     _rms_norm_jit(h, norm_post, eps, xn)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c])
-        linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c], masked)
     _add_bias_jit(g, g_b)
     _add_bias_jit(u, u_b)
     for j in range(g.shape[0]):
         gj = g[j]
         g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
     for c in numba.prange(nc):
-        linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c])
+        linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c], masked)
     _add_bias_jit(o, d_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
@@ -165,16 +166,17 @@ class DecodeEngine:
     """Batch-1 greedy decoding of a packed LLaMA-layout model with one fused numba call per layer.
 
     ``generate(input_ids [1, T], new_tokens)`` returns the greedy tokens; the logits of
-    every step equal the model's own forward up to float32 summation order.
+    every step equal the model's own forward up to float32 summation order. ``masked`` picks
+    the sign-sum kernel (default: masked adds where the CPU has AVX-512, else table lookups).
     """
 
-    def __init__(self, model: nn.Module, max_len: int = 2048) -> None:
+    def __init__(self, model: nn.Module, max_len: int = 2048, masked: bool = MASKED_SIGNS) -> None:
         reason = self.unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the decode engine does not serve this model: {reason}")
         cfg = model.config
         adapter = get_adapter(model)
-        self.model, self.max_len = model, max_len
+        self.model, self.max_len, self.masked = model, max_len, bool(masked)
         self.layers = adapter.decoder_layers(model)
         self.embed = model.get_submodule(adapter.embed)
         self.final_norm = model.get_submodule(adapter.final_norm)
@@ -251,7 +253,7 @@ class DecodeEngine:
             np.empty(d, f),
             np.empty(inter, f),
             np.empty(inter, f),
-            np.empty((nc, groups, 256), f),
+            np.empty((nc, 1 if self.masked else groups, 256), f),  # tables only for the lookup kernel
             np.empty((nc, 8 * groups), f),
             np.empty((nc, width), f),
             np.empty((nc, width), f),
@@ -280,6 +282,7 @@ class DecodeEngine:
                 ws,
                 bs,
                 self.scratch,
+                self.masked,
             )
         return torch.from_numpy(h)[None, None]
 
