@@ -5,12 +5,12 @@ One process, one sitting, on the packed cpu-preset smollm2-135m of ``benchmarks.
 
 - ``decode``: one fused-engine step split into the 30 decoder layers and the final norm + lm_head,
   medians over steps at one cache position, with 2 threads and with 1 (the parallel efficiency),
-  with each sign-sum kernel (table lookups; masked adds, the default on AVX-512 CPUs);
-- ``lookup``: layer 0's gate_proj (1536 x 576) on one thread: the whole kernel with table lookups
+  with each sign-sum kernel (byte tables; nibble tables in registers, the default on AVX-512 CPUs);
+- ``lookup``: layer 0's gate_proj (1536 x 576) on one thread: the whole kernel with byte tables
   (tables, sign lookups, 4-bit part) and the sign lookups alone, as lookups per nanosecond, and the
-  whole kernel with masked adds; then the same in a child process whose numba compiles for an
+  whole kernel with nibble tables; then the same in a child process whose numba compiles for an
   AVX2-only CPU (``NUMBA_CPU_NAME=haswell`` and AVX-512 switched off), the code AVX2 machines run,
-  which is why the masked kernel is the default on AVX-512 CPUs only;
+  which is why the nibble-table kernel is the default on AVX-512 CPUs only;
 - ``prefill``: the same gate_proj on a 128-token prompt: rebuilding its rows (grouped columns, the
   prefill path) against the BLAS product they feed, and the FP32 BLAS rate;
 - ``training``: PTQ1.61 training steps of block 0 with the cpu preset's settings (8 windows of 256
@@ -53,9 +53,9 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(n)
 
 
-def decode_split(packed, masked: bool) -> dict:
+def decode_split(packed, permute: bool) -> dict:
     """Engine step, decoder layers and norm + lm_head (ms) with 2 threads and with 1; sign sums by
-    masked adds (``masked``) or table lookups."""
+    nibble tables (``permute``) or byte tables."""
     import torch
 
     from ptq161.runtime import DecodeEngine
@@ -63,7 +63,7 @@ def decode_split(packed, masked: bool) -> dict:
     out = {}
     for threads in (2, 1):
         set_threads(threads)
-        eng = DecodeEngine(packed, max_len=256, masked=masked)
+        eng = DecodeEngine(packed, max_len=256, permute=permute)
         eng.prefill(torch.arange(128)[None] + 100)
         h = eng._hidden_step(5, 128)
         with torch.no_grad():
@@ -85,7 +85,7 @@ def lookup_kernel(packed) -> dict:
 
     set_threads(1)
     mod = packed.model.layers[0].mlp.gate_proj
-    w = mod.kernel_buffers()
+    w = mod.kernel_buffers(False)
     sal, sign, codes = w[0], w[3], w[4]
     groups = sign.shape[1]
     x = np.random.default_rng(0).standard_normal(mod.in_features).astype(np.float32)
@@ -105,14 +105,16 @@ def lookup_kernel(packed) -> dict:
 
     whole = median_ms(lambda: k.linear_chunk(0, 1, x, w, out, lut, xp, xe, xo, False), n=200) * 1e3
     signs = median_ms(lambda: lookups(sign, lut, out), n=200) * 1e3
-    masked = median_ms(lambda: k.linear_chunk(0, 1, x, w, out, lut, xp, xe, xo, True), n=200) * 1e3
+    wp = mod.kernel_buffers(True)
+    lut16 = np.empty((groups, 32), np.float32)  # two 16-entry tables per sign byte, compact as the engine's
+    nibble = median_ms(lambda: k.linear_chunk(0, 1, x, wp, out, lut16, xp, xe, xo, True), n=200) * 1e3
     set_threads(2)
     n_lookups = sign.shape[0] * groups
     return {
         "shape": [mod.out_features, mod.in_features],
         "salient": int(sal.shape[0]),
         "whole_us": whole,
-        "whole_masked_us": masked,
+        "whole_nibble_us": nibble,
         "lookups_us": signs,
         "lookups_per_ns": n_lookups / (signs * 1e3),
     }
@@ -199,14 +201,14 @@ def training_step(model) -> dict:
     return {"seconds_per_step": (t3 - t1) / 16, "mm_share": mm / total, "windows": 8, "seqlen": 256}
 
 
-STORED = ("decode", "lookup", "lookup_avx2", "prefill", "training", "masked_default", "timing_contended")
+STORED = ("decode", "lookup", "lookup_avx2", "prefill", "training", "nibble_default", "timing_contended")
 
 
 def render(store: dict, args) -> None:
     d, lk, pf, tr = (store[k] for k in ("decode", "lookup", "prefill", "training"))
-    if "threads2" in d:  # results from before the masked kernel: one split, the lookup kernel
+    if "threads2" in d:  # results from before the nibble-table kernel: one split, the byte tables
         d = {"lookup": d}
-    default = "masked" if store.get("masked_default") else "lookup"
+    default = "nibble" if store.get("nibble_default") else "lookup"
     two, one = d[default]["threads2"], d[default]["threads1"]
     per_layer = 1e3 * two["layers_ms"] / two["layers"]
     head_share = 100 * two["head_ms"] / two["step_ms"]
@@ -217,17 +219,17 @@ def render(store: dict, args) -> None:
          f"{v['threads2']['layers_ms'] / two['layers_ms']:.2f}x the default's")
         for kind, v in d.items() if kind != default
     ]  # fmt: skip
-    masked_kernel = (
-        [("  same layer, masked-add kernel, 1 thread", f"{lk['whole_masked_us']:.0f} us",
-          f"{lk['whole_us'] / lk['whole_masked_us']:.2f}x the lookup kernel's speed")]
-        if "whole_masked_us" in lk else []
+    nibble_kernel = (
+        [("  same layer, nibble-table kernel, 1 thread", f"{lk['whole_nibble_us']:.0f} us",
+          f"{lk['whole_us'] / lk['whole_nibble_us']:.2f}x the byte-table kernel's speed")]
+        if "whole_nibble_us" in lk else []
     )  # fmt: skip
     if "lookup_avx2" in store:
         av = store["lookup_avx2"]
-        masked_kernel += [
-            ("  same layer, compiled for AVX2 only: lookup kernel", f"{av['whole_us']:.0f} us", ""),
-            ("  same layer, compiled for AVX2 only: masked-add kernel", f"{av['whole_masked_us']:.0f} us",
-             f"{av['whole_us'] / av['whole_masked_us']:.2f}x the lookup kernel's speed"),
+        nibble_kernel += [
+            ("  same layer, compiled for AVX2 only: byte-table kernel", f"{av['whole_us']:.0f} us", ""),
+            ("  same layer, compiled for AVX2 only: nibble-table kernel", f"{av['whole_nibble_us']:.0f} us",
+             f"{av['whole_us'] / av['whole_nibble_us']:.2f}x the byte-table kernel's speed"),
         ]  # fmt: skip
     table = [
         (f"decode step, 2 threads, {default} sign sums (this CPU's default)", f"{two['step_ms']:.2f} ms",
@@ -238,7 +240,7 @@ def render(store: dict, args) -> None:
         *others,
         (f"lookup kernel, gate_proj {lk['shape'][0]} x {lk['shape'][1]}, 1 thread", f"{lk['whole_us']:.0f} us",
          f"sign lookups alone {lk['lookups_us']:.0f} us ({lk['lookups_per_ns']:.2f} lookups/ns, 8 weights each)"),
-        *masked_kernel,
+        *nibble_kernel,
         ("prefill, gate_proj on 128 tokens", f"{pf['forward_ms']:.2f} ms",
          f"rows rebuilt {pf['rebuild_ms']:.2f} ms + BLAS {pf['blas_ms']:.2f} ms ({pf['gflops']:.0f} GFLOP/s)"),
         ("block-training step (cpu preset, block 0)", f"{1e3 * tr['seconds_per_step']:.0f} ms",
@@ -276,12 +278,12 @@ def main() -> None:
     set_threads(2)
     contended = timing_note()
     packed = load(args.packed)[0].eval()
-    from ptq161.primitives.kernels import MASKED_SIGNS
+    from ptq161.primitives.kernels import PERMUTE_SIGNS
 
-    decode = {kind: decode_split(packed, kind == "masked") for kind in ("lookup", "masked")}
+    decode = {kind: decode_split(packed, kind == "nibble") for kind in ("lookup", "nibble")}
     store = {"decode": decode, "lookup": lookup_kernel(packed), "prefill": prefill_split(packed)}
     store["lookup_avx2"] = lookup_kernel_avx2(args.packed)
-    store["masked_default"] = MASKED_SIGNS
+    store["nibble_default"] = PERMUTE_SIGNS
     store["training"] = training_step(load("smollm2-135m")[0])
     store["timing_contended"] = contended
     render(store, args)

@@ -6,17 +6,17 @@ from transformers import DynamicCache
 from ptq161.runtime import DecodeEngine, greedy_generate
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("permute", [False, True])
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}, {"qwen2": True}],
 )
-def test_decode_engine_matches_the_model_forward(overrides, masked):
+def test_decode_engine_matches_the_model_forward(overrides, permute):
     """Qwen2 (q/k/v biases drawn non-zero) runs in the engine too: a dropped bias would change every logit.
-    Both sign-sum kernels (table lookups, masked adds) give the model's logits and greedy tokens."""
+    Both sign-sum kernels (byte tables, nibble tables) give the model's logits and greedy tokens."""
     model = random_packed_llama(**overrides)
     assert DecodeEngine.unsupported_reason(model) is None
-    eng = DecodeEngine(model, max_len=64, masked=masked)
+    eng = DecodeEngine(model, max_len=64, permute=permute)
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
     cache = DynamicCache()
     with torch.no_grad():

@@ -22,12 +22,13 @@ from torch import nn
 from ..errors import PTQ161Error
 from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import (
-    MASKED_SIGNS,
+    PERMUTE_SIGNS,
     SIGN_PATTERNS,
     dequantize_rows_grouped,
     kernel_threads,
     packed_matvec,
     padded_codes,
+    row_blocked,
 )
 from ..primitives.quant import assemble, binary_dequantize, rtn_dequantize
 from .lowbit import LUT_MAX_TOKENS, apply_keeping_stored_dtypes, lowbit_forward
@@ -57,6 +58,7 @@ class PackedPTQ161Linear(nn.Module):
         self.register_buffer("r2", torch.ones(n_b, dtype=torch.float16))
         self.bias = nn.Parameter(torch.zeros(m)) if bias else None
         self._cpu_cache: tuple | None = None
+        self._blocked: tuple | None = None
         self._order: torch.Tensor | None = None
 
     @classmethod
@@ -140,14 +142,18 @@ class PackedPTQ161Linear(nn.Module):
         lo, hi, _ = rows.indices(self.out_features)
         out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
         if hi > lo:
-            _, _, r2, sign, codes, a, b, scale, zero = self.kernel_buffers()
+            _, _, r2, sign, codes, a, b, scale, zero, _, _ = self.kernel_buffers(permute=False)
             dequantize_rows_grouped(lo, hi, self.n_salient, r2, sign, codes, a, b, scale, zero, SIGN_PATTERNS, out)
         return torch.from_numpy(out)
 
-    def kernel_buffers(self) -> tuple:
+    def kernel_buffers(self, permute: bool = PERMUTE_SIGNS) -> tuple:
         """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
-        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m]);
-        the code rows are copied padded with zero bytes to P' (a multiple of 32) for the vectorized loop."""
+        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m],
+        sign_t [m // 16, G, 16], codes_t [m // 16, P, 16]); the code rows are copied padded with
+        zero bytes to P' (a multiple of 32) for the vectorized loop. With ``permute`` the sign and
+        code bytes are also copied row-blocked for the nibble-table kernel (``row_blocked``: about
+        the packed linear's size again in memory, not on disk); otherwise sign_t and codes_t are empty.
+        """
         if self._cpu_cache is None:  # float32 copies of the small per-row factors, computed once
             self._cpu_cache = (
                 self.sal_idx.numpy(),
@@ -160,10 +166,15 @@ class PackedPTQ161Linear(nn.Module):
                 self.scale.float().numpy(),
                 self.zero.float().numpy(),
             )
-        return self._cpu_cache
+        if not permute:
+            empty = np.zeros((0, self.sign.shape[1], 16), np.uint8)
+            return (*self._cpu_cache, empty, np.zeros((0, self.codes.shape[1], 16), np.uint8))
+        if self._blocked is None:
+            self._blocked = (row_blocked(self.sign.numpy()), row_blocked(self.codes.numpy()))
+        return (*self._cpu_cache, *self._blocked)
 
     def _apply(self, fn, recurse: bool = True):
-        self._cpu_cache, self._order = None, None
+        self._cpu_cache, self._blocked, self._order = None, None, None
         return apply_keeping_stored_dtypes(self, lambda: super(PackedPTQ161Linear, self)._apply(fn, recurse), FACTORS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +183,7 @@ class PackedPTQ161Linear(nn.Module):
             x,
             self.out_features,
             self.grouped_rows if cpu else self.dequantize,
-            lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads(), MASKED_SIGNS),
+            lambda flat, out: packed_matvec(flat, self.kernel_buffers(), out, kernel_threads(), PERMUTE_SIGNS),
             max(ROW_TILE, TILE_FLOATS // max(self.in_features, 1)),
             columns=self.column_order() if cpu else None,
         )

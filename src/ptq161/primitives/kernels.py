@@ -1,4 +1,4 @@
-"""CPU kernels for packed PTQ1.61 linears (numba): sign sums by masked vector adds or by table lookup.
+"""CPU kernels for packed PTQ1.61 linears (numba): sign sums by table lookup, two ways.
 
 For one input vector x [n] and a layer stored as (salient index, binary index, sign bits,
 4-bit codes, per-row a, b, scale, zero; per-binary-column r2):
@@ -10,22 +10,24 @@ bits) - sum x'. The 4-bit part is a vectorized multiply-add over the code bytes 
 holds the codes of two salient columns). The dense weight is never formed.
 
 Two kernels form the sign sums, the same result up to float32 summation order:
-- table lookup (``masked=False``, as T-MAC / bitnet.cpp): one byte of sign bits (8 columns)
-  adds one entry of a 256-entry table of subset sums of x'; the tables are built per call
-  (doubling, 255 adds per 8 columns), the 4-bit nibbles are split in float arithmetic.
-- masked adds (``masked=True``; ``MASKED_SIGNS``, the default on CPUs with AVX-512): two sign
-  bytes are a 16-lane mask and one masked vector add accumulates x'[16 k .. 16 k + 15] where
-  the bits are set. ``_masked_rows`` is an LLVM intrinsic (a ``select`` on ``<16 x i1>``,
-  which AVX-512 compiles to one ``vaddps {k}``) that does 8 rows at a time in one pass: sign
-  sums, 4-bit dot products (16 code bytes a step, shared x loads) and the per-row factors.
-  No tables. Compiled for an AVX2-only CPU the same IR becomes compare-and-blend sequences,
-  slower than the tables; both measured in benchmarks/results/profile_speed.md, so the tables
-  stay the default there.
+- byte tables (``permute=False``, as T-MAC / bitnet.cpp): one byte of sign bits (8 columns)
+  adds one entry of a 256-entry table of subset sums of x', one scalar load per 8 weights;
+  the tables are built per call (doubling, 255 adds per 8 columns). Any CPU.
+- nibble tables in registers (``permute=True``; ``PERMUTE_SIGNS``, the default on CPUs with
+  AVX-512): a 16-entry table of subset sums per 4 columns is exactly one 512-bit register of
+  float32, and one ``vpermps`` looks up 16 rows at once, each with its own 4 sign bits. The
+  sign bytes are kept a second time in a row-blocked layout, ``sign_t`` [m / 16, G, 16]
+  (byte g of 16 consecutive rows side by side; ``codes_t`` likewise for the 4-bit codes),
+  so one 16-byte load feeds two lookups for 16 rows, and the 16 row sums come out in the 16
+  lanes with no horizontal reduction. ``_permuted_block`` is an LLVM intrinsic (the AVX-512
+  permute, or a generic lane-by-lane sequence on CPUs without it, so it runs and is tested
+  everywhere; only its speed needs AVX-512). Measured in benchmarks/results/profile_speed.md,
+  with both kernels compiled for AVX-512 and for AVX2 only.
 
-Threads: the output rows are split into one contiguous chunk per thread, and each chunk
-builds its own tables (a few microseconds) instead of sharing one: reading tables another
-core has just written costs more than building them (measured in
-benchmarks/results/packed_inference.md). One parallel region per call.
+Threads: the output rows are split into one contiguous chunk per thread (chunk boundaries on
+multiples of 16 rows), and each chunk builds its own tables (a few microseconds) instead of
+sharing one: reading tables another core has just written costs more than building them
+(measured in benchmarks/results/packed_inference.md). One parallel region per call.
 """
 
 from __future__ import annotations
@@ -38,18 +40,21 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-MASKED_ROWS = 8  # rows per masked-add call: 8 independent accumulator chains hide the add latency
+BLOCK = 16  # rows per block of the row-blocked layout: one float32 lane per row in a 512-bit register
 CODE_PAD = 32  # code rows padded to a multiple of this many bytes: the 4-bit loop vectorizes without a tail
-ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs)
+ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs, one block)
 
 
 def host_has_avx512() -> bool:
-    """Whether this CPU has AVX-512 F and BW (16-bit lane masks loaded from memory); LLVM's host view."""
-    feats = llvm_binding.get_host_cpu_features()
-    return bool(feats.get("avx512f", False) and feats.get("avx512bw", False))
+    """Whether the CPU numba compiles for has AVX-512 F: ``NUMBA_CPU_FEATURES`` when it is set
+    (numba then compiles for those features), else LLVM's view of this machine."""
+    features = numba.config.CPU_FEATURES
+    if features:
+        return "+avx512f" in features.split(",")
+    return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
 
 
-MASKED_SIGNS = host_has_avx512()  # the sign-sum kernel the callers use by default (see the module docstring)
+PERMUTE_SIGNS = host_has_avx512()  # the sign-sum kernel the callers use by default (see the module docstring)
 
 
 def kernel_threads() -> int:
@@ -65,12 +70,22 @@ def padded_codes(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, tables):
-    """Per-input buffers of one input vector x [n] for one packed linear; returns (sum x', sum xs).
+def row_blocked(rows: np.ndarray) -> np.ndarray:
+    """uint8 [m, W] -> [m // BLOCK, W, BLOCK]: byte w of rows BLOCK b .. BLOCK b + 15 side by side
+    (the layout of ``_permuted_block``); rows past the last full block are left out."""
+    m, w = rows.shape
+    full = m // BLOCK * BLOCK
+    return np.ascontiguousarray(rows[:full].reshape(m // BLOCK, BLOCK, w).transpose(0, 2, 1))
+
+
+def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, permute):
+    """Per-input tables of one input vector x [n] for one packed linear; returns (sum x', sum xs).
 
     xp [>= 8 G]: x' = r2 * x[bidx], zero past n_b up to 8 G (G = ceil(n_b / 8)).
-    lut_b [>= G, 256] (only when ``tables``): lut_b[g, v] = sum of x'[8 g + t] over the set bits t
-    of v (built by doubling: the entries 2^t .. 2^(t+1) - 1 are the first 2^t plus x'[8 g + t]).
+    lut_b [>= G, 256]: byte tables, lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v
+    (built by doubling: the entries 2^t .. 2^(t+1) - 1 are the first 2^t plus x'[8 g + t]); or
+    with ``permute`` [>= G, >= 32] nibble tables, lut_b[g, 16 h + v] = sum of x'[8 g + 4 h + t]
+    over the set bits t of v < 16 (the low nibble of sign byte g is h = 0).
     xe, xo [>= padded P]: the even / odd salient inputs x[sal[2 p]], x[sal[2 p + 1]], zero past the end.
     """
     n_b = bidx.shape[0]
@@ -83,7 +98,17 @@ def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, tables):
         total_b += v
     for j in range(n_b, 8 * groups):
         xp[j] = 0.0
-    if tables:
+    if permute:
+        for g in range(groups):
+            for h in range(2):
+                base = 16 * h
+                lut_b[g, base] = 0.0
+                for t in range(4):
+                    step = 1 << t
+                    v = xp[8 * g + 4 * h + t]
+                    for u in range(step):
+                        lut_b[g, base + step + u] = lut_b[g, base + u] + v
+    else:
         for g in range(groups):
             lut_b[g, 0] = 0.0
             for t in range(8):
@@ -102,119 +127,99 @@ def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, tables):
 
 
 _F32 = ir.FloatType()
+_I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
+_V16F = ir.VectorType(_F32, BLOCK)
+_V16I = ir.VectorType(_I32, BLOCK)
+_V16B = ir.VectorType(ir.IntType(8), BLOCK)
+_FAST = ("fast",)
 
 
-def _row_bases(context, builder, arrty, arr):
-    """(data address as i64, row stride in bytes) of a 2-D array value."""
-    ary = context.make_array(arrty)(context, builder, arr)
-    return builder.ptrtoint(ary.data, _I64), cgutils.unpack_tuple(builder, ary.strides, 2)[0], ary
-
-
-def _vector_sums(builder, rows, count, lanes, terms_of):
-    """One <lanes x float> accumulator per row (independent add chains), after ``count`` steps k of
-    ``acc = add(acc, xv, row, k)`` for each ``(xv, add)`` in ``terms_of(k)``; the x vectors are
-    loaded once per step and shared by the rows. Returns the accumulators' values."""
-    vec = ir.VectorType(_F32, lanes)
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in rows]
-    with cgutils.for_range(builder, count) as loop:
-        terms = terms_of(loop.index)
-        for r, row in enumerate(rows):
-            acc = builder.load(accs[r])
-            for xv, add in terms:
-                acc = add(acc, xv, row, loop.index)
-            builder.store(acc, accs[r])
-    return [builder.load(a) for a in accs]
-
-
-def _reduce(builder, vec):
-    """Horizontal float sum of a <n x float> (reassociated: a shuffle tree)."""
-    lanes = vec.type.count
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_F32, [_F32, vec.type]), f"llvm.vector.reduce.fadd.v{lanes}f32"
-    )
-    return builder.call(fn, [ir.Constant(_F32, 0.0), vec], fastmath=("fast",))
-
-
-def _masked_rows_codegen(context, builder, signature, args):
-    """LLVM IR of ``_masked_rows``: for MASKED_ROWS rows, the sign sums by masked adds (16 lanes per
-    two sign bytes, then 8 lanes for an odd last byte), the 4-bit dot products over the padded code
-    bytes (16 bytes a step, nibbles split with integer and / shift), and the per-row combination."""
-    sign_v, codes_v, i_v, xp_v, xe_v, xo_v, a_v, b_v, scale_v, zero_v, tb_v, ts_v, out_v = args
-    ty = signature.args
-    sbase, sstride, sary = _row_bases(context, builder, ty[0], sign_v)
-    cbase, cstride, cary = _row_bases(context, builder, ty[1], codes_v)
-    n_bytes = cgutils.unpack_tuple(builder, sary.shape, 2)[1]
-    n_code = cgutils.unpack_tuple(builder, cary.shape, 2)[1]
-    ptrs = {}
-    for name, t, v in (
-        ("xp", ty[3], xp_v),
-        ("xe", ty[4], xe_v),
-        ("xo", ty[5], xo_v),
-        ("a", ty[6], a_v),
-        ("b", ty[7], b_v),
-        ("scale", ty[8], scale_v),
-        ("zero", ty[9], zero_v),
-        ("out", ty[12], out_v),
-    ):
-        ptrs[name] = context.make_array(t)(context, builder, v).data  # fmt: skip
-    row_ids = [builder.add(i_v, ir.Constant(_I64, r)) for r in range(MASKED_ROWS)]
-    srows = [builder.add(sbase, builder.mul(r, sstride)) for r in row_ids]
-    crows = [builder.add(cbase, builder.mul(r, cstride)) for r in row_ids]
-    two, c16 = ir.Constant(_I64, 2), ir.Constant(_I64, 16)
-
-    def vload(name, index, lanes):
-        ptr = builder.bitcast(builder.gep(ptrs[name], [index]), ir.VectorType(_F32, lanes).as_pointer())
-        return builder.load(ptr, align=4)
-
-    def masked_add(lanes, first_byte):
-        def add(acc, xv, row, k):
-            mptr = builder.inttoptr(builder.add(row, first_byte(k)), ir.IntType(lanes).as_pointer())
-            mask = builder.bitcast(builder.load(mptr, align=1), ir.VectorType(ir.IntType(1), lanes))
-            return builder.select(mask, builder.fadd(acc, xv, flags=("fast",)), acc)
-
-        return add
-
-    pairs = builder.udiv(n_bytes, two)
-    odd_start = builder.mul(pairs, two)
-    sums16 = _vector_sums(
-        builder, srows, pairs, 16,
-        lambda k: [(vload("xp", builder.mul(k, c16), 16), masked_add(16, lambda k: builder.mul(k, two)))],
-    )  # fmt: skip
-    sums8 = _vector_sums(
-        builder, srows, builder.urem(n_bytes, two), 8,
-        lambda k: [(vload("xp", builder.mul(builder.add(odd_start, k), ir.Constant(_I64, 8)), 8),
-                    masked_add(8, lambda k: builder.add(odd_start, k)))],
-    )  # fmt: skip
-    v16i8, v16i32, v16f = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(32), 16), ir.VectorType(_F32, 16)
-
-    def code_terms(k):
-        xe = vload("xe", builder.mul(k, c16), 16)
-        xo = vload("xo", builder.mul(k, c16), 16)
-
-        def dot(acc, xv, row, k):
-            cptr = builder.inttoptr(builder.add(row, builder.mul(k, c16)), v16i8.as_pointer())
-            wide = builder.zext(builder.load(cptr, align=1), v16i32)
-            low = builder.uitofp(builder.and_(wide, ir.Constant(v16i32, [15] * 16)), v16f)
-            high = builder.uitofp(builder.lshr(wide, ir.Constant(v16i32, [4] * 16)), v16f)
-            acc = builder.fadd(acc, builder.fmul(low, xe, flags=("fast",)), flags=("fast",))
-            return builder.fadd(acc, builder.fmul(high, xv, flags=("fast",)), flags=("fast",))
-
-        return [(xo, dot)]
-
-    dots = _vector_sums(builder, crows, builder.udiv(n_code, c16), 16, code_terms)
-    fast = ("fast",)
-    for r in range(MASKED_ROWS):
-        pos = builder.fadd(_reduce(builder, sums16[r]), _reduce(builder, sums8[r]), flags=fast)
-        q = _reduce(builder, dots[r])
-        ai, bi, si, zi = (builder.load(builder.gep(ptrs[n], [row_ids[r]])) for n in ("a", "b", "scale", "zero"))
-        sign_part = builder.fmul(
-            ai, builder.fsub(builder.fmul(ir.Constant(_F32, 2.0), pos, flags=fast), tb_v, flags=fast), flags=fast
+def _permute(builder, table, index):
+    """<16 x float> result[l] = table[index[l]] (index lanes in 0..15): one ``vpermps`` on AVX-512,
+    otherwise a lane-by-lane extract / insert sequence (same values, slow)."""
+    if host_has_avx512():
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16F, [_V16F, _V16I]), "llvm.x86.avx512.permvar.sf.512"
         )
-        mean_part = builder.fmul(bi, tb_v, flags=fast)
-        code_part = builder.fmul(si, builder.fsub(q, builder.fmul(zi, ts_v, flags=fast), flags=fast), flags=fast)
-        y = builder.fadd(builder.fadd(sign_part, mean_part, flags=fast), code_part, flags=fast)
-        builder.store(y, builder.gep(ptrs["out"], [row_ids[r]]))
+        return builder.call(fn, [table, index])
+    out = ir.Constant(_V16F, None)
+    for lane in range(BLOCK):
+        at = ir.Constant(_I32, lane)
+        out = builder.insert_element(out, builder.extract_element(table, builder.extract_element(index, at)), at)
+    return out
+
+
+def _splat(builder, value):
+    """<16 x float> with every lane ``value``."""
+    one = builder.insert_element(ir.Constant(_V16F, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(_V16F, None), ir.Constant(_V16I, [0] * BLOCK))
+
+
+def _permuted_block_codegen(context, builder, signature, args):
+    """LLVM IR of ``_permuted_block``: per sign byte g one 16-byte load (16 rows), two permutes
+    (low / high nibble) into two accumulators; per code byte p one 16-byte load and two
+    multiply-adds with the broadcast xe[p], xo[p]; then the per-row factors on 16 lanes."""
+    blk_v = args[2]
+    tb_v, ts_v = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (10, 11))
+    ty = signature.args
+    arrays = [
+        context.make_array(t)(context, builder, v) for t, v in zip(ty, args, strict=True) if isinstance(t, types.Array)
+    ]
+    sa, ca, la, xea, xoa, aa, ba, sca, za, oa = arrays
+    groups = cgutils.unpack_tuple(builder, sa.shape, 3)[1]
+    n_code = cgutils.unpack_tuple(builder, ca.shape, 3)[1]
+    sbase = builder.add(
+        builder.ptrtoint(sa.data, _I64), builder.mul(blk_v, cgutils.unpack_tuple(builder, sa.strides, 3)[0])
+    )
+    cbase = builder.add(
+        builder.ptrtoint(ca.data, _I64), builder.mul(blk_v, cgutils.unpack_tuple(builder, ca.strides, 3)[0])
+    )
+    lbase = builder.ptrtoint(la.data, _I64)
+    lstride = cgutils.unpack_tuple(builder, la.strides, 2)[0]
+    c16, c64 = ir.Constant(_I64, BLOCK), ir.Constant(_I64, 64)
+    low_mask, shift = ir.Constant(_V16I, [15] * BLOCK), ir.Constant(_V16I, [4] * BLOCK)
+
+    def load(address, vtype):
+        return builder.load(builder.inttoptr(address, vtype.as_pointer()), align=1)
+
+    def nibbles(address):
+        wide = builder.zext(load(address, _V16B), _V16I)
+        return builder.and_(wide, low_mask), builder.lshr(wide, shift)
+
+    zero_vec = ir.Constant(_V16F, [0.0] * BLOCK)
+    accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(4)]
+    with cgutils.for_range(builder, groups) as loop:
+        lo, hi = nibbles(builder.add(sbase, builder.mul(loop.index, c16)))
+        row = builder.add(lbase, builder.mul(loop.index, lstride))
+        for acc, table, index in ((accs[0], load(row, _V16F), lo), (accs[1], load(builder.add(row, c64), _V16F), hi)):
+            builder.store(builder.fadd(builder.load(acc), _permute(builder, table, index), flags=_FAST), acc)
+    with cgutils.for_range(builder, n_code) as loop:
+        lo, hi = nibbles(builder.add(cbase, builder.mul(loop.index, c16)))
+        for acc, codes, xs in ((accs[2], lo, xea), (accs[3], hi, xoa)):
+            term = builder.fmul(
+                builder.uitofp(codes, _V16F),
+                _splat(builder, builder.load(builder.gep(xs.data, [loop.index]))),
+                flags=_FAST,
+            )
+            builder.store(builder.fadd(builder.load(acc), term, flags=_FAST), acc)
+    pos = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=_FAST)
+    q = builder.fadd(builder.load(accs[2]), builder.load(accs[3]), flags=_FAST)
+    first = builder.mul(blk_v, c16)
+
+    def rows(arr):
+        return builder.load(builder.bitcast(builder.gep(arr.data, [first]), _V16F.as_pointer()), align=4)
+
+    tb, ts = _splat(builder, tb_v), _splat(builder, ts_v)
+    two = ir.Constant(_V16F, [2.0] * BLOCK)
+    sign_part = builder.fmul(rows(aa), builder.fsub(builder.fmul(two, pos, flags=_FAST), tb, flags=_FAST), flags=_FAST)
+    code_part = builder.fmul(
+        rows(sca), builder.fsub(q, builder.fmul(rows(za), ts, flags=_FAST), flags=_FAST), flags=_FAST
+    )
+    y = builder.fadd(
+        builder.fadd(sign_part, builder.fmul(rows(ba), tb, flags=_FAST), flags=_FAST), code_part, flags=_FAST
+    )
+    builder.store(y, builder.bitcast(builder.gep(oa.data, [first]), _V16F.as_pointer()), align=4)
     return context.get_dummy_value()
 
 
@@ -223,29 +228,29 @@ def _is_c_array(t, dtype, ndim: int) -> bool:
 
 
 @intrinsic
-def _masked_rows(typingctx, sign, codes, i, xp, xe, xo, a, b, scale, zero, total_b, total_s, out):
-    """out[i + r] for r < MASKED_ROWS, the same value as ``_rows``' table path computes:
-    a (2 pos - total_b) + b total_b + scale (q - zero total_s), with pos the sum of xp over the set
-    sign bits of the row and q its 4-bit dot product with (xe, xo).
+def _permuted_block(typingctx, sign_t, codes_t, blk, lut_b, xe, xo, a, b, scale, zero, total_b, total_s, out):
+    """out[16 blk + r] for r < 16, the value ``_rows``' byte-table path computes:
+    a (2 pos - total_b) + b total_b + scale (q - zero total_s), with pos the sum of x' over the
+    row's set sign bits (from the nibble tables lut_b [G, >= 32], see ``_prepare``) and q the
+    row's 4-bit dot product with (xe, xo).
 
-    sign uint8 [m, G] (bit t of byte g is column 8 g + t), codes uint8 [m, P'] (P' a multiple of
-    16), i int64 with i + MASKED_ROWS <= m; xp float32 [>= 8 G], xe, xo [>= P'], a, b, scale,
-    zero, out float32 [m], all C order. Pairs of sign bytes are read as 16-bit lane masks
-    (little-endian: bit t is lane t), so the sign rows need no padding.
+    sign_t uint8 [m / 16, G, 16], codes_t uint8 [m / 16, P, 16] (``row_blocked``), blk int64 a
+    block index, xe, xo float32 [>= P], a, b, scale, zero, out float32 [>= 16 (blk + 1)], all C order.
     """
     f32 = types.float32
     ok = (
-        _is_c_array(sign, types.uint8, 2)
-        and _is_c_array(codes, types.uint8, 2)
-        and isinstance(i, types.Integer)
-        and all(_is_c_array(t, f32, 1) for t in (xp, xe, xo, a, b, scale, zero, out))
-        and total_b == f32
-        and total_s == f32
+        _is_c_array(sign_t, types.uint8, 3)
+        and _is_c_array(codes_t, types.uint8, 3)
+        and isinstance(blk, types.Integer)
+        and _is_c_array(lut_b, f32, 2)
+        and all(_is_c_array(t, f32, 1) for t in (xe, xo, a, b, scale, zero, out))
+        and isinstance(total_b, types.Float)
+        and isinstance(total_s, types.Float)
     )
     if not ok:
         return None
-    sig = types.void(sign, codes, types.int64, xp, xe, xo, a, b, scale, zero, f32, f32, out)
-    return sig, _masked_rows_codegen
+    sig = types.void(sign_t, codes_t, types.int64, lut_b, xe, xo, a, b, scale, zero, total_b, total_s, out)
+    return sig, _permuted_block_codegen
 
 
 def _code_dot(row, xe, xo):
@@ -258,22 +263,22 @@ def _code_dot(row, xe, xo):
     return q
 
 
-def _rows(lo, hi, sign, codes, a, b, scale, zero, lut_b, xp, xe, xo, total_b, total_s, out, masked):
-    """out[i] for rows lo <= i < hi. ``masked``: 8 rows at a time in one pass by ``_masked_rows``
-    (masked adds over xp), the rest one by one from the bits. Otherwise two passes: the sign sums
-    from the tables lut_b (4 rows at a time, sums parked in out), then the 4-bit dot products and
-    the per-row factors."""
+def _rows(lo, hi, sign, codes, sign_t, codes_t, a, b, scale, zero, lut_b, xe, xo, total_b, total_s, out, permute):
+    """out[i] for rows lo <= i < hi (lo a multiple of 16). ``permute``: the full blocks of 16 rows
+    by ``_permuted_block`` in one pass, the rows past the last full block from the nibble tables
+    one by one. Otherwise two passes: the sign sums from the byte tables (4 rows at a time, sums
+    parked in out), then the 4-bit dot products and the per-row factors."""
     groups = sign.shape[1]
-    done = lo  # rows finished by the masked path
-    if masked:
-        done = lo + (hi - lo) // MASKED_ROWS * MASKED_ROWS
-        for i in range(lo, done, MASKED_ROWS):
-            _masked_rows(sign, codes, i, xp, xe, xo, a, b, scale, zero, total_b, total_s, out)
-        for i in range(done, hi):  # fewer than 8 rows left (layers whose height is not a multiple of 8)
+    done = lo  # rows finished in one pass
+    if permute:
+        done = max(lo, min(hi, BLOCK * sign_t.shape[0]) // BLOCK * BLOCK)
+        for blk in range(lo // BLOCK, done // BLOCK):
+            _permuted_block(sign_t, codes_t, blk, lut_b, xe, xo, a, b, scale, zero, total_b, total_s, out)
+        for i in range(done, hi):
             pos = np.float32(0.0)
-            for j in range(8 * groups):
-                if (sign[i, j >> 3] >> (j & 7)) & 1:
-                    pos += xp[j]
+            for g in range(groups):
+                byte = sign[i, g]
+                pos += lut_b[g, byte & 15] + lut_b[g, 16 + (byte >> 4)]
             out[i] = pos
     else:
         hi4 = lo + (hi - lo) // 4 * 4
@@ -308,29 +313,29 @@ def _chunk_bounds(c, n_chunks, m):
     return min(m, c * per), min(m, (c + 1) * per)
 
 
-def _linear_chunk(c, n_chunks, x, w, out, lut_b, xp, xe, xo, masked):
+def _linear_chunk(c, n_chunks, x, w, out, lut_b, xp, xe, xo, permute):
     """Chunk c of n_chunks of out [m] = packed linear w (tuple of kernel buffers) applied to x [n];
-    ``masked``: sign sums by masked adds (lut_b unused) instead of tables."""
-    sal, bidx, r2, sign, codes, a, b, scale, zero = w
+    ``permute``: the nibble-table kernel (w must carry the row-blocked layouts), else byte tables."""
+    sal, bidx, r2, sign, codes, a, b, scale, zero, sign_t, codes_t = w
     lo, hi = _chunk_bounds_jit(c, n_chunks, out.shape[0])
     if lo >= hi:
         return
-    total_b, total_s = _prepare_jit(x, sal, bidx, r2, codes.shape[1], lut_b, xp, xe, xo, not masked)
-    _rows_jit(lo, hi, sign, codes, a, b, scale, zero, lut_b, xp, xe, xo, total_b, total_s, out, masked)
+    total_b, total_s = _prepare_jit(x, sal, bidx, r2, codes.shape[1], lut_b, xp, xe, xo, permute)
+    _rows_jit(lo, hi, sign, codes, sign_t, codes_t, a, b, scale, zero, lut_b, xe, xo, total_b, total_s, out, permute)
 
 
-def _packed_matvec(x, w, out, n_chunks, masked):
+def _packed_matvec(x, w, out, n_chunks, permute):
     """out [T, m] = x [T, n] @ W_hat^T for the packed layer w (float32 throughout; w from kernel_buffers);
-    ``masked`` picks the sign-sum kernel (``MASKED_SIGNS`` on this CPU)."""
+    ``permute`` picks the sign-sum kernel (``PERMUTE_SIGNS`` on this CPU)."""
     sign, codes = w[3], w[4]
     groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
     for c in numba.prange(n_chunks):
-        lut_b = np.empty((1 if masked else groups, 256), dtype=np.float32)
+        lut_b = np.empty((groups, 32 if permute else 256), dtype=np.float32)
         xp = np.empty(8 * groups, dtype=np.float32)
         xe = np.empty(width, dtype=np.float32)
         xo = np.empty(width, dtype=np.float32)
         for t in range(x.shape[0]):
-            _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo, masked)
+            _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo, permute)
 
 
 def sign_patterns() -> np.ndarray:

@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
 from ..nn import PackedPTQ161Linear
-from ..primitives.kernels import MASKED_SIGNS, kernel_threads, linear_chunk
+from ..primitives.kernels import PERMUTE_SIGNS, kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
@@ -97,20 +97,36 @@ def _add_bias(y, b):
 
 
 def _layer(
-    h, layer, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, ws, bs, scratch, masked
+    h,
+    layer,
+    pos,
+    eps,
+    cos,
+    sin,
+    k_cache,
+    v_cache,
+    n_heads,
+    n_kv,
+    head_dim,
+    norm_in,
+    norm_post,
+    ws,
+    bs,
+    scratch,
+    permute,
 ):
     """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``.
     ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none);
-    masked: the sign-sum kernel (masked adds, or table lookups; see ``primitives.kernels``)."""
+    permute: the sign-sum kernel (nibble tables in registers, or byte tables; see ``primitives.kernels``)."""
     q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
     q_b, k_b, v_b, o_b, g_b, u_b, d_b = bs
     xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo = scratch
     nc = lut_b.shape[0]  # row chunks (one per thread), each with its own tables
     _rms_norm_jit(h, norm_in, eps, xn)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c], masked)
-        linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c], masked)
-        linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, xn, q_w, q, lut_b[c], xp[c], xe[c], xo[c], permute)
+        linear_chunk(c, nc, xn, k_w, k, lut_b[c], xp[c], xe[c], xo[c], permute)
+        linear_chunk(c, nc, xn, v_w, v, lut_b[c], xp[c], xe[c], xo[c], permute)
     _add_bias_jit(q, q_b)
     _add_bias_jit(k, k_b)
     _add_bias_jit(v, v_b)
@@ -122,21 +138,21 @@ def _layer(
             v_cache[layer, j, pos, e] = v[j * head_dim + e]
     _attend_jit(q, k_cache[layer], v_cache[layer], pos, n_heads, n_kv, head_dim, att)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, att, o_w, o, lut_b[c], xp[c], xe[c], xo[c], permute)
     _add_bias_jit(o, o_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
     _rms_norm_jit(h, norm_post, eps, xn)
     for c in numba.prange(nc):
-        linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c], masked)
-        linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c], permute)
+        linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c], permute)
     _add_bias_jit(g, g_b)
     _add_bias_jit(u, u_b)
     for j in range(g.shape[0]):
         gj = g[j]
         g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
     for c in numba.prange(nc):
-        linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c], masked)
+        linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c], permute)
     _add_bias_jit(o, d_b)
     for j in range(h.shape[0]):
         h[j] += o[j]
@@ -166,17 +182,17 @@ class DecodeEngine:
     """Batch-1 greedy decoding of a packed LLaMA-layout model with one fused numba call per layer.
 
     ``generate(input_ids [1, T], new_tokens)`` returns the greedy tokens; the logits of
-    every step equal the model's own forward up to float32 summation order. ``masked`` picks
-    the sign-sum kernel (default: masked adds where the CPU has AVX-512, else table lookups).
+    every step equal the model's own forward up to float32 summation order. ``permute`` picks
+    the sign-sum kernel (default: nibble tables in registers where the CPU has AVX-512, else byte tables).
     """
 
-    def __init__(self, model: nn.Module, max_len: int = 2048, masked: bool = MASKED_SIGNS) -> None:
+    def __init__(self, model: nn.Module, max_len: int = 2048, permute: bool = PERMUTE_SIGNS) -> None:
         reason = self.unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the decode engine does not serve this model: {reason}")
         cfg = model.config
         adapter = get_adapter(model)
-        self.model, self.max_len, self.masked = model, max_len, bool(masked)
+        self.model, self.max_len, self.permute = model, max_len, bool(permute)
         self.layers = adapter.decoder_layers(model)
         self.embed = model.get_submodule(adapter.embed)
         self.final_norm = model.get_submodule(adapter.final_norm)
@@ -185,7 +201,9 @@ class DecodeEngine:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = np.float32(cfg.rms_norm_eps)
-        self.weights = [tuple(layer.get_submodule(k).kernel_buffers() for k in KINDS) for layer in self.layers]
+        self.weights = [
+            tuple(layer.get_submodule(k).kernel_buffers(self.permute) for k in KINDS) for layer in self.layers
+        ]
         self.biases = [tuple(_bias(layer.get_submodule(k)) for k in KINDS) for layer in self.layers]
         self.norms = [
             (
@@ -253,7 +271,7 @@ class DecodeEngine:
             np.empty(d, f),
             np.empty(inter, f),
             np.empty(inter, f),
-            np.empty((nc, 1 if self.masked else groups, 256), f),  # tables only for the lookup kernel
+            np.empty((nc, groups, 32 if self.permute else 256), f),  # nibble or byte tables
             np.empty((nc, 8 * groups), f),
             np.empty((nc, width), f),
             np.empty((nc, width), f),
@@ -282,7 +300,7 @@ class DecodeEngine:
                 ws,
                 bs,
                 self.scratch,
-                self.masked,
+                self.permute,
             )
         return torch.from_numpy(h)[None, None]
 
