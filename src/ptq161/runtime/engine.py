@@ -172,6 +172,13 @@ def last_logits_only(model: nn.Module) -> dict[str, int]:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
+def _greedy(logits: torch.Tensor) -> int:
+    """The index of the largest logit [vocab] (the first on ties, as ``torch.argmax``), by numpy on
+    one thread: torch's argmax over smollm2's 49k vocabulary goes to its thread pool and took
+    0.11 ms a step against 0.03-0.05 ms for numpy's (measured side by side on 2 cores)."""
+    return int(np.argmax(logits.detach().float().numpy()))
+
+
 def _bias(mod: nn.Module) -> np.ndarray:
     """The linear's bias as float32 [out], or an empty array when it has none."""
     b = getattr(mod, "bias", None)
@@ -334,11 +341,11 @@ class DecodeEngine:
         t0 = time.perf_counter()
         logits = self.prefill(input_ids)
         t1 = time.perf_counter()
-        token = int(logits.argmax())
+        token = _greedy(logits)
         generated = [token]
         pos = input_ids.shape[1]
         for _ in range(new_tokens - 1):
-            token = int(self.step(token, pos).argmax())
+            token = _greedy(self.step(token, pos))
             generated.append(token)
             pos += 1
         return generated, t1 - t0, time.perf_counter() - t1
