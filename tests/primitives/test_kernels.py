@@ -45,3 +45,25 @@ def test_nibble_table_kernel_equals_the_byte_tables(m, n, n_sal):
     for out in outs:
         assert torch.allclose(out.double(), ref, atol=2e-5, rtol=1e-5), (out.double() - ref).abs().max()
     assert torch.allclose(outs[0], outs[1], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "n_sal", "tokens"),
+    [
+        (64, 576, 115, 21),  # 2 passes of 8 tokens + 5 single tokens
+        (40, 144, 9, 70),  # two token tiles (64 + 6); 2 blocks + 8 rows past them
+        (13, 40, 7, 9),  # no full block: every row by the one-token row path
+        (48, 136, 0, 16),  # no salient column
+    ],
+)
+def test_nibble_table_matmul_equals_the_dense_product(m, n, n_sal, tokens):
+    """The many-token kernel (prefill on AVX-512 CPUs; compiled and run on any CPU here): every
+    token of every tile, 8-token passes, single tokens and rows past the last block."""
+    from ptq161.primitives.kernels import packed_matmul
+
+    mod = PackedPTQ161Linear.from_parts(random_parts(m, n, n_sal, seed=tokens))
+    x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(m))
+    out = np.full((tokens, m), np.nan, dtype=np.float32)
+    packed_matmul(x.numpy(), mod.kernel_buffers(True), out, 2)
+    ref = x.double() @ mod.dequantize().double().T
+    assert torch.allclose(torch.from_numpy(out).double(), ref, atol=2e-5, rtol=1e-5), (out - ref.numpy()).max()

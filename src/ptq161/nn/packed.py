@@ -7,8 +7,10 @@ Stored buffers (m = out_features, n = in_features, n_s salient and n_b binary co
   scale fp16 [m], zero uint8 [m]            — 4-bit quantizer of the salient columns
   a, b fp16 [m], r2 fp16 [n_b]              — W_bin = r2 * (a * sign + b)  (r1 folded into a, b)
 Bias: an optional float ``bias`` [m] (Qwen2's q/k/v projections have one).
-On CPU the forward runs the table-lookup kernel of ``ptq161.primitives.kernels``; elsewhere
-(GPU) it rebuilds the weight with the same pure functions the quantizer used.
+On CPU the forward runs the table-lookup kernels of ``ptq161.primitives.kernels`` for up to
+LUT_MAX_TOKENS tokens (decode), and for more tokens (prefill, perplexity) the nibble-table
+kernel on AVX-512 CPUs or BLAS over rebuilt row tiles elsewhere; on other devices (GPU) it
+rebuilds the weight with the same pure functions the quantizer used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..primitives.kernels import (
     SIGN_PATTERNS,
     dequantize_rows_grouped,
     kernel_threads,
+    packed_matmul,
     packed_matvec,
     padded_codes,
     row_blocked,
@@ -179,6 +182,14 @@ class PackedPTQ161Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cpu = self.sign.device.type == "cpu"  # CPU tiles come with their columns grouped (see grouped_rows)
+        tokens = x.numel() // max(self.in_features, 1)
+        if cpu and PERMUTE_SIGNS and tokens > LUT_MAX_TOKENS and not (torch.is_grad_enabled() and x.requires_grad):
+            # many tokens on an AVX-512 CPU: the nibble-table kernel, 8 tokens a pass (no weight rebuilt)
+            flat = x.reshape(-1, self.in_features).float().contiguous().numpy()
+            out = np.empty((tokens, self.out_features), dtype=np.float32)
+            packed_matmul(flat, self.kernel_buffers(True), out, kernel_threads())
+            y = torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         y = lowbit_forward(
             x,
             self.out_features,

@@ -78,6 +78,10 @@ def row_blocked(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows[:full].reshape(m // BLOCK, BLOCK, w).transpose(0, 2, 1))
 
 
+NIBBLE_BITS = ((np.arange(16)[None, :] >> np.arange(4)[:, None]) & 1).astype(np.float32)  # [4, 16]: bit t of v
+NIBBLE_BITS.flags.writeable = False
+
+
 def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, permute):
     """Per-input tables of one input vector x [n] for one packed linear; returns (sum x', sum xs).
 
@@ -85,7 +89,8 @@ def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, permute):
     lut_b [>= G, 256]: byte tables, lut_b[g, v] = sum of x'[8 g + t] over the set bits t of v
     (built by doubling: the entries 2^t .. 2^(t+1) - 1 are the first 2^t plus x'[8 g + t]); or
     with ``permute`` [>= G, >= 32] nibble tables, lut_b[g, 16 h + v] = sum of x'[8 g + 4 h + t]
-    over the set bits t of v < 16 (the low nibble of sign byte g is h = 0).
+    over the set bits t of v < 16 (the low nibble of sign byte g is h = 0), 16 entries at once
+    as products with the constant bits (``NIBBLE_BITS``: 0 or 1, so exact) and two additions.
     xe, xo [>= padded P]: the even / odd salient inputs x[sal[2 p]], x[sal[2 p + 1]], zero past the end.
     """
     n_b = bidx.shape[0]
@@ -98,16 +103,14 @@ def _prepare(x, sal, bidx, r2, n_code_bytes, lut_b, xp, xe, xo, permute):
         total_b += v
     for j in range(n_b, 8 * groups):
         xp[j] = 0.0
-    if permute:
+    if permute:  # 16 lanes at once: entry v = sum of x' over the set bits of v (vectorizes, no chain)
         for g in range(groups):
             for h in range(2):
-                base = 16 * h
-                lut_b[g, base] = 0.0
-                for t in range(4):
-                    step = 1 << t
-                    v = xp[8 * g + 4 * h + t]
-                    for u in range(step):
-                        lut_b[g, base + step + u] = lut_b[g, base + u] + v
+                x0, x1, x2, x3 = xp[8 * g + 4 * h], xp[8 * g + 4 * h + 1], xp[8 * g + 4 * h + 2], xp[8 * g + 4 * h + 3]
+                for v in range(16):
+                    lut_b[g, 16 * h + v] = (NIBBLE_BITS[0, v] * x0 + NIBBLE_BITS[1, v] * x1) + (
+                        NIBBLE_BITS[2, v] * x2 + NIBBLE_BITS[3, v] * x3
+                    )
     else:
         for g in range(groups):
             lut_b[g, 0] = 0.0
@@ -156,71 +159,115 @@ def _splat(builder, value):
     return builder.shuffle_vector(one, ir.Constant(_V16F, None), ir.Constant(_V16I, [0] * BLOCK))
 
 
-def _permuted_block_codegen(context, builder, signature, args):
-    """LLVM IR of ``_permuted_block``: per sign byte g one 16-byte load (16 rows), two permutes
-    (low / high nibble) into two accumulators; per code byte p one 16-byte load and two
-    multiply-adds with the broadcast xe[p], xo[p]; then the per-row factors on 16 lanes."""
-    blk_v = args[2]
-    tb_v, ts_v = (context.cast(builder, args[k], signature.args[k], types.float32) for k in (10, 11))
-    ty = signature.args
-    arrays = [
-        context.make_array(t)(context, builder, v) for t, v in zip(ty, args, strict=True) if isinstance(t, types.Array)
-    ]
-    sa, ca, la, xea, xoa, aa, ba, sca, za, oa = arrays
-    groups = cgutils.unpack_tuple(builder, sa.shape, 3)[1]
-    n_code = cgutils.unpack_tuple(builder, ca.shape, 3)[1]
-    sbase = builder.add(
-        builder.ptrtoint(sa.data, _I64), builder.mul(blk_v, cgutils.unpack_tuple(builder, sa.strides, 3)[0])
-    )
-    cbase = builder.add(
-        builder.ptrtoint(ca.data, _I64), builder.mul(blk_v, cgutils.unpack_tuple(builder, ca.strides, 3)[0])
-    )
-    lbase = builder.ptrtoint(la.data, _I64)
-    lstride = cgutils.unpack_tuple(builder, la.strides, 2)[0]
-    c16, c64 = ir.Constant(_I64, BLOCK), ir.Constant(_I64, 64)
-    low_mask, shift = ir.Constant(_V16I, [15] * BLOCK), ir.Constant(_V16I, [4] * BLOCK)
+def _permuted_codegen(tokens: int):
+    """LLVM IR of ``_permuted_block`` (``tokens`` = 1) or ``_permuted_block_tokens`` (``tokens`` =
+    PREFILL_TOKENS): per sign byte g one 16-byte load of 16 rows' bytes, split into nibbles once,
+    then for each token two permutes of its two tables into its accumulator; per code byte p one
+    16-byte load converted once, then two multiply-adds per token with its broadcast xe[p], xo[p];
+    then the per-row factors on 16 lanes, per token."""
 
-    def load(address, vtype):
-        return builder.load(builder.inttoptr(address, vtype.as_pointer()), align=1)
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        blk_v = args[2]
+        arrays = {
+            k: context.make_array(ty[k])(context, builder, args[k])
+            for k in range(len(ty))
+            if isinstance(ty[k], types.Array)
+        }
+        sa, ca, la, xea, xoa = (arrays[k] for k in (0, 1, 3, 4, 5))
+        aa, ba, sca, za, oa = (arrays[k] for k in (6, 7, 8, 9, 12))
+        first_token = args[13] if tokens > 1 else None
+        groups = cgutils.unpack_tuple(builder, sa.shape, 3)[1]
+        n_code = cgutils.unpack_tuple(builder, ca.shape, 3)[1]
 
-    def nibbles(address):
-        wide = builder.zext(load(address, _V16B), _V16I)
-        return builder.and_(wide, low_mask), builder.lshr(wide, shift)
+        def base_of(arr, ndim, index):
+            stride = cgutils.unpack_tuple(builder, arr.strides, ndim)[0]
+            return builder.add(builder.ptrtoint(arr.data, _I64), builder.mul(index, stride))
 
-    zero_vec = ir.Constant(_V16F, [0.0] * BLOCK)
-    accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(4)]
-    with cgutils.for_range(builder, groups) as loop:
-        lo, hi = nibbles(builder.add(sbase, builder.mul(loop.index, c16)))
-        row = builder.add(lbase, builder.mul(loop.index, lstride))
-        for acc, table, index in ((accs[0], load(row, _V16F), lo), (accs[1], load(builder.add(row, c64), _V16F), hi)):
-            builder.store(builder.fadd(builder.load(acc), _permute(builder, table, index), flags=_FAST), acc)
-    with cgutils.for_range(builder, n_code) as loop:
-        lo, hi = nibbles(builder.add(cbase, builder.mul(loop.index, c16)))
-        for acc, codes, xs in ((accs[2], lo, xea), (accs[3], hi, xoa)):
-            term = builder.fmul(
-                builder.uitofp(codes, _V16F),
-                _splat(builder, builder.load(builder.gep(xs.data, [loop.index]))),
-                flags=_FAST,
+        def token_base(arr, ndim, k):  # address of token k's slice (its first element when tokens == 1)
+            if tokens == 1:
+                return builder.ptrtoint(arr.data, _I64)
+            return base_of(arr, ndim, builder.add(first_token, ir.Constant(_I64, k)))
+
+        sbase, cbase = base_of(sa, 3, blk_v), base_of(ca, 3, blk_v)
+        gstride = cgutils.unpack_tuple(builder, la.strides, 2 if tokens == 1 else 3)[0 if tokens == 1 else 1]
+        lbases = [token_base(la, 3, k) for k in range(tokens)]
+        ebases = [token_base(xea, 2, k) for k in range(tokens)]
+        obases = [token_base(oa, 2, k) for k in range(tokens)]
+        oddbases = [token_base(xoa, 2, k) for k in range(tokens)]
+        if tokens == 1:
+            totals = [[context.cast(builder, args[k], ty[k], types.float32) for k in (10, 11)]]
+        else:
+            tba, tsa = arrays[10], arrays[11]
+            totals = [
+                [
+                    builder.load(builder.gep(arr.data, [builder.add(first_token, ir.Constant(_I64, k))]))
+                    for arr in (tba, tsa)
+                ]
+                for k in range(tokens)
+            ]
+        c4, c16, c64 = ir.Constant(_I64, 4), ir.Constant(_I64, BLOCK), ir.Constant(_I64, 64)
+        low_mask, shift = ir.Constant(_V16I, [15] * BLOCK), ir.Constant(_V16I, [4] * BLOCK)
+
+        def load(address, vtype, align=1):
+            return builder.load(builder.inttoptr(address, vtype.as_pointer()), align=align)
+
+        def nibbles(address):
+            wide = builder.zext(load(address, _V16B), _V16I)
+            return builder.and_(wide, low_mask), builder.lshr(wide, shift)
+
+        def add_to(acc, value):
+            builder.store(builder.fadd(builder.load(acc), value, flags=_FAST), acc)
+
+        zero_vec = ir.Constant(_V16F, [0.0] * BLOCK)
+        pos_accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(tokens)]
+        code_accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(tokens)]
+        with cgutils.for_range(builder, groups) as loop:
+            lo, hi = nibbles(builder.add(sbase, builder.mul(loop.index, c16)))
+            offset = builder.mul(loop.index, gstride)
+            for k in range(tokens):
+                row = builder.add(lbases[k], offset)
+                pair = builder.fadd(
+                    _permute(builder, load(row, _V16F, 4), lo),
+                    _permute(builder, load(builder.add(row, c64), _V16F, 4), hi),
+                    flags=_FAST,
+                )
+                add_to(pos_accs[k], pair)
+        with cgutils.for_range(builder, n_code) as loop:
+            lo, hi = nibbles(builder.add(cbase, builder.mul(loop.index, c16)))
+            low, high = builder.uitofp(lo, _V16F), builder.uitofp(hi, _V16F)
+            offset = builder.mul(loop.index, c4)
+            for k in range(tokens):
+                even = _splat(builder, load(builder.add(ebases[k], offset), _F32, 4))
+                odd = _splat(builder, load(builder.add(oddbases[k], offset), _F32, 4))
+                term = builder.fadd(
+                    builder.fmul(low, even, flags=_FAST), builder.fmul(high, odd, flags=_FAST), flags=_FAST
+                )
+                add_to(code_accs[k], term)
+        first = builder.mul(blk_v, c16)
+
+        def rows(arr):
+            return builder.load(builder.bitcast(builder.gep(arr.data, [first]), _V16F.as_pointer()), align=4)
+
+        a_rows, b_rows, s_rows, z_rows = rows(aa), rows(ba), rows(sca), rows(za)
+        two = ir.Constant(_V16F, [2.0] * BLOCK)
+        for k in range(tokens):
+            tb, ts = (_splat(builder, v) for v in totals[k])
+            pos, q = builder.load(pos_accs[k]), builder.load(code_accs[k])
+            sign_part = builder.fmul(
+                a_rows, builder.fsub(builder.fmul(two, pos, flags=_FAST), tb, flags=_FAST), flags=_FAST
             )
-            builder.store(builder.fadd(builder.load(acc), term, flags=_FAST), acc)
-    pos = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=_FAST)
-    q = builder.fadd(builder.load(accs[2]), builder.load(accs[3]), flags=_FAST)
-    first = builder.mul(blk_v, c16)
+            code_part = builder.fmul(
+                s_rows, builder.fsub(q, builder.fmul(z_rows, ts, flags=_FAST), flags=_FAST), flags=_FAST
+            )
+            y = builder.fadd(
+                builder.fadd(sign_part, builder.fmul(b_rows, tb, flags=_FAST), flags=_FAST), code_part, flags=_FAST
+            )
+            out_at = builder.add(obases[k], builder.mul(first, c4))
+            builder.store(y, builder.inttoptr(out_at, _V16F.as_pointer()), align=4)
+        return context.get_dummy_value()
 
-    def rows(arr):
-        return builder.load(builder.bitcast(builder.gep(arr.data, [first]), _V16F.as_pointer()), align=4)
-
-    tb, ts = _splat(builder, tb_v), _splat(builder, ts_v)
-    two = ir.Constant(_V16F, [2.0] * BLOCK)
-    sign_part = builder.fmul(rows(aa), builder.fsub(builder.fmul(two, pos, flags=_FAST), tb, flags=_FAST), flags=_FAST)
-    code_part = builder.fmul(
-        rows(sca), builder.fsub(q, builder.fmul(rows(za), ts, flags=_FAST), flags=_FAST), flags=_FAST
-    )
-    y = builder.fadd(
-        builder.fadd(sign_part, builder.fmul(rows(ba), tb, flags=_FAST), flags=_FAST), code_part, flags=_FAST
-    )
-    builder.store(y, builder.bitcast(builder.gep(oa.data, [first]), _V16F.as_pointer()), align=4)
-    return context.get_dummy_value()
+    return codegen
 
 
 def _is_c_array(t, dtype, ndim: int) -> bool:
@@ -250,7 +297,31 @@ def _permuted_block(typingctx, sign_t, codes_t, blk, lut_b, xe, xo, a, b, scale,
     if not ok:
         return None
     sig = types.void(sign_t, codes_t, types.int64, lut_b, xe, xo, a, b, scale, zero, total_b, total_s, out)
-    return sig, _permuted_block_codegen
+    return sig, _permuted_codegen(1)
+
+
+PREFILL_TOKENS = 8  # tokens per pass of the prefill kernel: 8 sign and 8 code accumulators in registers
+
+
+@intrinsic
+def _permuted_block_tokens(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
+    """``_permuted_block`` for PREFILL_TOKENS tokens t0 .. t0 + 7 at once: each 16-byte load of sign
+    or code bytes (16 rows) is split once and serves every token. luts float32 [T, G, >= 32],
+    xe, xo [T, >= P], total_b, total_s [T], out [T, m] (token-major, C order); t0 int64."""
+    f32 = types.float32
+    ok = (
+        _is_c_array(sign_t, types.uint8, 3)
+        and _is_c_array(codes_t, types.uint8, 3)
+        and isinstance(blk, types.Integer)
+        and isinstance(t0, types.Integer)
+        and _is_c_array(luts, f32, 3)
+        and all(_is_c_array(t, f32, 2) for t in (xe, xo, out))
+        and all(_is_c_array(t, f32, 1) for t in (a, b, scale, zero, total_b, total_s))
+    )
+    if not ok:
+        return None
+    sig = types.void(sign_t, codes_t, types.int64, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, types.int64)
+    return sig, _permuted_codegen(PREFILL_TOKENS)
 
 
 def _code_dot(row, xe, xo):
@@ -336,6 +407,70 @@ def _packed_matvec(x, w, out, n_chunks, permute):
         xo = np.empty(width, dtype=np.float32)
         for t in range(x.shape[0]):
             _linear_chunk_jit(c, n_chunks, x[t], w, out[t], lut_b, xp, xe, xo, permute)
+
+
+PREFILL_TILE = 64  # tokens whose tables exist at a time in ``packed_matmul`` (64 x G x 128 bytes)
+
+
+def _packed_matmul(x, w, out, n_chunks):
+    """out [T, m] = x [T, n] @ W_hat^T for many tokens with the nibble-table kernel (w from
+    ``kernel_buffers(permute=True)``). Per tile of PREFILL_TILE tokens: every token's tables are
+    built once (the tokens shared among the threads), then each thread takes a chunk of rows and
+    runs ``_permuted_block_tokens`` over its blocks, 8 tokens at a time, so a block's sign and
+    code bytes are loaded and split once for 8 tokens; the other tokens and the rows past the
+    last block go through the one-token paths."""
+    sal, bidx, r2, sign, codes, a, b, scale, zero, sign_t, codes_t = w
+    tokens, m = x.shape[0], out.shape[1]
+    groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
+    luts = np.empty((PREFILL_TILE, groups, 32), dtype=np.float32)
+    xps = np.empty((PREFILL_TILE, 8 * groups), dtype=np.float32)
+    xe = np.zeros((PREFILL_TILE, width), dtype=np.float32)
+    xo = np.zeros((PREFILL_TILE, width), dtype=np.float32)
+    tb = np.empty(PREFILL_TILE, dtype=np.float32)
+    ts = np.empty(PREFILL_TILE, dtype=np.float32)
+    tile_out = np.empty((PREFILL_TILE, m), dtype=np.float32)
+    full = BLOCK * sign_t.shape[0]
+    for t_lo in range(0, tokens, PREFILL_TILE):
+        nt = min(PREFILL_TILE, tokens - t_lo)
+        for t in numba.prange(nt):
+            tb[t], ts[t] = _prepare_jit(x[t_lo + t], sal, bidx, r2, codes.shape[1], luts[t], xps[t], xe[t], xo[t], True)
+        n8 = nt // PREFILL_TOKENS * PREFILL_TOKENS
+        for c in numba.prange(n_chunks):
+            lo, hi = _chunk_bounds_jit(c, n_chunks, m)
+            if lo >= hi:
+                continue
+            done = max(lo, min(hi, full) // BLOCK * BLOCK)
+            for t0 in range(0, n8, PREFILL_TOKENS):
+                for blk in range(lo // BLOCK, done // BLOCK):
+                    _permuted_block_tokens(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, tb, ts, tile_out, t0)
+            for t in range(n8, nt):
+                for blk in range(lo // BLOCK, done // BLOCK):
+                    _permuted_block(
+                        sign_t, codes_t, blk, luts[t], xe[t], xo[t], a, b, scale, zero, tb[t], ts[t], tile_out[t]
+                    )
+            for t in range(nt):
+                if done < hi:  # rows past the last full block, one token at a time
+                    _rows_jit(
+                        done,
+                        hi,
+                        sign,
+                        codes,
+                        sign_t,
+                        codes_t,
+                        a,
+                        b,
+                        scale,
+                        zero,
+                        luts[t],
+                        xe[t],
+                        xo[t],
+                        tb[t],
+                        ts[t],
+                        tile_out[t],
+                        True,
+                    )
+                for i in range(lo, hi):
+                    out[t_lo + t, i] = tile_out[t, i]
 
 
 def sign_patterns() -> np.ndarray:
@@ -456,6 +591,7 @@ _chunk_bounds_jit = _jit(_chunk_bounds)
 _linear_chunk_jit = _jit(_linear_chunk)
 linear_chunk = _linear_chunk_jit
 packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)
+packed_matmul = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matmul)
 int8_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int8_matvec)
 int4_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_int4_matvec)
 # exact: no fastmath
