@@ -26,6 +26,7 @@ import time
 import numba
 import numpy as np
 import torch
+from numba import typed
 from torch import nn
 
 from ..errors import UnsupportedModelError
@@ -165,6 +166,21 @@ _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_
 _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
 
 
+def _layers(h, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norms, weights, biases, scratch, permute):
+    """Every decoder layer for one token, in place on h [d]: one call per step instead of one per
+    layer (a call unboxes each of its arrays; numba typed lists pass the layers' ~90 arrays each
+    as one object). norms, weights, biases: typed lists with one entry per layer."""
+    for i in range(len(weights)):
+        norm_in, norm_post = norms[i]
+        _layer_jit(
+            h, i, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post,
+            weights[i], biases[i], scratch, permute,
+        )  # fmt: skip
+
+
+_layers_jit = numba.njit(cache=True, nogil=True)(_layers)
+
+
 def last_logits_only(model: nn.Module) -> dict[str, int]:
     """Keyword arguments that make ``model``'s forward compute the logits of the last position only
     (``logits_to_keep=1``, as transformers' own ``generate`` does in its prefill), or none when the
@@ -228,6 +244,7 @@ class DecodeEngine:
         self.k_cache = np.zeros(shape, dtype=np.float32)
         self.v_cache = np.zeros(shape, dtype=np.float32)
         self.scratch = self._scratch()
+        self.typed = tuple(typed.List(items) for items in (self.norms, self.weights, self.biases))
 
     @staticmethod
     def unsupported_reason(model: nn.Module) -> str | None:
@@ -289,26 +306,10 @@ class DecodeEngine:
         """Run one token at position ``pos`` through every decoder layer -> final hidden state [1, 1, d]."""
         h = self.embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
         cos, sin = self.cos[pos], self.sin[pos]
-        for i, (ws, bs, (n_in, n_post)) in enumerate(zip(self.weights, self.biases, self.norms, strict=True)):
-            _layer_jit(
-                h,
-                i,
-                pos,
-                self.eps,
-                cos,
-                sin,
-                self.k_cache,
-                self.v_cache,
-                self.n_heads,
-                self.n_kv,
-                self.head_dim,
-                n_in,
-                n_post,
-                ws,
-                bs,
-                self.scratch,
-                self.permute,
-            )
+        _layers_jit(
+            h, pos, self.eps, cos, sin, self.k_cache, self.v_cache, self.n_heads, self.n_kv, self.head_dim,
+            self.typed[0], self.typed[1], self.typed[2], self.scratch, self.permute,
+        )  # fmt: skip
         return torch.from_numpy(h)[None, None]
 
     @torch.no_grad()
