@@ -588,6 +588,7 @@ _prepare_jit = _jit(_prepare)
 _code_dot_jit = numba.njit(cache=True, nogil=True, fastmath=True, inline="always")(_code_dot)
 _rows_jit = _jit(_rows)
 _chunk_bounds_jit = _jit(_chunk_bounds)
+chunk_bounds = _chunk_bounds_jit
 _linear_chunk_jit = _jit(_linear_chunk)
 linear_chunk = _linear_chunk_jit
 packed_matvec = numba.njit(cache=True, parallel=True, nogil=True, fastmath=True)(_packed_matvec)

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
 from ..nn import PackedPTQ161Linear
-from ..primitives.kernels import PERMUTE_SIGNS, kernel_threads, linear_chunk
+from ..primitives.kernels import PERMUTE_SIGNS, chunk_bounds, kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
@@ -147,11 +147,11 @@ def _layer(
     for c in numba.prange(nc):
         linear_chunk(c, nc, xn, g_w, g, lut_b[c], xp[c], xe[c], xo[c], permute)
         linear_chunk(c, nc, xn, u_w, u, lut_b[c], xp[c], xe[c], xo[c], permute)
-    _add_bias_jit(g, g_b)
-    _add_bias_jit(u, u_b)
-    for j in range(g.shape[0]):
-        gj = g[j]
-        g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * u[j]
+        lo, hi = chunk_bounds(c, nc, g.shape[0])  # the rows this thread just wrote: SiLU there
+        for j in range(lo, hi):
+            gj = g[j] + (g_b[j] if g_b.shape[0] else np.float32(0.0))
+            uj = u[j] + (u_b[j] if u_b.shape[0] else np.float32(0.0))
+            g[j] = gj / (np.float32(1.0) + np.exp(-gj)) * uj
     for c in numba.prange(nc):
         linear_chunk(c, nc, g, d_w, o, lut_b[c], xp[c], xe[c], xo[c], permute)
     _add_bias_jit(o, d_b)
