@@ -60,8 +60,7 @@ class PackedPTQ161Linear(nn.Module):
         self.register_buffer("b", torch.zeros(m, dtype=torch.float16))
         self.register_buffer("r2", torch.ones(n_b, dtype=torch.float16))
         self.bias = nn.Parameter(torch.zeros(m)) if bias else None
-        self._cpu_cache: tuple | None = None
-        self._blocked: tuple | None = None
+        self._cpu_cache: dict[bool, tuple] | None = None
         self._order: torch.Tensor | None = None
 
     @classmethod
@@ -150,34 +149,37 @@ class PackedPTQ161Linear(nn.Module):
         return torch.from_numpy(out)
 
     def kernel_buffers(self, permute: bool = PERMUTE_SIGNS) -> tuple:
-        """Numpy views of the buffers for the CPU kernels, float32 factors (made once, cached):
+        """Numpy views of the buffers for the CPU kernels, float32 factors (made once per kernel, cached):
         (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m],
-        sign_t [m // 16, G, 16], codes_t [m // 16, P, 16]); the code rows are copied padded with
-        zero bytes to P' (a multiple of 32) for the vectorized loop. With ``permute`` the sign and
-        code bytes are also copied row-blocked for the nibble-table kernel (``row_blocked``: about
-        the packed linear's size again in memory, not on disk); otherwise sign_t and codes_t are empty.
+        sign_t [m // 16, G, 16], codes_t [m // 16, P, 16]).
+
+        For the byte-table kernel the code rows are copied padded with zero bytes to P' (a multiple
+        of 32) for its vectorized loop, and sign_t, codes_t are empty. With ``permute`` (the
+        nibble-table kernel) codes is the stored [m, P] and the sign and code bytes are copied
+        row-blocked (``row_blocked``): about the packed linear's size again in memory, not on disk.
         """
-        if self._cpu_cache is None:  # float32 copies of the small per-row factors, computed once
-            self._cpu_cache = (
+        if self._cpu_cache is None:
+            self._cpu_cache = {}
+        if permute not in self._cpu_cache:
+            sign, codes = self.sign.numpy(), self.codes.numpy()
+            factors = tuple(t.float().numpy() for t in (self.a, self.b, self.scale, self.zero))
+            if permute:
+                tail = (codes, *factors, row_blocked(sign), row_blocked(codes))
+            else:
+                g = sign.shape[1]
+                empty = (np.zeros((0, g, 16), np.uint8), np.zeros((0, codes.shape[1], 16), np.uint8))
+                tail = (padded_codes(codes), *factors, *empty)
+            self._cpu_cache[permute] = (
                 self.sal_idx.numpy(),
                 self.bin_idx.numpy(),
                 self.r2.float().numpy(),
-                self.sign.numpy(),
-                padded_codes(self.codes.numpy()),
-                self.a.float().numpy(),
-                self.b.float().numpy(),
-                self.scale.float().numpy(),
-                self.zero.float().numpy(),
+                sign,
+                *tail,
             )
-        if not permute:
-            empty = np.zeros((0, self.sign.shape[1], 16), np.uint8)
-            return (*self._cpu_cache, empty, np.zeros((0, self.codes.shape[1], 16), np.uint8))
-        if self._blocked is None:
-            self._blocked = (row_blocked(self.sign.numpy()), row_blocked(self.codes.numpy()))
-        return (*self._cpu_cache, *self._blocked)
+        return self._cpu_cache[permute]
 
     def _apply(self, fn, recurse: bool = True):
-        self._cpu_cache, self._blocked, self._order = None, None, None
+        self._cpu_cache, self._order = None, None
         return apply_keeping_stored_dtypes(self, lambda: super(PackedPTQ161Linear, self)._apply(fn, recurse), FACTORS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
