@@ -214,13 +214,19 @@ def render(store: dict, args: argparse.Namespace) -> None:
         best = max(p["decode_tokens_per_s"] for p in peers)
         store["decode_vs_fastest_peer"] = rows["ptq161"]["decode_tokens_per_s"] / best
         extra += f"\n\nptq161 decode / fastest peer's decode: {store['decode_vs_fastest_peer']:.2f}x (target 1.3x)."
+    if "ptq161" in rows and "fp32" in rows:
+        store["prefill_vs_dense"] = rows["ptq161"]["prefill_tokens_per_s"] / rows["fp32"]["prefill_tokens_per_s"]
+        extra += (
+            f"\n\nptq161 prefill / dense fp32 prefill: {store['prefill_vs_dense']:.2f}x "
+            "(target: at least 1x, and at least llama.cpp Q4_0, which is not in this table)."
+        )
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
     write_results(
         "peers",
         f"Decode and prefill against other runtimes ({args.model}, batch 1)",
         markdown_table(head, table),
-        {"rows": rows, **{k: store[k] for k in ("decode_vs_fastest_peer",) if k in store}},
+        {"rows": rows, **{k: store[k] for k in ("decode_vs_fastest_peer", "prefill_vs_dense") if k in store}},
         note("peers", prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, runs=args.runs) + extra,
         keep_meta=store if args.render_only else None,
         model=args.model,
