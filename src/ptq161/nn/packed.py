@@ -144,7 +144,7 @@ class PackedPTQ161Linear(nn.Module):
         lo, hi, _ = rows.indices(self.out_features)
         out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
         if hi > lo:
-            _, _, r2, sign, codes, a, b, scale, zero, _, _ = self.kernel_buffers(permute=False)
+            _, _, r2, sign, codes, a, b, scale, zero, _, _ = self.kernel_buffers()  # codes padded or not
             dequantize_rows_grouped(lo, hi, self.n_salient, r2, sign, codes, a, b, scale, zero, SIGN_PATTERNS, out)
         return torch.from_numpy(out)
 

@@ -3,7 +3,7 @@
 Decoding one token through transformers' eager modules costs hundreds of small torch
 calls per layer; for a packed model whose matrix work is only a few milliseconds, that
 overhead dominates (measured in benchmarks/results/packed_inference.md). The engine runs
-each decoder layer of one step as a single numba call over the packed buffers:
+all decoder layers of one step as a single numba call over the packed buffers:
 RMSNorm, the seven packed linears (the kernels of ``ptq161.primitives.kernels``),
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
 Threads share the rows of each linear; q/k/v and gate/up run in one parallel region each,
@@ -202,7 +202,7 @@ def _bias(mod: nn.Module) -> np.ndarray:
 
 
 class DecodeEngine:
-    """Batch-1 greedy decoding of a packed LLaMA-layout model with one fused numba call per layer.
+    """Batch-1 greedy decoding of a packed LLaMA-layout model with one fused numba call per step.
 
     ``generate(input_ids [1, T], new_tokens)`` returns the greedy tokens; the logits of
     every step equal the model's own forward up to float32 summation order. ``permute`` picks
@@ -224,17 +224,20 @@ class DecodeEngine:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = np.float32(cfg.rms_norm_eps)
-        self.weights = [
-            tuple(layer.get_submodule(k).kernel_buffers(self.permute) for k in KINDS) for layer in self.layers
-        ]
-        self.biases = [tuple(_bias(layer.get_submodule(k)) for k in KINDS) for layer in self.layers]
-        self.norms = [
-            (
-                layer.input_layernorm.weight.detach().float().numpy(),
-                layer.post_attention_layernorm.weight.detach().float().numpy(),
-            )
-            for layer in self.layers
-        ]
+        # typed lists: the single numba call of a step receives every layer's buffers as three objects
+        self.weights = typed.List(
+            [tuple(layer.get_submodule(k).kernel_buffers(self.permute) for k in KINDS) for layer in self.layers]
+        )
+        self.biases = typed.List([tuple(_bias(layer.get_submodule(k)) for k in KINDS) for layer in self.layers])
+        self.norms = typed.List(
+            [
+                (
+                    layer.input_layernorm.weight.detach().float().numpy(),
+                    layer.post_attention_layernorm.weight.detach().float().numpy(),
+                )
+                for layer in self.layers
+            ]
+        )
         rotary = model.get_submodule(adapter.rotary)
         with torch.no_grad():
             pos = torch.arange(max_len)[None]
@@ -244,7 +247,6 @@ class DecodeEngine:
         self.k_cache = np.zeros(shape, dtype=np.float32)
         self.v_cache = np.zeros(shape, dtype=np.float32)
         self.scratch = self._scratch()
-        self.typed = tuple(typed.List(items) for items in (self.norms, self.weights, self.biases))
 
     @staticmethod
     def unsupported_reason(model: nn.Module) -> str | None:
@@ -308,7 +310,7 @@ class DecodeEngine:
         cos, sin = self.cos[pos], self.sin[pos]
         _layers_jit(
             h, pos, self.eps, cos, sin, self.k_cache, self.v_cache, self.n_heads, self.n_kv, self.head_dim,
-            self.typed[0], self.typed[1], self.typed[2], self.scratch, self.permute,
+            self.norms, self.weights, self.biases, self.scratch, self.permute,
         )  # fmt: skip
         return torch.from_numpy(h)[None, None]
 
