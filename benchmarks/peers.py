@@ -12,7 +12,12 @@ after a warm-up, every row in its own fresh process:
   embedding and the tied head in int4), run by ``peer_runners/run_ort.py``;
 - ``openvino_int4``: optimum-intel's ``export openvino --weight-format int4 --group-size 64 --ratio 1``
   (128 does not divide 576; the head stays int8, optimum's default), run by OpenVINO GenAI
-  (``peer_runners/run_openvino.py``).
+  (``peer_runners/run_openvino.py``);
+- ``llamacpp_q4_0``: llama.cpp (commit 0c1e570, as vendored by llama-cpp-python 0.3.36, whose PyPI
+  release is a source archive only: the script downloads it, checks its sha256 and builds it with
+  ``GGML_NATIVE=ON``, i.e. for this CPU's instruction set minus AMX tiles, about 8 minutes on 2 cores). The model is
+  llama.cpp's own ``convert_hf_to_gguf.py`` of the FP model (f32) quantized to Q4_0 by llama.cpp's
+  quantizer with its defaults; run by ``peer_runners/run_llamacpp.py``.
 
 Each peer gets its own venv under ``outputs/peers/`` made by this script with pinned versions
 (optimum-intel needs transformers < 5.6, older than ptq161's). Timing refuses to start while other
@@ -23,12 +28,14 @@ processes use more than 5 % of the CPU (with 2 threads on 2 cores they stall the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from benchmarks.common import (
@@ -43,12 +50,14 @@ from benchmarks.common import (
 )
 from ptq161.eval.report import markdown_table
 
-ROWS = ("fp32", "ptq161", "ort_int4", "openvino_int4")
+ROWS = ("fp32", "ptq161", "ort_int4", "openvino_int4", "llamacpp_q4_0")
+PEER_ROWS = ROWS[2:]
 LABEL = {
     "fp32": "transformers fp32 (dense)",
     "ptq161": "ptq161 packed (cpu preset, int8 head), fused engine",
     "ort_int4": "onnxruntime-genai int4 (block 32, embedding + head int4)",
     "openvino_int4": "OpenVINO GenAI int4 g64 (head int8)",
+    "llamacpp_q4_0": "llama.cpp Q4_0 (commit 0c1e570, built for this CPU)",
 }
 PEERS = Path(OUTPUTS) / "peers"
 RUNNERS = Path(__file__).resolve().parent / "peer_runners"
@@ -56,9 +65,43 @@ RUNNERS = Path(__file__).resolve().parent / "peer_runners"
 VENVS = {
     "ort_int4": ["torch==2.13.0", "onnxruntime-genai==0.18.0", "onnxruntime==1.32.0", "onnx==1.23.2", "onnx-ir"],
     "openvino_int4": ["torch==2.14.1", "optimum-intel==2.2.0", "openvino-genai==2026.4.1.0", "nncf==3.4.0"],
+    # torch, transformers and sentencepiece for llama.cpp's convert_hf_to_gguf.py; the package itself
+    # is built from the checked source archive (``llamacpp_source``)
+    "llamacpp_q4_0": ["torch==2.13.0", "numpy", "transformers", "sentencepiece"],
 }
-EXTRA = {"ort_int4": ["transformers"], "openvino_int4": ["transformers<5.6"]}  # optimum-intel: < 5.6
+EXTRA = {"ort_int4": ["transformers"], "openvino_int4": ["transformers<5.6"], "llamacpp_q4_0": []}
+LLAMACPP_SDIST = "llama_cpp_python-0.3.36.tar.gz"
+LLAMACPP_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+# for this CPU, but without AMX tiles: they need the kernel's permission, which this VM does not give
+# (llama.cpp's AMX matmul died with SIGILL on ``tilezero``); explicit -mno-* win over -march=native in gcc
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMACPP_CMAKE = (
+    f"-DGGML_NATIVE=ON '-DCMAKE_C_FLAGS={NO_AMX}' '-DCMAKE_CXX_FLAGS={NO_AMX}' "
+    "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
+)
 BUSY_LIMIT = 0.05
+RATIOS = ("decode_vs_fastest_peer", "prefill_vs_dense", "prefill_vs_llamacpp")
+
+
+def llamacpp_source() -> Path:
+    """llama-cpp-python's source tree (llama.cpp vendored in it), downloaded once and checked by sha256."""
+    tree = PEERS / LLAMACPP_SDIST.removesuffix(".tar.gz")
+    if (tree / ".complete").exists():
+        return tree
+    archive = PEERS / LLAMACPP_SDIST
+    if not archive.exists():
+        name, version = LLAMACPP_SDIST.removesuffix(".tar.gz").rsplit("-", 1)
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*cmd, "-d", str(PEERS), f"{name.replace('_', '-')}=={version}"], check=True)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != LLAMACPP_SHA256:
+        archive.unlink()
+        raise SystemExit(f"{LLAMACPP_SDIST}: sha256 {digest}, expected {LLAMACPP_SHA256}; removed it")
+    shutil.rmtree(tree, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(PEERS, filter="data")
+    (tree / ".complete").write_text(LLAMACPP_SHA256 + "\n")
+    return tree
 
 
 def venv_python(row: str) -> Path:
@@ -72,6 +115,11 @@ def venv_python(row: str) -> Path:
         pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run([*pip, VENVS[row][0]], check=True)
         subprocess.run([*pip, *VENVS[row], *EXTRA[row]], check=True)
+        if row == "llamacpp_q4_0":
+            src = llamacpp_source()
+            env = {**os.environ, "CMAKE_ARGS": LLAMACPP_CMAKE, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+            print("  building llama.cpp (a few minutes) ...", file=sys.stderr, flush=True)
+            subprocess.run([*pip, str(src), str(src / "vendor" / "llama.cpp" / "gguf-py")], check=True, env=env)
         frozen = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
         stamp.write_text(frozen.stdout)
     return py
@@ -85,6 +133,23 @@ def export(row: str, fp_dir: Path) -> Path:
     py = str(venv_python(row))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    if row == "llamacpp_q4_0":
+        tmp.mkdir(parents=True)
+        convert = str(llamacpp_source() / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py")
+        f32 = tmp / "model-f32.gguf"
+        steps = [
+            [py, convert, str(fp_dir), "--outtype", "f32", "--outfile", str(f32)],
+            [py, str(RUNNERS / "run_llamacpp.py"), "quantize", str(f32), str(tmp / "model-q4_0.gguf")],
+        ]
+        for cmd in steps:
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=RUNNERS)
+            if done.returncode != 0:
+                raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
+        f32.unlink()
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        (out / ".complete").write_text("\n".join(" ".join(c) for c in steps) + "\n")
+        return out
     if row == "ort_int4":
         cmd = [py, "-m", "onnxruntime_genai.models.builder", "-i", str(fp_dir), "-o", str(tmp), "-p", "int4"]
         cmd += ["-e", "cpu", "-c", str(PEERS / "ort-cache"), "--extra_options", "op_types_to_quantize=MatMul/Gather"]
@@ -163,8 +228,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     else:
         ids_file = PEERS / "prompt_ids.json"
         ids_file.write_text(json.dumps(ids))
-        script = RUNNERS / ("run_ort.py" if name == "ort_int4" else "run_openvino.py")
-        argv = [str(venv_python(name)), str(script), str(where), str(ids_file)]
+        script = RUNNERS / {"ort_int4": "run_ort.py", "openvino_int4": "run_openvino.py"}.get(name, "run_llamacpp.py")
+        model_arg = where / "model-q4_0.gguf" if name == "llamacpp_q4_0" else where
+        argv = [str(venv_python(name)), str(script), str(model_arg), str(ids_file)]
         argv += [str(args.new_tokens), str(args.threads), str(args.runs)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True)
         res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,16 +275,20 @@ def render(store: dict, args: argparse.Namespace) -> None:
     head = ["runtime", "stored bits/weight (decoder linears)", "files MiB", "prefill tok/s", "decode tok/s"]
     head.append(f"first tokens equal to fp32's (of {args.new_tokens})")
     extra = ""
-    peers = [rows[n] for n in ("ort_int4", "openvino_int4") if n in rows]
+    peers = [rows[n] for n in PEER_ROWS if n in rows]
     if "ptq161" in rows and peers:
         best = max(p["decode_tokens_per_s"] for p in peers)
         store["decode_vs_fastest_peer"] = rows["ptq161"]["decode_tokens_per_s"] / best
         extra += f"\n\nptq161 decode / fastest peer's decode: {store['decode_vs_fastest_peer']:.2f}x (target 1.3x)."
     if "ptq161" in rows and "fp32" in rows:
         store["prefill_vs_dense"] = rows["ptq161"]["prefill_tokens_per_s"] / rows["fp32"]["prefill_tokens_per_s"]
+        extra += f"\n\nptq161 prefill / dense fp32 prefill: {store['prefill_vs_dense']:.2f}x (target: at least 1x)."
+    if "ptq161" in rows and "llamacpp_q4_0" in rows:
+        store["prefill_vs_llamacpp"] = (
+            rows["ptq161"]["prefill_tokens_per_s"] / rows["llamacpp_q4_0"]["prefill_tokens_per_s"]
+        )
         extra += (
-            f"\n\nptq161 prefill / dense fp32 prefill: {store['prefill_vs_dense']:.2f}x "
-            "(target: at least 1x, and at least llama.cpp Q4_0, which is not in this table)."
+            f"\n\nptq161 prefill / llama.cpp Q4_0 prefill: {store['prefill_vs_llamacpp']:.2f}x (target: at least 1x)."
         )
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
@@ -226,7 +296,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
         "peers",
         f"Decode and prefill against other runtimes ({args.model}, batch 1)",
         markdown_table(head, table),
-        {"rows": rows, **{k: store[k] for k in ("decode_vs_fastest_peer", "prefill_vs_dense") if k in store}},
+        {"rows": rows, **{k: store[k] for k in RATIOS if k in store}},
         note("peers", prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, runs=args.runs) + extra,
         keep_meta=store if args.render_only else None,
         model=args.model,

@@ -3,20 +3,35 @@ import torch
 from tests.helpers import random_packed_llama, tiny_llama
 from transformers import DynamicCache
 
+from ptq161.nn.heads import head_twin
 from ptq161.runtime import DecodeEngine, greedy_generate
 
 
 @pytest.mark.parametrize("permute", [False, True])
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"num_key_value_heads": 4}, {"qwen2": True}],
+    [
+        {},
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+        {"num_key_value_heads": 4},
+        {"qwen2": True},
+        {"head": "int8"},
+    ],
 )
 def test_decode_engine_matches_the_model_forward(overrides, permute):
     """Qwen2 (q/k/v biases drawn non-zero) runs in the engine too: a dropped bias would change every logit.
-    Both sign-sum kernels (byte tables, nibble tables) give the model's logits and greedy tokens."""
+    Both sign-sum kernels (byte tables, nibble tables) give the model's logits and greedy tokens; with
+    int8 embedding and head (the engine reads the embedding rows itself, the head runs its byte kernel)."""
+    overrides = dict(overrides)
+    head = overrides.pop("head", "fp32")
     model = random_packed_llama(**overrides)
+    if head != "fp32":
+        model.model.embed_tokens = head_twin(model.model.embed_tokens, head)
+        model.lm_head = head_twin(model.lm_head, head)
     assert DecodeEngine.unsupported_reason(model) is None
     eng = DecodeEngine(model, max_len=64, permute=permute)
+    with torch.no_grad():  # the engine's own embedding lookup gives the module's values, bit for bit
+        assert torch.equal(torch.from_numpy(eng.embed_row(7)), model.model.embed_tokens(torch.tensor([[7]]))[0, 0])
     ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
     cache = DynamicCache()
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """8-bit (per-row symmetric) lm_head and embedding modules for packed artifacts.
 
-weight int8 [m, n], scale fp16 [m]; W ~= scale[:, None] * weight. Decode-sized calls use
-the numba int8 GEMV; larger calls rebuild row tiles and use BLAS.
+weight int8 [m, n], scale fp16 [m]; W ~= scale[:, None] * weight. Decode-sized calls use a
+numba kernel: on CPUs with AVX-512 VNNI exact byte products over a row-blocked copy of the
+weights (``ptq161.primitives.vnni``, the input as 24-bit fixed point), elsewhere a float GEMV;
+larger calls rebuild row tiles and use BLAS.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import PTQ161Error
-from ..primitives.kernels import int8_matvec
+from ..primitives.kernels import int8_matvec, kernel_threads
+from ..primitives.vnni import HEAD_VNNI, MAX_COLUMNS, int8_vnni_matvec, row_blocked_int8
 from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
 
 ROW_TILE = 4096
@@ -60,6 +63,8 @@ class Int8Linear(_Int8Rows):
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.float16))
         self._scale_f32: np.ndarray | None = None
+        self._blocked: tuple[np.ndarray, np.ndarray] | None = None
+        self._key: tuple[int, ...] | None = None
 
     @classmethod
     def from_weight(cls, w: torch.Tensor) -> Int8Linear:
@@ -70,17 +75,27 @@ class Int8Linear(_Int8Rows):
         """Float32 rows of the weight."""
         return self.weight_int8[rows].float() * self.scale[rows].float()[:, None]
 
-    def _kernel(self, flat: np.ndarray, out: np.ndarray) -> None:
-        """The CPU kernel (``lowbit_forward`` calls it only for CPU tensors): out [T, m] = flat [T, n] W^T."""
-        if self._scale_f32 is None:  # float32 copy of the scales for the kernel, made once
-            self._scale_f32 = self.scale.float().numpy()
-        int8_matvec(flat, self.weight_int8.numpy(), self._scale_f32, out)
+    def _kernel(self, flat: np.ndarray, out: np.ndarray, vnni: bool = HEAD_VNNI) -> None:
+        """The CPU kernel (``lowbit_forward`` calls it only for CPU tensors): out [T, m] = flat [T, n] W^T.
+
+        With ``vnni`` (default: the CPU has AVX-512 VNNI) exact byte products over a row-blocked
+        copy of the weights made on first use (as much memory again as ``weight_int8``, not on disk)."""
+        # copies for the kernels, made once and made again when the buffers change in place
+        key = (self.weight_int8._version, self.weight_int8.data_ptr(), self.scale._version, self.scale.data_ptr())
+        if self._scale_f32 is None or self._key != key:
+            self._scale_f32, self._blocked, self._key = self.scale.float().numpy(), None, key
+        if vnni and self.in_features <= MAX_COLUMNS:
+            if self._blocked is None:
+                self._blocked = row_blocked_int8(self.weight_int8.numpy())
+            int8_vnni_matvec(flat, *self._blocked, self._scale_f32, out, kernel_threads())
+        else:
+            int8_matvec(flat, self.weight_int8.numpy(), self._scale_f32, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lowbit_forward(x, self.out_features, self.dequantize, self._kernel, ROW_TILE)
 
     def _apply(self, fn, recurse: bool = True):
-        self._scale_f32 = None
+        self._scale_f32, self._blocked = None, None
         return apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
 
 

@@ -45,13 +45,19 @@ CODE_PAD = 32  # code rows padded to a multiple of this many bytes: the 4-bit lo
 ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs, one block)
 
 
-def host_has_avx512() -> bool:
-    """Whether the CPU numba compiles for has AVX-512 F: ``NUMBA_CPU_FEATURES`` when it is set
-    (numba then compiles for those features), else LLVM's view of this machine."""
+def host_has_feature(name: str) -> bool:
+    """Whether the CPU numba compiles for has the LLVM feature ``name`` (e.g. "avx512f"):
+    ``NUMBA_CPU_FEATURES`` when it is set (numba then compiles for those features), else LLVM's
+    view of this machine."""
     features = numba.config.CPU_FEATURES
     if features:
-        return "+avx512f" in features.split(",")
-    return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+        return f"+{name}" in features.split(",")
+    return bool(llvm_binding.get_host_cpu_features().get(name, False))
+
+
+def host_has_avx512() -> bool:
+    """Whether the CPU numba compiles for has AVX-512 F."""
+    return host_has_feature("avx512f")
 
 
 PERMUTE_SIGNS = host_has_avx512()  # the sign-sum kernel the callers use by default (see the module docstring)

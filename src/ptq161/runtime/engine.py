@@ -8,9 +8,13 @@ RMSNorm, the seven packed linears (the kernels of ``ptq161.primitives.kernels``)
 rotary embedding, grouped-query attention over its own KV cache, SiLU MLP and residuals.
 Threads share the rows of each linear; q/k/v and gate/up run in one parallel region each,
 so a layer has five.
-Embedding, final norm and lm_head stay the model's own modules (one call each per step),
-the prompt is prefilled by the model's own forward, and the rotary table comes from the
-model's rotary module, so rope variants are the model's, not re-implemented.
+The lm_head stays the model's own module (one call per step; an int8 head runs its VNNI or
+float kernel); the final norm is the engine's RMSNorm, as in the layers; the embedding row
+is read with numpy for fp32 and int8 tables (the same values as the module's; other
+embeddings are called), the prompt is prefilled by the model's own forward, and the rotary
+table comes from the model's rotary module, so rope variants are the model's, not
+re-implemented. (A torch call costs ~0.1 ms on this scale: the module calls for the
+embedding and the final norm took 0.26 of a 5.7 ms step.)
 
 It serves models whose layers follow the adapter's LLaMA layout exactly: every decoder
 linear a ``PackedPTQ161Linear`` (with or without bias, as Qwen2's q/k/v), SiLU MLP, no sliding window, no dynamic
@@ -31,7 +35,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
-from ..nn import PackedPTQ161Linear
+from ..nn import Int8Embedding, PackedPTQ161Linear
 from ..primitives.kernels import PERMUTE_SIGNS, chunk_bounds, kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
@@ -195,6 +199,19 @@ def _greedy(logits: torch.Tensor) -> int:
     return int(np.argmax(logits.detach().float().numpy()))
 
 
+def _embedding_rows(embed: nn.Module):
+    """token -> its embedding row, float32 [d] (a fresh array): numpy over the table for an fp32
+    ``nn.Embedding`` or an ``Int8Embedding`` (the module's own values: int8 widened times the fp16
+    scale, in float32), the module's forward for any other embedding."""
+    if isinstance(embed, Int8Embedding) and embed.out_dtype.dtype == torch.float32:
+        w8, scale = embed.weight_int8.numpy(), embed.scale.float().numpy()
+        return lambda token: w8[token].astype(np.float32) * scale[token]
+    if type(embed) is nn.Embedding and embed.weight.dtype == torch.float32:
+        table = embed.weight.detach().numpy()
+        return lambda token: table[token].copy()
+    return lambda token: embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
+
+
 def _bias(mod: nn.Module) -> np.ndarray:
     """The linear's bias as float32 [out], or an empty array when it has none."""
     b = getattr(mod, "bias", None)
@@ -218,7 +235,9 @@ class DecodeEngine:
         self.model, self.max_len, self.permute = model, max_len, bool(permute)
         self.layers = adapter.decoder_layers(model)
         self.embed = model.get_submodule(adapter.embed)
+        self.embed_row = _embedding_rows(self.embed)
         self.final_norm = model.get_submodule(adapter.final_norm)
+        self.final_weight = self.final_norm.weight.detach().float().numpy()
         self.lm_head = model.get_submodule(adapter.lm_head)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -272,6 +291,8 @@ class DecodeEngine:
                     return f"{name} is {type(mod).__name__}, not a packed PTQ1.61 linear"
             if not (hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")):
                 return "decoder layer without input_layernorm / post_attention_layernorm"
+        if not isinstance(getattr(model.get_submodule(adapter.final_norm), "weight", None), torch.Tensor):
+            return "final norm without a weight (engine: RMSNorm)"
         if next(model.parameters()).device.type != "cpu":
             return "model is not on the CPU"
         return None
@@ -306,7 +327,7 @@ class DecodeEngine:
     @torch.no_grad()
     def _hidden_step(self, token: int, pos: int) -> torch.Tensor:
         """Run one token at position ``pos`` through every decoder layer -> final hidden state [1, 1, d]."""
-        h = self.embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
+        h = self.embed_row(token)
         cos, sin = self.cos[pos], self.sin[pos]
         _layers_jit(
             h, pos, self.eps, cos, sin, self.k_cache, self.v_cache, self.n_heads, self.n_kv, self.head_dim,
@@ -319,7 +340,10 @@ class DecodeEngine:
         """Logits [vocab] of the next token after ``token`` at position ``pos`` (cache filled before it)."""
         if pos >= self.max_len:
             raise ValueError(f"position {pos} beyond the engine's max_len {self.max_len}")
-        return self.lm_head(self.final_norm(self._hidden_step(token, pos)))[0, 0]
+        h = self._hidden_step(token, pos)[0, 0].numpy()
+        normed = np.empty_like(h)
+        _rms_norm_jit(h, self.final_weight, self.eps, normed)
+        return self.lm_head(torch.from_numpy(normed)[None, None])[0, 0]
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
