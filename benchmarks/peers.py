@@ -81,6 +81,11 @@ LLAMACPP_CMAKE = (
 )
 BUSY_LIMIT = 0.05
 RATIOS = ("decode_vs_fastest_peer", "prefill_vs_dense", "prefill_vs_llamacpp")
+RATIO_TEXT = (
+    ("decode_vs_fastest_peer", "ptq161 decode / fastest peer's decode", "1.3x"),
+    ("prefill_vs_dense", "ptq161 prefill / dense fp32 prefill", "at least 1x"),
+    ("prefill_vs_llamacpp", "ptq161 prefill / llama.cpp Q4_0 prefill", "at least 1x"),
+)
 
 
 def llamacpp_source() -> Path:
@@ -251,6 +256,35 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def ratio(key: str, rows: dict) -> float | None:
+    """One of RATIOS from the rows of one round (None when a row it needs is missing)."""
+    if "ptq161" not in rows:
+        return None
+    mine = rows["ptq161"]
+    if key == "decode_vs_fastest_peer":
+        peers = [rows[n]["decode_tokens_per_s"] for n in PEER_ROWS if n in rows]
+        return mine["decode_tokens_per_s"] / max(peers) if peers else None
+    other = rows.get("fp32" if key == "prefill_vs_dense" else "llamacpp_q4_0")
+    return None if other is None else mine["prefill_tokens_per_s"] / other["prefill_tokens_per_s"]
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """Each row as in its first round, with prefill / decode tok/s the medians over the rounds."""
+    merged = {}
+    for name in rounds[0]:
+        runs = [rnd[name] for rnd in rounds if name in rnd]
+        merged[name] = {
+            **runs[0],
+            **{k: statistics.median(r[k] for r in runs) for k in ("prefill_tokens_per_s", "decode_tokens_per_s")},
+            "rounds": [{k: r[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s")} for r in runs],
+        }
+        if any(r.get("timing_contended") for r in runs):
+            merged[name]["timing_contended"] = "; ".join(
+                r["timing_contended"] for r in runs if r.get("timing_contended")
+            )
+    return merged
+
+
 def render(store: dict, args: argparse.Namespace) -> None:
     rows = store["rows"]
     fp_tokens = rows.get("fp32", {}).get("tokens")
@@ -275,29 +309,26 @@ def render(store: dict, args: argparse.Namespace) -> None:
     head = ["runtime", "stored bits/weight (decoder linears)", "files MiB", "prefill tok/s", "decode tok/s"]
     head.append(f"first tokens equal to fp32's (of {args.new_tokens})")
     extra = ""
-    peers = [rows[n] for n in PEER_ROWS if n in rows]
-    if "ptq161" in rows and peers:
-        best = max(p["decode_tokens_per_s"] for p in peers)
-        store["decode_vs_fastest_peer"] = rows["ptq161"]["decode_tokens_per_s"] / best
-        extra += f"\n\nptq161 decode / fastest peer's decode: {store['decode_vs_fastest_peer']:.2f}x (target 1.3x)."
-    if "ptq161" in rows and "fp32" in rows:
-        store["prefill_vs_dense"] = rows["ptq161"]["prefill_tokens_per_s"] / rows["fp32"]["prefill_tokens_per_s"]
-        extra += f"\n\nptq161 prefill / dense fp32 prefill: {store['prefill_vs_dense']:.2f}x (target: at least 1x)."
-    if "ptq161" in rows and "llamacpp_q4_0" in rows:
-        store["prefill_vs_llamacpp"] = (
-            rows["ptq161"]["prefill_tokens_per_s"] / rows["llamacpp_q4_0"]["prefill_tokens_per_s"]
-        )
-        extra += (
-            f"\n\nptq161 prefill / llama.cpp Q4_0 prefill: {store['prefill_vs_llamacpp']:.2f}x (target: at least 1x)."
-        )
+    rounds = store.get("rounds") or [{n: rows[n] for n in rows}]
+    for key, text, target in RATIO_TEXT:
+        values = [v for v in (ratio(key, rnd) for rnd in rounds) if v is not None]
+        if not values:
+            continue
+        store[key] = statistics.median(values)
+        spread = f" (rounds: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+        extra += f"\n\n{text}: {store[key]:.2f}x{spread}; target {target}."
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
     write_results(
         "peers",
         f"Decode and prefill against other runtimes ({args.model}, batch 1)",
         markdown_table(head, table),
-        {"rows": rows, **{k: store[k] for k in RATIOS if k in store}},
-        note("peers", prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, runs=args.runs) + extra,
+        {"rows": rows, **{k: store[k] for k in (*RATIOS, "rounds") if k in store}},
+        note("peers", prompt=args.prompt_tokens, new=args.new_tokens, threads=args.threads, runs=args.runs)
+        + f" Rounds: {len(store.get('rounds') or [0])}: the whole set of rows timed again in the same order "
+        "each round; the table gives each row's median over the rounds and each ratio is the median of the "
+        "per-round ratios (this machine's speed drifts by up to 2x over minutes, so a ratio within one round "
+        "is what compares)." + extra,
         keep_meta=store if args.render_only else None,
         model=args.model,
         packed=args.packed,
@@ -316,7 +347,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per row and round (their median)")
+    ap.add_argument("--rounds", type=int, default=3, help="times the whole set of rows is timed (medians)")
     ap.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -328,7 +360,14 @@ def main() -> None:
     child = ["--model", args.model, "--packed", args.packed, "--prompt-tokens", str(args.prompt_tokens)]
     child += ["--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--runs", str(args.runs)]
     child += ["--allow-busy"] if args.allow_busy else []
-    run_pending("benchmarks.peers", store["rows"], args.rows.split(","), args, child, lambda _: render(store, args))
+    if not args.render_only:
+        names = args.rows.split(",")
+        store["rounds"] = []
+        for k in range(args.rounds):
+            print(f"round {k + 1} of {args.rounds}", flush=True)
+            store["rounds"].append(run_pending("benchmarks.peers", {}, names, args, child))
+            store["rows"] = merge_rounds(store["rounds"])
+            render(store, args)
     render(store, args)
 
 
