@@ -35,7 +35,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels import BLOCK, host_has_feature
+from .kernels import BLOCK, _is_c_array, host_has_feature
 
 MAX_COLUMNS = 65000  # 255 * 127 * n stays below 2^31: the int32 sums cannot overflow
 LIMBS = 3  # bytes of the 24-bit fixed-point input
@@ -83,10 +83,6 @@ def _dpbusd(builder, acc, a, b):
         lanes = ir.Constant(_V16I, [4 * r + g for r in range(BLOCK)])
         acc = builder.add(acc, builder.shuffle_vector(prod, ir.Constant(_V64I, None), lanes))
     return acc
-
-
-def _is_c_array(t, dtype, ndim: int) -> bool:
-    return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
 
 
 @intrinsic
