@@ -87,3 +87,10 @@ def test_blocked_copy_follows_in_place_changes_of_the_weights():
     lin._kernel(x.numpy(), out, vnni=True)
     ref = (x.double() @ other.dequantize().double().T).float()
     assert torch.allclose(torch.from_numpy(out), ref, atol=1e-5)
+
+
+def test_kernel_runs_on_a_head_built_in_inference_mode():
+    with torch.inference_mode():  # its buffers are inference tensors, without a version counter
+        lin = Int8Linear.from_weight(torch.randn(32, 16, generator=torch.Generator().manual_seed(8)))
+        x = torch.randn(1, 16, generator=torch.Generator().manual_seed(9))
+        assert torch.allclose(lin(x), (x.double() @ lin.dequantize().double().T).float(), atol=1e-5)

@@ -43,6 +43,14 @@ def _fill(mod: nn.Module, w: torch.Tensor) -> nn.Module:
     return mod
 
 
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter; -1 for an inference-mode tensor, which has none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 class _Int8Rows(nn.Module):
     """What both int8 modules share: per-row fp16 ``scale`` [m] beside ``weight_int8`` [m, n]."""
 
@@ -81,7 +89,7 @@ class Int8Linear(_Int8Rows):
         With ``vnni`` (default: the CPU has AVX-512 VNNI) exact byte products over a row-blocked
         copy of the weights made on first use (as much memory again as ``weight_int8``, not on disk)."""
         # copies for the kernels, made once and made again when the buffers change in place
-        key = (self.weight_int8._version, self.weight_int8.data_ptr(), self.scale._version, self.scale.data_ptr())
+        key = tuple(v for t in (self.weight_int8, self.scale) for v in (_version(t), t.data_ptr()))
         if self._scale_f32 is None or self._key != key:
             self._scale_f32, self._blocked, self._key = self.scale.float().numpy(), None, key
         if vnni and self.in_features <= MAX_COLUMNS:
