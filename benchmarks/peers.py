@@ -80,12 +80,14 @@ LLAMACPP_CMAKE = (
     "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF"
 )
 BUSY_LIMIT = 0.05
-RATIOS = ("decode_vs_fastest_peer", "prefill_vs_dense", "prefill_vs_llamacpp")
-RATIO_TEXT = (
+RATIO_TEXT = (  # (key, what it divides, target)
     ("decode_vs_fastest_peer", "ptq161 decode / fastest peer's decode", "1.3x"),
     ("prefill_vs_dense", "ptq161 prefill / dense fp32 prefill", "at least 1x"),
     ("prefill_vs_llamacpp", "ptq161 prefill / llama.cpp Q4_0 prefill", "at least 1x"),
 )
+RATIOS = tuple(key for key, _, _ in RATIO_TEXT)
+RUNNER = {"ort_int4": "run_ort.py", "openvino_int4": "run_openvino.py", "llamacpp_q4_0": "run_llamacpp.py"}
+MODEL_FILE = {"llamacpp_q4_0": "model-q4_0.gguf"}  # runners given a file; the others get the directory
 
 
 def llamacpp_source() -> Path:
@@ -138,36 +140,33 @@ def export(row: str, fp_dir: Path) -> Path:
     py = str(venv_python(row))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    scratch: list[Path] = []  # intermediate files removed once the model is complete
     if row == "llamacpp_q4_0":
         tmp.mkdir(parents=True)
         convert = str(llamacpp_source() / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py")
-        f32 = tmp / "model-f32.gguf"
+        scratch.append(tmp / "model-f32.gguf")
         steps = [
-            [py, convert, str(fp_dir), "--outtype", "f32", "--outfile", str(f32)],
-            [py, str(RUNNERS / "run_llamacpp.py"), "quantize", str(f32), str(tmp / "model-q4_0.gguf")],
+            [py, convert, str(fp_dir), "--outtype", "f32", "--outfile", str(scratch[0])],
+            [py, str(RUNNERS / RUNNER[row]), "quantize", str(scratch[0]), str(tmp / MODEL_FILE[row])],
         ]
-        for cmd in steps:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=RUNNERS)
-            if done.returncode != 0:
-                raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
-        f32.unlink()
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        (out / ".complete").write_text("\n".join(" ".join(c) for c in steps) + "\n")
-        return out
-    if row == "ort_int4":
+    elif row == "ort_int4":
         cmd = [py, "-m", "onnxruntime_genai.models.builder", "-i", str(fp_dir), "-o", str(tmp), "-p", "int4"]
         cmd += ["-e", "cpu", "-c", str(PEERS / "ort-cache"), "--extra_options", "op_types_to_quantize=MatMul/Gather"]
+        steps = [cmd]
     else:
         cmd = [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(fp_dir)]
         cmd += ["--task", "text-generation-with-past"]
         cmd += ["--weight-format", "int4", "--group-size", "64", "--ratio", "1.0", str(tmp)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
+        steps = [cmd]
+    for cmd in steps:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"exporting {row} failed:\n{done.stderr[-3000:]}")
+    for path in scratch:
+        path.unlink()
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    (out / ".complete").write_text(" ".join(cmd) + "\n")
+    (out / ".complete").write_text("".join(" ".join(cmd) + "\n" for cmd in steps))
     return out
 
 
@@ -233,9 +232,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     else:
         ids_file = PEERS / "prompt_ids.json"
         ids_file.write_text(json.dumps(ids))
-        script = RUNNERS / {"ort_int4": "run_ort.py", "openvino_int4": "run_openvino.py"}.get(name, "run_llamacpp.py")
-        model_arg = where / "model-q4_0.gguf" if name == "llamacpp_q4_0" else where
-        argv = [str(venv_python(name)), str(script), str(model_arg), str(ids_file)]
+        model_arg = where / MODEL_FILE[name] if name in MODEL_FILE else where
+        argv = [str(venv_python(name)), str(RUNNERS / RUNNER[name]), str(model_arg), str(ids_file)]
         argv += [str(args.new_tokens), str(args.threads), str(args.runs)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True)
         res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -309,7 +307,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
     head = ["runtime", "stored bits/weight (decoder linears)", "files MiB", "prefill tok/s", "decode tok/s"]
     head.append(f"first tokens equal to fp32's (of {args.new_tokens})")
     extra = ""
-    rounds = store.get("rounds") or [{n: rows[n] for n in rows}]
+    rounds = store.get("rounds") or [rows]
     for key, text, target in RATIO_TEXT:
         values = [v for v in (ratio(key, rnd) for rnd in rounds) if v is not None]
         if not values:
