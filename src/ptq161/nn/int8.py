@@ -90,7 +90,7 @@ class Int8Linear(_Int8Rows):
         copy of the weights made on first use (as much memory again as ``weight_int8``, not on disk)."""
         # copies for the kernels, made once and made again when the buffers change in place
         key = tuple(v for t in (self.weight_int8, self.scale) for v in (_version(t), t.data_ptr()))
-        if self._scale_f32 is None or self._key != key:
+        if self._key != key:
             self._scale_f32, self._blocked, self._key = self.scale.float().numpy(), None, key
         if vnni and self.in_features <= MAX_COLUMNS:
             if self._blocked is None:
@@ -103,7 +103,7 @@ class Int8Linear(_Int8Rows):
         return lowbit_forward(x, self.out_features, self.dequantize, self._kernel, ROW_TILE)
 
     def _apply(self, fn, recurse: bool = True):
-        self._scale_f32, self._blocked = None, None
+        self._scale_f32, self._blocked, self._key = None, None, None
         return apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
 
 
@@ -136,3 +136,8 @@ class Int8Embedding(_Int8Rows):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.weight_int8[ids].float() * self.scale[ids].float()[..., None]
         return rows.to(self.out_dtype.dtype)
+
+    def row(self, token: int) -> np.ndarray:
+        """Row ``token`` as float32 [d] by numpy on the CPU (no torch call): ``forward``'s float32 values,
+        int8 widened times the fp16 scale widened, one float32 product each (a fresh array)."""
+        return self.weight_int8.numpy()[token].astype(np.float32) * np.float32(self.scale.numpy()[token])

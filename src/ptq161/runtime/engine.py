@@ -201,11 +201,10 @@ def _greedy(logits: torch.Tensor) -> int:
 
 def _embedding_rows(embed: nn.Module):
     """token -> its embedding row, float32 [d] (a fresh array): numpy over the table for an fp32
-    ``nn.Embedding`` or an ``Int8Embedding`` (the module's own values: int8 widened times the fp16
-    scale, in float32), the module's forward for any other embedding."""
+    ``nn.Embedding`` or an ``Int8Embedding`` (its ``row``, the module's own values), the module's
+    forward for any other embedding."""
     if isinstance(embed, Int8Embedding) and embed.out_dtype.dtype == torch.float32:
-        w8, scale = embed.weight_int8.numpy(), embed.scale.float().numpy()
-        return lambda token: w8[token].astype(np.float32) * scale[token]
+        return embed.row
     if type(embed) is nn.Embedding and embed.weight.dtype == torch.float32:
         table = embed.weight.detach().numpy()
         return lambda token: table[token].copy()
