@@ -239,3 +239,47 @@ def test_factored_forward_equals_the_formed_weight_with_the_same_gradients(n_sal
     for p, a, b in zip(params, grads_fact, grads_ref, strict=True):  # unused (all columns salient): zero
         torch.testing.assert_close(*(torch.zeros_like(p) if g is None else g for g in (a, b)), rtol=1e-4, atol=1e-5)
     assert "salient_cols" not in mod.state_dict()  # derived from the mask, not stored
+
+
+def test_bfloat16_products_stay_close_to_float32_and_round_only_the_activations():
+    g = torch.Generator().manual_seed(3)
+    m, n, n_s = 24, 40, 8
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[:n_s]] = True
+    sign = torch.where(torch.rand(m, n - n_s, generator=g) > 0.5, 1.0, -1.0)
+    offsets = torch.randint(-8, 8, (m, n_s), generator=g).float()
+    args = dict(mu=torch.randn(m, generator=g) * 0.01, s=torch.rand(m, generator=g) + 0.5, bias=None)
+    scale = torch.rand(m, generator=g) * 0.1
+    f32, b16 = (
+        LearnableBinaryLinear(mask, offsets, sign, salient_scale=scale, matmul_dtype=dt, **args)
+        for dt in (torch.float32, torch.bfloat16)
+    )
+    assert torch.equal(b16.sign.float(), sign)  # +-1 is exact in bfloat16
+    assert torch.equal(b16.weight(), f32.weight())
+    x = torch.randn(3, 5, n, generator=g)
+    # with inputs already on the bfloat16 grid, only the products' results are rounded (relative 2^-9)
+    xr = x.bfloat16().float()
+    y32, y16 = f32(xr), b16(xr)
+    assert torch.allclose(y16, y32, rtol=2**-7, atol=1e-3 * y32.abs().max().item())
+    dy = torch.randn(y32.shape, generator=g)
+    g32 = torch.autograd.grad((f32(x) * dy).sum(), [f32.r1, f32.r2])
+    g16 = torch.autograd.grad((b16(x) * dy).sum(), [b16.r1, b16.r2])
+    for a, b in zip(g32, g16, strict=True):
+        assert (a - b).norm() < 0.02 * a.norm()
+
+
+def test_matmul_setting_resolves_per_device_and_is_logged():
+    from ptq161.methods.ptq161 import resolve_matmul_dtype
+    from ptq161.primitives.kernels import native_bfloat16
+
+    cpu = torch.device("cpu")
+    assert resolve_matmul_dtype("float32", cpu) == torch.float32
+    assert resolve_matmul_dtype("bfloat16", cpu) == torch.bfloat16
+    assert resolve_matmul_dtype("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
+    assert resolve_matmul_dtype("auto", torch.device("meta")) == torch.float32
+    with pytest.raises(PTQ161Error):
+        PTQ161Config(matmul="float16")
+    model = tiny_llama()
+    ctx = block_context(model, n=2)
+    res = PTQ161(PTQ161Config(epochs=1, matmul="bfloat16")).quantize_block(ctx)
+    assert res.log["matmul_dtype"] == "bfloat16"

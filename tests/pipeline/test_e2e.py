@@ -149,3 +149,18 @@ def test_train_signs_keeps_the_bits_and_reports_flips(tiny_model_dir, text_file,
     assert 0 < log["signs_flipped"] and 0 < log["signs_flipped_share"] < 0.5
     assert res.meta["bits"] == _run(tiny_model_dir, text_file, None).meta["bits"]
     assert read_meta(tmp_path / "signs")["e2e"]["train_signs"] is True
+
+
+def test_folded_linear_in_bfloat16_keeps_codes_exact_and_gradients_close():
+    parts = random_parts(16, 40, 8, seed=7)
+    f32 = FoldedBinaryLinear(parts, None)
+    b16 = FoldedBinaryLinear(parts, None, matmul_dtype=torch.bfloat16)
+    assert torch.equal(b16.q_sal.float(), f32.q_sal)  # codes - zero: small integers, exact
+    x = torch.randn(2, 6, 40, generator=torch.Generator().manual_seed(8))
+    dy = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(9))
+    outs = [mod(x) for mod in (f32, b16)]
+    assert (outs[0] - outs[1]).norm() < 0.01 * outs[0].norm()
+    mods = (f32, b16)
+    grads = [torch.autograd.grad((y * dy).sum(), list(mod.parameters())) for y, mod in zip(outs, mods, strict=True)]
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).norm() < 0.02 * a.norm()

@@ -109,9 +109,11 @@ class Method:
         """Whether ``trainable_module`` gives modules (the end-to-end stage applies)."""
         return False
 
-    def trainable_module(self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False) -> nn.Module | None:
+    def trainable_module(
+        self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False, device: torch.device | None = None
+    ) -> nn.Module | None:
         """A module computing the layer from ``parts`` whose continuous factors train end to end
-        (bits unchanged), or None when the method has no such stage. Its ``parts()`` returns the stored parts;
-        with ``train_signs`` its binary signs train too (through a parameter named ``latent``) and ``flipped()``
-        returns (signs changed, signs)."""
+        (bits unchanged) on ``device`` (None: the CPU), or None when the method has no such stage.
+        Its ``parts()`` returns the stored parts; with ``train_signs`` its binary signs train too
+        (through a parameter named ``latent``) and ``flipped()`` returns (signs changed, signs)."""
         return None

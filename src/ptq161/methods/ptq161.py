@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from ..calibration import ChannelStats, run_block
+from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error
 from ..nn import PackedPTQ161Linear
 from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
+from ..primitives.kernels import native_bfloat16
 from ..primitives.quant import STORAGE_DTYPE, assemble, binary_dequantize, rtn_asym_params, rtn_dequantize, rtn_quantize
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
@@ -85,6 +87,13 @@ class PTQ161Config(MethodConfig):
         minimum=0,
         flag="--block-holdout",
     )
+    matmul: Literal["auto", "float32", "bfloat16"] = option(
+        "auto",
+        "dtype of the training products (block and end-to-end stages): bfloat16 (signs and 4-bit codes are "
+        "exact in it; activations rounded), float32, or auto (default: bfloat16 where the device multiplies it "
+        "natively: CPUs with AVX-512 BF16 / AMX, CUDA GPUs that support it; else float32). The dtype used is logged",
+        flag="--train-matmul",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.salient_ratio < 1:
@@ -97,6 +106,8 @@ class PTQ161Config(MethodConfig):
             raise PTQ161Error("s_param must be linear or log and schedule constant or cosine")
         if self.holdout < 0:
             raise PTQ161Error(f"holdout must be >= 0, got {self.holdout}")
+        if self.matmul not in ("auto", "float32", "bfloat16"):
+            raise PTQ161Error(f"matmul must be auto, float32 or bfloat16, got '{self.matmul}'")
         if self.salient_range not in ("salient", "row"):
             raise PTQ161Error(f"salient range must be salient or row, got '{self.salient_range}'")
         if self.s_init not in ("uncentred", "centred"):
@@ -112,7 +123,9 @@ class PTQ161Config(MethodConfig):
 class LearnableBinaryLinear(nn.Module):
     """A linear whose non-salient columns are r1 r2^T o (s sign + mu); only s, r1, r2 are trainable.
 
-    mask bool [n]; w_salient [m, n_s] (fixed, dequantized 4-bit); sign [m, n_b] (+-1); mu, s [m].
+    mask bool [n]; w_salient [m, n_s] (fixed): the salient weights, or with ``salient_scale`` [m]
+    their integer codes minus zero points (W_sal = w_salient * salient_scale, exact in bfloat16);
+    sign [m, n_b] (+-1); mu, s [m]. ``matmul_dtype``: the dtype of the two products (``factored_linear``).
     """
 
     def __init__(
@@ -124,12 +137,16 @@ class LearnableBinaryLinear(nn.Module):
         s: torch.Tensor,
         bias: torch.Tensor | None,
         log_s: bool = False,
+        salient_scale: torch.Tensor | None = None,
+        matmul_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         m, n_bin = sign.shape
         self.register_buffer("mask", mask)
         self.register_buffer("w_salient", w_salient)
-        self.register_buffer("sign", sign)
+        self.register_buffer("salient_scale", salient_scale)
+        self.register_buffer("sign", sign.to(matmul_dtype))  # +-1: exact in any float dtype
+        self.matmul_dtype = matmul_dtype
         self.register_buffer("mu", mu)
         self.bias = bias
         self.log_s = log_s
@@ -155,26 +172,25 @@ class LearnableBinaryLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """Current fake-quantized weight [m, n]."""
-        w_bin = self.r2[None, :] * self.r1[:, None] * (self.s[:, None] * self.sign + self.mu[:, None])
-        return assemble(self.mask, self.w_salient, w_bin)
+        w_bin = self.r2[None, :] * self.r1[:, None] * (self.s[:, None] * self.sign.float() + self.mu[:, None])
+        w_sal = self.w_salient if self.salient_scale is None else self.w_salient * self.salient_scale[:, None]
+        return assemble(self.mask, w_sal, w_bin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., n] -> [..., m]: ``linear(x, weight())`` computed without forming W.
+        """x [..., n] -> [..., m]: ``linear(x, weight())`` computed without forming W (``factored_linear``).
 
-        y = x_sal W_sal^T + ((x_bin r2) sign^T) (r1 s) + sum(x_bin r2) (r1 mu). The signs are a
-        constant, so the backward pass needs one matmul (for x) instead of two (x and W) and no
-        [m, n] weight is rebuilt per step: 1.6x (896x896) to 3.1x (8960 -> 1536) faster per training
-        step on 2 CPU cores. Equal to the weight() form up to float summation order (tested).
+        y = (x_bin r2) sign^T (r1 s) + sum(x_bin r2) (r1 mu) + x_sal W_sal^T. The signs are a
+        constant, so the backward pass needs one product (for x and r2) instead of two (x and W)
+        and no [m, n] weight is rebuilt per step: 1.6x (896x896) to 3.1x (8960 -> 1536) faster per
+        training step on 2 CPU cores. Equal to the weight() form up to float summation order in
+        float32 (tested).
         """
-        dtype = x.dtype  # float32 parameters, x's dtype
-        y = x.new_zeros(*x.shape[:-1], self.sign.shape[0])
-        if self.binary_cols.numel():
-            z = x.index_select(-1, self.binary_cols) * self.r2.to(dtype)
-            y = (z @ self.sign.to(dtype).T) * (self.r1 * self.s).to(dtype)
-            y = y + z.sum(-1, keepdim=True) * (self.r1 * self.mu).to(dtype)
-        if self.salient_cols.numel():
-            y = y + x.index_select(-1, self.salient_cols) @ self.w_salient.to(dtype).T
-        return y if self.bias is None else y + self.bias.to(dtype)
+        cols = (self.salient_cols, self.binary_cols)
+        a, b = self.r1 * self.s, self.r1 * self.mu
+        y = factored_linear(
+            x, cols, self.sign, self.w_salient, self.salient_scale, a, b, self.r2, matmul_dtype=self.matmul_dtype
+        )
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def folded_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a = r1 s, b = r1 mu, r2) rounded to the storage dtype."""
@@ -182,6 +198,13 @@ class LearnableBinaryLinear(nn.Module):
             a = (self.r1 * self.s).to(STORAGE_DTYPE)
             b = (self.r1 * self.mu).to(STORAGE_DTYPE)
             return a, b, self.r2.detach().to(STORAGE_DTYPE)
+
+
+def resolve_matmul_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The dtype of the training products for the ``matmul`` setting on ``device`` ("auto": bfloat16 where native)."""
+    if setting == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
 def _folded_weight(mask, sign, codes, zero, scale, a, b, r2) -> torch.Tensor:
@@ -194,38 +217,89 @@ def latent_signs(latent: torch.Tensor) -> torch.Tensor:
     return torch.where(latent >= 0, 1, -1).to(torch.int8)
 
 
-class _FoldedLinearFn(torch.autograd.Function):
-    """y = x W^T with W rebuilt from the parts; gradients only for x, the four factors and the latent signs.
+class _FactoredLinearFn(torch.autograd.Function):
+    """y = x W^T for a PTQ1.61 layer, W = assemble(mask, q_sal * scale, r2 * (a * sign + b)), never formed.
 
-    Nothing of size [m, n] is kept for the backward pass (W is rebuilt there), so training
-    every layer of a model end to end needs the activations, not a second copy of the weights.
-    With ``latent`` (float [m, n_b], or None) the signs are sign(latent) and latent gets the
-    straight-through gradient: dL/dlatent = dL/dsign = r2_j a_i dL/dW_ij on the binarized columns.
+    Factored: y = (x_bin r2) sign^T * a + sum(x_bin r2) b + (x_sal q_sal^T) * scale, so a step
+    costs one product of the layer's size forward and one backward: the gradients of a, b and
+    scale are row sums of gy times the partial products, and r2's and x's share the product
+    gy diag(a) sign. Forming W and dL/dW instead costs two [m, n] rebuilds and a third product.
+    The two products run in ``cdt``: the signs (+-1) and integer codes are exact in bfloat16, so
+    there the only roundings are of x_bin r2 / x_sal / the backward's gy diag(a) to bfloat16 and of
+    the products' results (relative 2^-9), everything else stays in x's dtype. Saved for the
+    backward: the two column gathers of x and two [tokens, m] partial products, nothing [m, n].
+
+    x [..., n]; sal_cols [n_s] / bin_cols [n_b] int64; sign [m, n_b] (+-1, any dtype); q_sal
+    [m, n_s]; scale [m] or None (= 1); a, b [m]; r2 [n_b]; latent [m, n_b] float or None: then the
+    signs are sign(latent) and latent gets the straight-through gradient dL/dsign_ij =
+    r2_j a_i dL/dW_ij (one more product, only then).
     """
 
     @staticmethod
-    def forward(ctx, x, mask, sign, codes, zero, scale, a, b, r2, latent):
+    def forward(ctx, x, sal_cols, bin_cols, sign, q_sal, scale, a, b, r2, latent, cdt):
         if latent is not None:
             sign = latent_signs(latent)
-        ctx.save_for_backward(x, mask, sign, codes, zero, scale, a, b, r2)
-        w = _folded_weight(mask, sign, codes, zero, scale, a, b, r2)
-        return x @ w.to(x.dtype).T
+        dt, lead = x.dtype, x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        xb, xs = x2.index_select(1, bin_cols), x2.index_select(1, sal_cols)  # [t, n_b], [t, n_s]
+        z = xb * r2.to(dt)
+        ub = z.to(cdt) @ sign.to(cdt).T  # [t, m]
+        sz = z.sum(1, keepdim=True)  # [t, 1]
+        us = xs.to(cdt) @ q_sal.to(cdt).T  # [t, m]
+        y = us if scale is None else us * scale.to(dt)
+        if bin_cols.numel():  # (no binarized columns: a, b may be NaN means of nothing)
+            y = torch.addcmul(y + ub * a.to(dt), sz, b.to(dt)[None, :])
+        ctx.save_for_backward(xb, ub, us, sz, sal_cols, bin_cols, sign, q_sal, scale, a, b, r2)
+        ctx.n, ctx.cdt = x.shape[-1], cdt
+        return y.to(dt).reshape(*lead, -1)
 
     @staticmethod
     def backward(ctx, gy):
-        x, mask, sign, codes, zero, scale, a, b, r2 = ctx.saved_tensors
-        w = _folded_weight(mask, sign, codes, zero, scale, a, b, r2)
-        gx = gy @ w.to(gy.dtype)
-        gw = (gy.reshape(-1, gy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).float()  # dL/dW [m, n]
-        g_sal, g_bin = gw[:, mask], gw[:, ~mask]
-        sgn = sign.float()
-        g_scale = (g_sal * (codes.float() - zero.float()[:, None])).sum(dim=1)
-        g_bin_r2 = g_bin * r2[None, :]
-        g_a = (g_bin_r2 * sgn).sum(dim=1)
-        g_b = g_bin_r2.sum(dim=1)
-        g_r2 = (g_bin * (a[:, None] * sgn + b[:, None])).sum(dim=0)
-        g_latent = g_bin_r2 * a[:, None] if ctx.needs_input_grad[9] else None
-        return gx, None, None, None, None, g_scale, g_a, g_b, g_r2, g_latent
+        xb, ub, us, sz, sal_cols, bin_cols, sign, q_sal, scale, a, b, r2 = ctx.saved_tensors
+        dt, cdt = gy.dtype, ctx.cdt
+        g = gy.reshape(-1, gy.shape[-1])  # [t, m]
+        need = ctx.needs_input_grad
+        binary = bin_cols.numel() > 0
+        g_a = (g * ub).sum(0).to(a.dtype) if need[6] and binary else None
+        g_b = (g * sz).sum(0).to(b.dtype) if need[7] and binary else None
+        g_scale = (g * us).sum(0).to(scale.dtype) if scale is not None and need[5] else None
+        g_r2 = gx = g_latent = None
+        if need[0] or need[8]:
+            gz = g.new_zeros(g.shape[0], 0)
+            if binary:
+                gz = ((g * a.to(dt)).to(cdt) @ sign.to(cdt)).to(dt) + g @ b.to(dt)[:, None]  # dL/d(x_bin r2) [t, n_b]
+            if need[8]:
+                g_r2 = (gz * xb).sum(0).to(r2.dtype)
+            if need[0]:
+                gs = g if scale is None else g * scale.to(dt)
+                gx = g.new_zeros(g.shape[0], ctx.n)
+                gx.index_copy_(1, bin_cols, gz * r2.to(dt))
+                gx.index_copy_(1, sal_cols, (gs.to(cdt) @ q_sal.to(cdt)).to(dt))
+                gx = gx.reshape(*gy.shape[:-1], ctx.n)
+        if need[9]:
+            g_latent = (g.T @ xb).float() * r2[None, :] * a[:, None]  # dL/dW on the binarized columns, chained
+        return gx, None, None, None, None, g_scale, g_a, g_b, g_r2, g_latent, None
+
+
+def factored_linear(
+    x: torch.Tensor,
+    cols: tuple[torch.Tensor, torch.Tensor],
+    sign: torch.Tensor,
+    q_sal: torch.Tensor,
+    scale: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    r2: torch.Tensor,
+    latent: torch.Tensor | None = None,
+    matmul_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """x [..., n] -> [..., m] through ``_FactoredLinearFn``; cols = (salient [n_s], binarized [n_b]) column indices."""
+    return _FactoredLinearFn.apply(x, cols[0], cols[1], sign, q_sal, scale, a, b, r2, latent, matmul_dtype)
+
+
+def _offset_codes(codes: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """codes - zero [m, n_s] as float32 (small integers: exact in any float dtype)."""
+    return codes.float() - zero.float()[:, None]
 
 
 class FoldedBinaryLinear(nn.Module):
@@ -234,8 +308,9 @@ class FoldedBinaryLinear(nn.Module):
     W = assemble(mask, (codes - zero) * scale, r2 * (a * sign + b)) with every factor a stored
     one times a trainable multiplier (initialised to 1): an optimizer step changes a factor by a
     share of itself, whatever the size of the weights. ``parts()`` rounds the factors to fp16
-    exactly as the block stage stores them, so the bits do not change. Signs are kept as int8
-    and the backward pass rebuilds W (``_FoldedLinearFn``): memory is about 1 byte a weight.
+    exactly as the block stage stores them, so the bits do not change. Signs are kept as int8,
+    the salient codes minus zero points in ``matmul_dtype``, and W is never formed
+    (``factored_linear``): memory is about 1.4 bytes a weight in bfloat16, 1.8 in float32.
 
     ``train_signs``: the signs become sign(latent) of a float latent weight [m, n_b] that starts
     at +-1 and trains through the straight-through estimator; a sign flips when its latent value
@@ -243,15 +318,25 @@ class FoldedBinaryLinear(nn.Module):
     optimizer's two moments).
     """
 
-    def __init__(self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        bias: torch.Tensor | None,
+        train_signs: bool = False,
+        matmul_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         mask = parts["mask"].bool()
         n_s, n = int(mask.sum()), mask.numel()
         self.register_buffer("mask", mask)
+        self.register_buffer("salient_cols", torch.nonzero(mask)[:, 0], persistent=False)
+        self.register_buffer("binary_cols", torch.nonzero(~mask)[:, 0], persistent=False)
         self.register_buffer("sign", (unpack_bits(parts["sign"], n - n_s).to(torch.int8) * 2 - 1))
         self.latent = nn.Parameter(self.sign.float()) if train_signs else None
         self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
         self.register_buffer("zero", parts["zero"].clone())
+        self.register_buffer("q_sal", _offset_codes(self.codes, self.zero).to(matmul_dtype), persistent=False)
+        self.matmul_dtype = matmul_dtype
         for k in ("scale", "a", "b", "r2"):
             self.register_buffer(f"{k}0", parts[k].float().clone())
             self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(parts[k], dtype=torch.float32)))
@@ -276,7 +361,8 @@ class FoldedBinaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = [self.factor(k) for k in ("scale", "a", "b", "r2")]
-        y = _FoldedLinearFn.apply(x, self.mask, self.sign, self.codes, self.zero, *f, self.latent)
+        cols = (self.salient_cols, self.binary_cols)
+        y = factored_linear(x, cols, self.sign, self.q_sal, *f, latent=self.latent, matmul_dtype=self.matmul_dtype)
         return y if self.bias is None else y + self.bias
 
     def parts(self) -> Parts:
@@ -299,7 +385,9 @@ class PTQ161(Method):
     config_class = PTQ161Config
     config: PTQ161Config
 
-    def _init_layer(self, lin: nn.Linear, stats: ChannelStats) -> LearnableBinaryLinear:
+    def _init_layer(
+        self, lin: nn.Linear, stats: ChannelStats, matmul_dtype: torch.dtype = torch.float32
+    ) -> LearnableBinaryLinear:
         cfg = self.config
         w = lin.weight.detach().float()
         n = w.shape[1]
@@ -314,8 +402,9 @@ class PTQ161(Method):
         scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
         codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
         sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
+        offsets = _offset_codes(codes, zero)  # W_sal = offsets * scale, as rtn_dequantize forms it
         module = LearnableBinaryLinear(
-            mask, rtn_dequantize(codes, scale, zero), sign, mu, s, lin.bias, log_s=cfg.s_param == "log"
+            mask, offsets, sign, mu, s, lin.bias, cfg.s_param == "log", scale.float(), matmul_dtype
         )
         module.codes, module.scale, module.zero = codes, scale, zero  # kept for the stored parts
         return module
@@ -344,11 +433,13 @@ class PTQ161(Method):
         cfg = self.config
         with torch.no_grad():
             t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
-        modules = {name: self._init_layer(lin, ctx.stats[name]) for name, lin in ctx.linears.items()}
+        dt = resolve_matmul_dtype(cfg.matmul, module_device(ctx.block))
+        modules = {name: self._init_layer(lin, ctx.stats[name], dt) for name, lin in ctx.linears.items()}
         log: dict = {}
         if cfg.epochs > 0:
             with swapped_in(ctx.block, modules, ctx.linears):
                 log = self._train(ctx, modules, t2)
+            log["matmul_dtype"] = str(dt).removeprefix("torch.")
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():
             a, b, r2 = mod.folded_parts()
@@ -399,9 +490,14 @@ class PTQ161(Method):
         """The factors of the packed format train end to end (4-bit salient codes only)."""
         return self.packs
 
-    def trainable_module(self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False) -> nn.Module | None:
-        """``FoldedBinaryLinear`` of the parts (4-bit salient codes only)."""
-        return FoldedBinaryLinear(parts, bias, train_signs) if self.packs else None
+    def trainable_module(
+        self, parts: Parts, bias: torch.Tensor | None, train_signs: bool = False, device: torch.device | None = None
+    ) -> nn.Module | None:
+        """``FoldedBinaryLinear`` of the parts (4-bit salient codes only), its products in the ``matmul`` dtype."""
+        if not self.packs:
+            return None
+        dt = resolve_matmul_dtype(self.config.matmul, device or torch.device("cpu"))
+        return FoldedBinaryLinear(parts, bias, train_signs, dt)
 
 
 def expected_bits_per_weight(m: int, n: int, ratio: float = 0.2, bits: int = 4) -> float:

@@ -121,12 +121,13 @@ def train_end_to_end(
 
     Returns (new parts, log). The model's quantized linears end with the weights of the new parts.
     """
+    device = next(model.parameters()).device
     modules = {
-        path: method.trainable_module(p, model.get_submodule(path).bias, cfg.train_signs) for path, p in parts.items()
+        path: method.trainable_module(p, model.get_submodule(path).bias, cfg.train_signs, device)
+        for path, p in parts.items()
     }
     if any(m is None for m in modules.values()):
         raise PTQ161Error(f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes)")
-    device = next(model.parameters()).device
     originals = {path: model.get_submodule(path) for path in parts}
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
@@ -204,6 +205,7 @@ def train_end_to_end(
         "signs_flipped": flipped,
         "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,
+        "matmul_dtype": str(getattr(next(iter(modules.values())), "matmul_dtype", "float32")).removeprefix("torch."),
     }
     return new_parts, log
 

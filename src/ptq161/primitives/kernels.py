@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
@@ -53,6 +54,15 @@ def host_has_feature(name: str) -> bool:
     if features:
         return f"+{name}" in features.split(",")
     return bool(llvm_binding.get_host_cpu_features().get(name, False))
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (CPU: AVX-512 BF16 or AMX-BF16; CUDA: as
+    torch reports it), so that a bfloat16 product is faster than a float32 one, not an emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = llvm_binding.get_host_cpu_features()  # this CPU (torch does not compile for NUMBA_CPU_FEATURES)
+    return device.type == "cpu" and bool(cpu.get("avx512bf16", False) or cpu.get("amx-bf16", False))
 
 
 def host_has_avx512() -> bool:
