@@ -30,6 +30,7 @@ from benchmarks.common import (
     OUTPUTS,
     RESULTS,
     bench_parser,
+    note,
     run_pending,
     serve_child,
     stored,
@@ -63,9 +64,7 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     out = WHERE / name
     if out.exists():
         shutil.rmtree(out)
-    env = dict(os.environ)
-    if name == "baseline":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(baseline_source(args.baseline)), env.get("PYTHONPATH")]))
+    env = baseline_env(args.baseline) if name == "baseline" else dict(os.environ)
     cmd = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--output", str(out), *EXTRA_ARGS[name]]
     contended = timing_note()
     t0 = time.perf_counter()
@@ -92,6 +91,108 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         "e2e_heldout_kl_after": e2e.get("heldout_kl_after"),
         **({"timing_contended": contended} if contended else {}),
     }
+
+
+STEP_VARIANTS = {"baseline": "float32", "fp32": "float32", "head": "auto"}
+
+
+def step_times(variant: str) -> dict:
+    """Seconds per block-training step (block 0, cpu-preset settings, 8 windows of 256 tokens) and per
+    end-to-end step (5 windows of 256 tokens, block 0's trained parts in every block: the real stage's
+    shapes) of the code this process imports (the baseline's source or this checkout)."""
+    import torch
+
+    from ptq161 import load
+    from ptq161.calibration.capture import capture_block_inputs, run_block
+    from ptq161.calibration.stats import record_input_stats
+    from ptq161.config import get_preset
+    from ptq161.methods import BlockContext
+    from ptq161.methods.ptq161 import PTQ161, PTQ161Config
+    from ptq161.models import get_adapter
+    from ptq161.pipeline.e2e import E2EConfig, teacher_topk, train_end_to_end
+
+    model = load("smollm2-135m")[0]
+    adapter = get_adapter(model)
+    ids = torch.randint(100, 40000, (8, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, call = capture_block_inputs(model, adapter, ids)
+    block = adapter.decoder_layers(model)[0]
+    linears = adapter.block_linears(block)
+    with torch.no_grad(), record_input_stats(linears) as stats:
+        y = run_block(block, x, call)
+    settings = get_preset("cpu").method_defaults()
+    if variant != "baseline":
+        settings["matmul"] = STEP_VARIANTS[variant]
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+
+    def block_run(epochs: int) -> tuple[float, dict]:
+        block.load_state_dict(state)
+        ctx = BlockContext(0, block, linears, x, x.clone(), y, stats, call)
+        t0 = time.perf_counter()
+        res = PTQ161(PTQ161Config(**{**settings, "epochs": epochs})).quantize_block(ctx)
+        return time.perf_counter() - t0, res.parts
+
+    block_run(1)  # warm-up
+    t3, parts = block_run(3)
+    t1, _ = block_run(1)
+    block.load_state_dict(state)
+    # end-to-end steps on the parts of block 0 put in every block (the shapes of the real stage)
+    method = PTQ161(PTQ161Config(**settings))
+    n_blocks = len(adapter.decoder_layers(model))
+    all_parts = {f"{adapter.layers}.{i}.{name}": p for i in range(n_blocks) for name, p in parts.items()}
+    teacher = teacher_topk(model, ids[:5], 64)
+
+    def e2e_run(steps: int) -> float:
+        cfg = E2EConfig(steps=steps, heldout=1)
+        return train_end_to_end(model, method, all_parts, ids[:5], teacher, cfg, progress=False)[1]["seconds"]
+
+    e2e_run(1)  # warm-up
+    e6, e2 = e2e_run(6), e2e_run(2)
+    return {"block_step_seconds": (t3 - t1) / 16, "e2e_step_seconds": (e6 - e2) / 4}
+
+
+def baseline_env(commit: str) -> dict[str, str]:
+    """This process's environment with the baseline's source first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(baseline_source(commit)), env.get("PYTHONPATH")]))
+    return env
+
+
+def step_rounds(store: dict, args: argparse.Namespace) -> None:
+    """``--step-rounds`` rounds of ``step_times`` for every variant, each in a fresh child, interleaved."""
+    import json
+
+    store["steps"] = {v: [] for v in STEP_VARIANTS}
+    for r in range(args.step_rounds):
+        for variant in STEP_VARIANTS:
+            env = baseline_env(args.baseline) if variant == "baseline" else dict(os.environ)
+            cmd = [sys.executable, "-m", "benchmarks.quantizer_speed", "--child", f"steps:{variant}"]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                sys.exit(f"steps:{variant} failed:\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            contended = timing_note()
+            store["steps"][variant].append({**row, **({"timing_contended": contended} if contended else {})})
+            print(f"round {r + 1} {variant}: {json.dumps(row)}", flush=True)
+        render(store, args)
+
+
+def steps_table(steps: dict) -> str:
+    """Medians per variant and the median of the per-round ratios against the baseline."""
+    import statistics
+
+    rows = []
+    base = steps["baseline"]
+    for variant, runs in steps.items():
+        cells = [variant, f"{STEP_VARIANTS[variant]}"]
+        for key in ("block_step_seconds", "e2e_step_seconds"):
+            ratios = [b[key] / r[key] for b, r in zip(base, runs, strict=False)]
+            cells.append(
+                f"{1e3 * statistics.median(r[key] for r in runs):.1f} ms "
+                f"({statistics.median(ratios):.2f}x; rounds {', '.join(f'{q:.2f}' for q in ratios)})"
+            )
+        rows.append(cells)
+    return markdown_table(["code", "--train-matmul", "block-training step (vs baseline)", "end-to-end step"], rows)
 
 
 def ppl_vs(r: dict, base: dict | None, key: str) -> str:
@@ -138,8 +239,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
         ],
         table,
     )
-    f = RESULTS.parent / "notes" / "quantizer_speed.md"
-    notes = f.read_text() if f.exists() else ""
+    if store.get("steps"):
+        md += "\n\nSingle steps, each variant in a fresh process, the variants interleaved round by round:\n\n"
+        md += steps_table(store["steps"])
+    notes = note("quantizer_speed")
     write_results(
         "quantizer_speed",
         "Quantizer speed: cpu-preset quantization of smollm2-135m, before and after (issue 18)",
@@ -158,14 +261,19 @@ def main() -> None:
     ap.add_argument("--baseline", default="b4bee9b", help="commit of the baseline row (default b4bee9b)")
     ap.add_argument("--rows", default=",".join(ROWS), help="rows to run, in this order (default: all)")
     ap.add_argument("--windows", type=int, default=8, help="evaluation windows of 2048 tokens (default 8)")
+    ap.add_argument(
+        "--step-rounds", type=int, default=0, help="also time single steps of every variant, interleaved, N rounds"
+    )
     args = ap.parse_args()
-    if serve_child(args, lambda name: run_row(name, args)):
+    if serve_child(args, lambda name: step_times(name[6:]) if name.startswith("steps:") else run_row(name, args)):
         return
     store = stored("quantizer_speed")
     store.setdefault("rows", {})
     names = [n for n in args.rows.split(",") if n]
     child_args = ["--baseline", args.baseline, "--windows", str(args.windows)]
     run_pending("benchmarks.quantizer_speed", store["rows"], names, args, child_args, lambda _n: render(store, args))
+    if args.step_rounds and not args.render_only:
+        step_rounds(store, args)
     render(store, args)
 
 
