@@ -322,3 +322,23 @@ def timing_note(threshold: float = 0.05) -> str | None:
     """None on a quiet machine, else a note for a row's ``timing_contended`` (other processes' CPU share)."""
     busy = cpu_busy_share()
     return None if busy <= threshold else f"other processes used {100 * busy:.0f} % of the CPU when timing started"
+
+
+def block_zero(model: Any, windows: int = 8, seqlen: int = 256) -> tuple[Any, ...]:
+    """Block 0 of ``model`` ready for a block-training step: (adapter, ids [windows, seqlen], block, its
+    linears, inputs x, the BlockCall, outputs y, input statistics), from fixed random token windows."""
+    import torch
+
+    from ptq161.calibration.capture import capture_block_inputs, run_block
+    from ptq161.calibration.stats import record_input_stats
+    from ptq161.models import get_adapter
+
+    adapter = get_adapter(model)
+    ids = torch.randint(100, 40000, (windows, seqlen), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, call = capture_block_inputs(model, adapter, ids)
+    block = adapter.decoder_layers(model)[0]
+    linears = adapter.block_linears(block)
+    with torch.no_grad(), record_input_stats(linears) as stats:
+        y = run_block(block, x, call)
+    return adapter, ids, block, linears, x, call, y, stats

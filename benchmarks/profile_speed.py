@@ -169,24 +169,14 @@ def prefill_split(packed) -> dict:
 
 def training_step(model) -> dict:
     """PTQ1.61 block 0, cpu-preset settings, 8 windows x 256 tokens: s per step and aten::mm's share."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from ptq161.calibration.capture import capture_block_inputs, run_block
-    from ptq161.calibration.stats import record_input_stats
+    from benchmarks.common import block_zero
     from ptq161.config import get_preset
     from ptq161.methods import BlockContext
     from ptq161.methods.ptq161 import PTQ161, PTQ161Config
-    from ptq161.models import get_adapter
 
-    ad = get_adapter(model)
-    ids = torch.randint(100, 40000, (8, 256), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        x, call = capture_block_inputs(model, ad, ids)
-    block = ad.decoder_layers(model)[0]
-    linears = ad.block_linears(block)
-    with torch.no_grad(), record_input_stats(linears) as stats:
-        y = run_block(block, x, call)
+    _adapter, _ids, block, linears, x, call, y, stats = block_zero(model)
     settings = get_preset("cpu").method_defaults()
 
     def run(epochs: int) -> float:

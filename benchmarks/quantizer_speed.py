@@ -100,26 +100,16 @@ def step_times(variant: str) -> dict:
     """Seconds per block-training step (block 0, cpu-preset settings, 8 windows of 256 tokens) and per
     end-to-end step (5 windows of 256 tokens, block 0's trained parts in every block: the real stage's
     shapes) of the code this process imports (the baseline's source or this checkout)."""
-    import torch
 
+    from benchmarks.common import block_zero
     from ptq161 import load
-    from ptq161.calibration.capture import capture_block_inputs, run_block
-    from ptq161.calibration.stats import record_input_stats
     from ptq161.config import get_preset
     from ptq161.methods import BlockContext
     from ptq161.methods.ptq161 import PTQ161, PTQ161Config
-    from ptq161.models import get_adapter
     from ptq161.pipeline.e2e import E2EConfig, teacher_topk, train_end_to_end
 
     model = load("smollm2-135m")[0]
-    adapter = get_adapter(model)
-    ids = torch.randint(100, 40000, (8, 256), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        x, call = capture_block_inputs(model, adapter, ids)
-    block = adapter.decoder_layers(model)[0]
-    linears = adapter.block_linears(block)
-    with torch.no_grad(), record_input_stats(linears) as stats:
-        y = run_block(block, x, call)
+    adapter, ids, block, linears, x, call, y, stats = block_zero(model)
     settings = get_preset("cpu").method_defaults()
     if variant != "baseline":
         settings["matmul"] = STEP_VARIANTS[variant]
