@@ -24,7 +24,15 @@ from ..errors import PTQ161Error
 from ..nn import PackedPTQ161Linear
 from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
 from ..primitives.kernels import native_bfloat16
-from ..primitives.quant import STORAGE_DTYPE, assemble, binary_dequantize, rtn_asym_params, rtn_dequantize, rtn_quantize
+from ..primitives.quant import (
+    STORAGE_DTYPE,
+    assemble,
+    binary_dequantize,
+    rtn_asym_params,
+    rtn_dequantize,
+    rtn_offsets,
+    rtn_quantize,
+)
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
 from .block_training import TrainSettings, swapped_in, train_block
@@ -157,9 +165,7 @@ class LearnableBinaryLinear(nn.Module):
             self.s_lin = nn.Parameter(s.clone())
         self.r1 = nn.Parameter(torch.ones(m, dtype=s.dtype, device=s.device))
         self.r2 = nn.Parameter(torch.ones(n_bin, dtype=s.dtype, device=s.device))
-        # column indices of the salient [n_s] and binarized [n_b] parts (derived from mask; not saved)
-        self.register_buffer("salient_cols", torch.nonzero(mask)[:, 0], persistent=False)
-        self.register_buffer("binary_cols", torch.nonzero(~mask)[:, 0], persistent=False)
+        _register_columns(self, mask)
 
     @property
     def s(self) -> torch.Tensor:
@@ -297,9 +303,11 @@ def factored_linear(
     return _FactoredLinearFn.apply(x, cols[0], cols[1], sign, q_sal, scale, a, b, r2, latent, matmul_dtype)
 
 
-def _offset_codes(codes: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """codes - zero [m, n_s] as float32 (small integers: exact in any float dtype)."""
-    return codes.float() - zero.float()[:, None]
+def _register_columns(module: nn.Module, mask: torch.Tensor) -> None:
+    """Buffers ``salient_cols`` [n_s] / ``binary_cols`` [n_b]: the column indices where ``mask`` [n] is
+    True / False (derived from the mask, not saved)."""
+    module.register_buffer("salient_cols", torch.nonzero(mask)[:, 0], persistent=False)
+    module.register_buffer("binary_cols", torch.nonzero(~mask)[:, 0], persistent=False)
 
 
 class FoldedBinaryLinear(nn.Module):
@@ -329,13 +337,12 @@ class FoldedBinaryLinear(nn.Module):
         mask = parts["mask"].bool()
         n_s, n = int(mask.sum()), mask.numel()
         self.register_buffer("mask", mask)
-        self.register_buffer("salient_cols", torch.nonzero(mask)[:, 0], persistent=False)
-        self.register_buffer("binary_cols", torch.nonzero(~mask)[:, 0], persistent=False)
+        _register_columns(self, mask)
         self.register_buffer("sign", (unpack_bits(parts["sign"], n - n_s).to(torch.int8) * 2 - 1))
         self.latent = nn.Parameter(self.sign.float()) if train_signs else None
         self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
         self.register_buffer("zero", parts["zero"].clone())
-        self.register_buffer("q_sal", _offset_codes(self.codes, self.zero).to(matmul_dtype), persistent=False)
+        self.register_buffer("q_sal", rtn_offsets(self.codes, self.zero).to(matmul_dtype), persistent=False)
         self.matmul_dtype = matmul_dtype
         for k in ("scale", "a", "b", "r2"):
             self.register_buffer(f"{k}0", parts[k].float().clone())
@@ -402,9 +409,8 @@ class PTQ161(Method):
         scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
         codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
         sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
-        offsets = _offset_codes(codes, zero)  # W_sal = offsets * scale, as rtn_dequantize forms it
         module = LearnableBinaryLinear(
-            mask, offsets, sign, mu, s, lin.bias, cfg.s_param == "log", scale.float(), matmul_dtype
+            mask, rtn_offsets(codes, zero), sign, mu, s, lin.bias, cfg.s_param == "log", scale.float(), matmul_dtype
         )
         module.codes, module.scale, module.zero = codes, scale, zero  # kept for the stored parts
         return module

@@ -35,9 +35,14 @@ def rtn_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits:
     return torch.clamp(q, 0, 2**bits - 1).to(torch.uint8)
 
 
+def rtn_offsets(codes: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """codes [m, k] - zero [m] -> float32 [m, k] (small integers: exact in bfloat16 up to 8 bits)."""
+    return codes.float() - zero.float()[:, None]
+
+
 def rtn_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """(codes [m, k] - zero [m]) * scale [m] -> float32 [m, k]."""
-    return (codes.float() - zero.float()[:, None]) * scale.float()[:, None]
+    return rtn_offsets(codes, zero) * scale.float()[:, None]
 
 
 def rtn_fake(w: torch.Tensor, bits: int) -> torch.Tensor:
