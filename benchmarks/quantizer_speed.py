@@ -40,8 +40,9 @@ from benchmarks.common import (
 )
 from ptq161.eval.report import markdown_table
 
-ROWS = ("baseline", "fp32", "head")
-EXTRA_ARGS = {"baseline": [], "fp32": ["--train-matmul", "float32"], "head": []}
+# variant -> the products' dtype setting (the baseline predates the setting: its products are float32)
+VARIANTS = {"baseline": "float32", "fp32": "float32", "head": "auto"}
+ROWS = tuple(VARIANTS)
 WHERE = OUTPUTS / "quantizer_speed"
 
 
@@ -65,7 +66,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     if out.exists():
         shutil.rmtree(out)
     env = baseline_env(args.baseline) if name == "baseline" else dict(os.environ)
-    cmd = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--output", str(out), *EXTRA_ARGS[name]]
+    cmd = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--output", str(out)]
+    if name != "baseline" and VARIANTS[name] != "auto":  # the default is not spelled out
+        cmd += ["--train-matmul", VARIANTS[name]]
     contended = timing_note()
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
@@ -93,9 +96,6 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     }
 
 
-STEP_VARIANTS = {"baseline": "float32", "fp32": "float32", "head": "auto"}
-
-
 def step_times(variant: str) -> dict:
     """Seconds per block-training step (block 0, cpu-preset settings, 8 windows of 256 tokens) and per
     end-to-end step (5 windows of 256 tokens, block 0's trained parts in every block: the real stage's
@@ -112,7 +112,7 @@ def step_times(variant: str) -> dict:
     adapter, ids, block, linears, x, call, y, stats = block_zero(model)
     settings = get_preset("cpu").method_defaults()
     if variant != "baseline":
-        settings["matmul"] = STEP_VARIANTS[variant]
+        settings["matmul"] = VARIANTS[variant]
     state = {k: v.clone() for k, v in block.state_dict().items()}
 
     def block_run(epochs: int) -> tuple[float, dict]:
@@ -152,16 +152,16 @@ def step_rounds(store: dict, args: argparse.Namespace) -> None:
     """``--step-rounds`` rounds of ``step_times`` for every variant, each in a fresh child, interleaved."""
     import json
 
-    store["steps"] = {v: [] for v in STEP_VARIANTS}
+    store["steps"] = {v: [] for v in VARIANTS}
     for r in range(args.step_rounds):
-        for variant in STEP_VARIANTS:
+        for variant in VARIANTS:
             env = baseline_env(args.baseline) if variant == "baseline" else dict(os.environ)
             cmd = [sys.executable, "-m", "benchmarks.quantizer_speed", "--child", f"steps:{variant}"]
+            contended = timing_note()
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.exit(f"steps:{variant} failed:\n{out.stderr[-3000:]}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            contended = timing_note()
             store["steps"][variant].append({**row, **({"timing_contended": contended} if contended else {})})
             print(f"round {r + 1} {variant}: {json.dumps(row)}", flush=True)
         render(store, args)
@@ -174,7 +174,7 @@ def steps_table(steps: dict) -> str:
     rows = []
     base = steps["baseline"]
     for variant, runs in steps.items():
-        cells = [variant, f"{STEP_VARIANTS[variant]}"]
+        cells = [variant, f"{VARIANTS[variant]}"]
         for key in ("block_step_seconds", "e2e_step_seconds"):
             ratios = [b[key] / r[key] for b, r in zip(base, runs, strict=False)]
             cells.append(
