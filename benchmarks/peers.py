@@ -19,6 +19,10 @@ after a warm-up, every row in its own fresh process:
   llama.cpp's own ``convert_hf_to_gguf.py`` of the FP model (f32) quantized to Q4_0 by llama.cpp's
   quantizer with its defaults; run by ``peer_runners/run_llamacpp.py``.
 
+``--model`` picks another FP model (issue 18 asks for Qwen2.5-Coder-1.5B too): then ``--packed`` names
+ptq161's output of it (``--packed-preset`` its preset, for the label), the peers' models are kept under
+``outputs/peers/MODEL/`` and the results go to ``results/peers_MODEL.md``.
+
 Each peer gets its own venv under ``outputs/peers/`` made by this script with pinned versions
 (optimum-intel needs transformers < 5.6, older than ptq161's). Timing refuses to start while other
 processes use more than 5 % of the CPU (with 2 threads on 2 cores they stall the thread pools);
@@ -52,9 +56,10 @@ from ptq161.eval.report import markdown_table
 
 ROWS = ("fp32", "ptq161", "ort_int4", "openvino_int4", "llamacpp_q4_0")
 PEER_ROWS = ROWS[2:]
+DEFAULT_MODEL = "smollm2-135m"
 LABEL = {
     "fp32": "transformers fp32 (dense)",
-    "ptq161": "ptq161 packed (cpu preset, int8 head), fused engine",
+    "ptq161": "ptq161 packed ({preset} preset, {head} head), fused engine",
     "ort_int4": "onnxruntime-genai int4 (block 32, embedding + head int4)",
     "openvino_int4": "OpenVINO GenAI int4 g64 (head int8)",
     "llamacpp_q4_0": "llama.cpp Q4_0 (commit 0c1e570, built for this CPU)",
@@ -132,9 +137,20 @@ def venv_python(row: str) -> Path:
     return py
 
 
-def export(row: str, fp_dir: Path) -> Path:
-    """The peer's int4 model of ``fp_dir`` (built once, kept under ``outputs/peers/``)."""
-    out = PEERS / row
+def model_dir(model: str) -> Path:
+    """Where the peers' models of ``model`` are kept: ``outputs/peers/`` for the default model, else a
+    subdirectory named after the model (the venvs and llama.cpp's source are shared)."""
+    return PEERS if model == DEFAULT_MODEL else PEERS / model
+
+
+def results_name(model: str) -> str:
+    """``peers`` for the default model, ``peers_MODEL`` for another."""
+    return "peers" if model == DEFAULT_MODEL else f"peers_{model}"
+
+
+def export(row: str, fp_dir: Path, model: str = DEFAULT_MODEL) -> Path:
+    """The peer's int4 model of ``fp_dir`` (built once, kept under ``model_dir(model)``)."""
+    out = model_dir(model) / row
     if (out / ".complete").exists():
         return out
     py = str(venv_python(row))
@@ -151,7 +167,14 @@ def export(row: str, fp_dir: Path) -> Path:
         ]
     elif row == "ort_int4":
         cmd = [py, "-m", "onnxruntime_genai.models.builder", "-i", str(fp_dir), "-o", str(tmp), "-p", "int4"]
-        cmd += ["-e", "cpu", "-c", str(PEERS / "ort-cache"), "--extra_options", "op_types_to_quantize=MatMul/Gather"]
+        cmd += [
+            "-e",
+            "cpu",
+            "-c",
+            str(model_dir(model) / "ort-cache"),
+            "--extra_options",
+            "op_types_to_quantize=MatMul/Gather",
+        ]
         steps = [cmd]
     else:
         cmd = [py, "-m", "optimum.commands.optimum_cli", "export", "openvino", "-m", str(fp_dir)]
@@ -214,6 +237,7 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
 
     fp_dir = builtin_dir(args.model)
     ids = prompt_ids(fp_dir, args.prompt_tokens)
+    label = LABEL[name]
     if name == "fp32":
         where, bits = fp_dir, 32.0
     elif name == "ptq161":
@@ -222,8 +246,9 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         if meta is None:
             raise SystemExit(f"{where} is not a ptq161 output: run benchmarks.heads first")
         bits = meta["bits"]["stored_bits_per_weight"]
+        label = LABEL[name].format(preset=args.packed_preset, head=meta.get("head") or "fp32")
     else:
-        where, bits = export(name, fp_dir), None
+        where, bits = export(name, fp_dir, args.model), None
     contended = timing_note(BUSY_LIMIT)
     if contended and not args.allow_busy:
         raise SystemExit(f"{contended}: not timing (--allow-busy to force)")
@@ -239,6 +264,7 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         res = json.loads(out.stdout.strip().splitlines()[-1])
     return {
         **res,
+        "label": label,
         "model_dir": str(where),
         "files_mib": dir_mib(where),
         **({"stored_bits_per_weight": bits} if bits is not None else {}),
@@ -296,7 +322,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
         mark = " *" if r.get("timing_contended") else ""
         table.append(
             (
-                LABEL[name] + mark,
+                r.get("label", LABEL[name].format(preset="cpu", head="int8")) + mark,
                 bits,
                 f"{r['files_mib']:.0f}",
                 f"{r['prefill_tokens_per_s']:.0f}",
@@ -315,10 +341,22 @@ def render(store: dict, args: argparse.Namespace) -> None:
         store[key] = statistics.median(values)
         spread = f" (rounds: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
         extra += f"\n\n{text}: {store[key]:.2f}x{spread}; target {target}."
+    if args.model != DEFAULT_MODEL:
+        extra = (
+            "\n\n"
+            + note(
+                "peers",
+                "other_model",
+                model=args.model,
+                packed=os.path.relpath(args.packed, OUTPUTS.parent),
+                preset=args.packed_preset,
+            )
+            + extra
+        )
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
     write_results(
-        "peers",
+        results_name(args.model),
         f"Decode and prefill against other runtimes ({args.model}, batch 1)",
         markdown_table(head, table),
         {"rows": rows, **{k: store[k] for k in (*RATIOS, "rounds") if k in store}},
@@ -340,7 +378,12 @@ def render(store: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     ap = bench_parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m", help="the FP model every runtime starts from")
-    ap.add_argument("--packed", default=str(OUTPUTS / "heads" / "int8"), help="ptq161's packed output")
+    ap.add_argument(
+        "--packed",
+        help="ptq161's packed output (default for smollm2-135m: the int8-head cpu-preset model of benchmarks.heads; "
+        "required for another --model)",
+    )
+    ap.add_argument("--packed-preset", default="cpu", help="the preset --packed was quantized with (its label)")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -349,13 +392,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="times the whole set of rows is timed (medians)")
     ap.add_argument("--allow-busy", action="store_true", help="time even when other processes use the CPU")
     args = ap.parse_args()
+    if args.packed is None:
+        if args.model != DEFAULT_MODEL:
+            ap.error(f"--packed is required for --model {args.model}")
+        args.packed = str(OUTPUTS / "heads" / "int8")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if serve_child(args, lambda name: run_row(name, args)):
         return
-    store = stored("peers")
+    store = stored(results_name(args.model))
     store.setdefault("rows", {})
-    child = ["--model", args.model, "--packed", args.packed, "--prompt-tokens", str(args.prompt_tokens)]
+    child = ["--model", args.model, "--packed", args.packed, "--packed-preset", args.packed_preset]
+    child += ["--prompt-tokens", str(args.prompt_tokens)]
     child += ["--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--runs", str(args.runs)]
     child += ["--allow-busy"] if args.allow_busy else []
     if not args.render_only:

@@ -32,6 +32,24 @@ def test_topk_kl_is_zero_for_the_teacher_itself_and_positive_otherwise():
     assert topk_kl(logits.flip(-1), top.values, top.indices) > 0.1
 
 
+def test_topk_kl_closed_form_gradient_equals_autograd_through_log_softmax():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 50, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(7, 50, generator=g) * 3
+    top = torch.topk(teacher, 6, dim=-1)
+    mine = logits.float().clone().requires_grad_(True)
+    loss = topk_kl(mine, top.values, top.indices)
+    loss.backward()
+    ref = logits.clone().requires_grad_(True)  # the textbook formula, autograd, float64
+    p_log = torch.log_softmax(top.values.double(), dim=-1)
+    q_log = torch.log_softmax(ref, dim=-1).gather(-1, top.indices)
+    ref_loss = (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+    ref_loss.backward()
+    assert abs(loss.item() - ref_loss.item()) < 1e-5 * max(1.0, ref_loss.item())
+    torch.testing.assert_close(mine.grad.double(), ref.grad, rtol=1e-5, atol=1e-7)
+    assert abs(mine.grad.sum().item()) < 1e-6  # softmax minus a distribution: each row sums to 0
+
+
 def _run(tiny_model_dir, text_file, out, e2e: E2EConfig | None = None, **kw):
     """The tiny model quantized with one epoch; with ``e2e`` the end-to-end stage follows."""
     return quantize(

@@ -151,7 +151,8 @@ class LearnableBinaryLinear(nn.Module):
         super().__init__()
         m, n_bin = sign.shape
         self.register_buffer("mask", mask)
-        self.register_buffer("w_salient", w_salient)
+        # codes minus zero points are small integers, exact in the products' dtype: cast once, not per step
+        self.register_buffer("w_salient", w_salient if salient_scale is None else w_salient.to(matmul_dtype))
         self.register_buffer("salient_scale", salient_scale)
         self.register_buffer("sign", sign.to(matmul_dtype))  # +-1: exact in any float dtype
         self.matmul_dtype = matmul_dtype

@@ -84,12 +84,35 @@ def teacher_topk(model: nn.Module, windows: torch.Tensor, k: int) -> dict[str, t
     return {"values": torch.stack(vals), "indices": torch.stack(idx)}
 
 
+class _TopkKL(torch.autograd.Function):
+    """``topk_kl`` with its gradient in closed form: d/dlogits = (softmax(logits) - scatter(p)) / T (the
+    teacher's p sums to 1 over the top k), one pass over [T, V] instead of autograd's log-softmax output,
+    the zero-filled gather gradient and the log-softmax backward (three [T, V] tensors a step)."""
+
+    @staticmethod
+    def forward(ctx, logits, values, indices):
+        logits = logits.float()
+        idx = indices.long()
+        p_log = F.log_softmax(values.float(), dim=-1)  # [T, k]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [T, 1]
+        q_log = logits.gather(-1, idx) - lse
+        p = p_log.exp()
+        ctx.save_for_backward(logits, lse, p, idx)
+        return (p * (p_log - q_log)).sum(dim=-1).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, lse, p, idx = ctx.saved_tensors
+        grad = torch.exp(logits - lse)  # the student's softmax [T, V]
+        grad.scatter_add_(-1, idx, -p)
+        return grad.mul_(g / logits.shape[0]), None, None
+
+
 def topk_kl(logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of KL(p || q) on the teacher's top-k: p = softmax(values), q = the student's
-    full-vocabulary softmax at those indices. logits [T, V], values / indices [T, k] -> scalar."""
-    p_log = F.log_softmax(values.float(), dim=-1)
-    q_log = F.log_softmax(logits.float(), dim=-1).gather(-1, indices.long())
-    return (p_log.exp() * (p_log - q_log)).sum(dim=-1).mean()
+    full-vocabulary softmax at those indices. logits [T, V], values / indices [T, k] -> scalar
+    (its gradient in closed form, ``_TopkKL``)."""
+    return _TopkKL.apply(logits, values, indices)
 
 
 def _kl_on(model: nn.Module, windows: torch.Tensor, teacher: dict[str, torch.Tensor], rows: range) -> float:
