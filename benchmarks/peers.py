@@ -341,7 +341,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
         store[key] = statistics.median(values)
         spread = f" (rounds: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
         extra += f"\n\n{text}: {store[key]:.2f}x{spread}; target {target}."
-    if args.model != DEFAULT_MODEL:
+    if args.model == DEFAULT_MODEL:
+        extra = "\n\n" + note("peers", "smollm2") + extra
+    else:
         extra = (
             "\n\n"
             + note(
