@@ -310,6 +310,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
 
 
 def render(store: dict, args: argparse.Namespace) -> None:
+    from ptq161.pipeline.output_dir import read_meta
+
     rows = store["rows"]
     fp_tokens = rows.get("fp32", {}).get("tokens")
     table = []
@@ -355,6 +357,13 @@ def render(store: dict, args: argparse.Namespace) -> None:
             )
             + extra
         )
+    meta = read_meta(Path(args.packed)) if Path(args.packed).exists() else None
+    if args.model != DEFAULT_MODEL and meta is not None and meta.get("seconds"):
+        extra += (
+            f"\n\nptq161's model (its `ptq161.json`): quantized in {meta['seconds']:.0f} s "
+            f"({meta['seconds'] / 60:.1f} min), peak RSS {meta['peak_rss_mb']:.0f} MiB, "
+            f"{meta['bits']['stored_bits_per_weight']:.4f} stored bits per weight of the decoder linears."
+        ) + (f" {args.packed_note}" if args.packed_note else "")
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
     write_results(
@@ -386,6 +395,7 @@ def main() -> None:
         "required for another --model)",
     )
     ap.add_argument("--packed-preset", default="cpu", help="the preset --packed was quantized with (its label)")
+    ap.add_argument("--packed-note", default="", help="a sentence on how --packed was made (e.g. contention)")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)

@@ -30,6 +30,8 @@ from benchmarks.common import (
     OUTPUTS,
     RESULTS,
     bench_parser,
+    command_line,
+    git_commit,
     note,
     run_pending,
     serve_child,
@@ -232,6 +234,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
     if store.get("steps"):
         md += "\n\nSingle steps, each variant in a fresh process, the variants interleaved round by round:\n\n"
         md += steps_table(store["steps"])
+    for key, what in (("rows_run", "The whole-command rows"), ("steps_run", "The single steps")):
+        if key in store:  # the two tables may come from different sittings: each says where it comes from
+            run = store[key]
+            md += f"\n\n{what}: `{run['command']}`, commit {run['git_commit']}, {run['date']}."
     notes = note("quantizer_speed")
     write_results(
         "quantizer_speed",
@@ -261,8 +267,13 @@ def main() -> None:
     store.setdefault("rows", {})
     names = [n for n in args.rows.split(",") if n]
     child_args = ["--baseline", args.baseline, "--windows", str(args.windows)]
+    ran = {"command": command_line(), "git_commit": git_commit()}
+    pending = [n for n in names if n not in store["rows"] or n in args.redo.split(",")]
+    if pending and not args.render_only:
+        store["rows_run"] = {**ran, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"}
     run_pending("benchmarks.quantizer_speed", store["rows"], names, args, child_args, lambda _n: render(store, args))
     if args.step_rounds and not args.render_only:
+        store["steps_run"] = {**ran, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"}
         step_rounds(store, args)
     render(store, args)
 

@@ -103,7 +103,8 @@ PRESETS: dict[str, Preset] = {
         8,
         "for 1B+ models on a CPU: a quarter of the cpu preset's block-stage work, log-parameterised s, no "
         "end-to-end stage (it needs the whole model in memory); measured on qwen2.5-coder-1.5b under --max-memory 3GB "
-        "(benchmarks/results/large_model.md): 72.7 min on 2 cores (partly contended), peak RSS 2.2 GB, WikiText-2 "
+        "(benchmarks/results/large_model.md): 72.7 min on 2 cores (partly contended; 55.8 min with bfloat16 training "
+        "products, benchmarks/results/peers_qwen2.5-coder-1.5b.md), peak RSS 2.2 GB, WikiText-2 "
         "ppl 157.0 = 12.8x FP",
         method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
     ),
