@@ -279,7 +279,7 @@ class _FactoredLinearFn(torch.autograd.Function):
                 g_r2 = (gz * xb).sum(0).to(r2.dtype)
             if need[0]:
                 gs = g if scale is None else g * scale.to(dt)
-                gx = g.new_zeros(g.shape[0], ctx.n)
+                gx = g.new_empty(g.shape[0], ctx.n)  # every column written: bin_cols and sal_cols partition them
                 gx.index_copy_(1, bin_cols, gz * r2.to(dt))
                 gx.index_copy_(1, sal_cols, (gs.to(cdt) @ q_sal.to(cdt)).to(dt))
                 gx = gx.reshape(*gy.shape[:-1], ctx.n)
