@@ -94,6 +94,10 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         "wikitext2_ppl": ppl["wikitext2"],
         "c4_ppl": ppl["c4"],
         "e2e_heldout_kl_after": e2e.get("heldout_kl_after"),
+        "run": {  # each row says where and when it ran (rows of one table may come from different sittings)
+            "git_commit": args.baseline if name == "baseline" else git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime(time.time() - wall)) + " (start)",
+        },
         **({"timing_contended": contended} if contended else {}),
     }
 
@@ -234,10 +238,23 @@ def render(store: dict, args: argparse.Namespace) -> None:
     if store.get("steps"):
         md += "\n\nSingle steps, each variant in a fresh process, the variants interleaved round by round:\n\n"
         md += steps_table(store["steps"])
-    for key, what in (("rows_run", "The whole-command rows"), ("steps_run", "The single steps")):
-        if key in store:  # the two tables may come from different sittings: each says where it comes from
-            run = store[key]
-            md += f"\n\n{what}: `{run['command']}`, commit {run['git_commit']}, {run['date']}."
+    if "rows_run" in store:
+        run = store["rows_run"]
+        old = [n for n in ROWS if n in rows and "run" not in rows[n]]
+        if old:
+            md += f"\n\nWhole-command rows {', '.join(old)}: `{run['command']}`, "
+            md += f"commit {run['git_commit']}, {run['date']}."
+    for n in ROWS:
+        if n in rows and "run" in rows[n]:
+            md += f"\n\nWhole-command row {n}: commit {rows[n]['run']['git_commit']}, {rows[n]['run']['date']}."
+    if len({str(rows[n].get("run")) for n in rows}) > 1:
+        md += (
+            "\n\nThe whole-command rows above come from different sittings: their speed-ups are not same-sitting "
+            "ratios (this machine drifts by up to 2x); the single steps below are."
+        )
+    if "steps_run" in store:
+        run = store["steps_run"]
+        md += f"\n\nThe single steps: `{run['command']}`, commit {run['git_commit']}, {run['date']}."
     notes = note("quantizer_speed")
     write_results(
         "quantizer_speed",
@@ -268,9 +285,6 @@ def main() -> None:
     names = [n for n in args.rows.split(",") if n]
     child_args = ["--baseline", args.baseline, "--windows", str(args.windows)]
     ran = {"command": command_line(), "git_commit": git_commit()}
-    pending = [n for n in names if n not in store["rows"] or n in args.redo.split(",")]
-    if pending and not args.render_only:
-        store["rows_run"] = {**ran, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"}
     run_pending("benchmarks.quantizer_speed", store["rows"], names, args, child_args, lambda _n: render(store, args))
     if args.step_rounds and not args.render_only:
         store["steps_run"] = {**ran, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"}
