@@ -36,6 +36,11 @@ def command_line() -> str:
     )
 
 
+def results_name(base: str, model: str, default: str) -> str:
+    """``base`` for the benchmark's default model, ``base_MODEL`` for another (one results file per model)."""
+    return base if model == default else f"{base}_{model}"
+
+
 def write_results(
     name: str,
     title: str,

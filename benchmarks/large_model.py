@@ -27,9 +27,19 @@ import io
 import json
 import time
 
-from benchmarks.common import OUTPUTS, bench_parser, note, run_pending, serve_child, stored, write_results
+from benchmarks.common import (
+    OUTPUTS,
+    bench_parser,
+    note,
+    results_name,
+    run_pending,
+    serve_child,
+    stored,
+    write_results,
+)
 from ptq161.eval.report import markdown_table
 
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 STEPS = (
     "fp",
     "ptq161",
@@ -175,7 +185,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
     head = ["step", "WikiText-2 / C4 ppl", "bits/weight", "minutes", "peak RSS MiB (whole process)", "decode"]
     spec = builtin_model(args.model)
     write_results(
-        "large_model" if args.model == "qwen2.5-coder-1.5b" else f"large_model_{args.model}",
+        results_name("large_model", args.model, DEFAULT_MODEL),
         f"{args.model} under a {args.max_memory} memory budget",
         markdown_table(head, table),
         {"steps": rows},
@@ -193,7 +203,7 @@ def render(store: dict, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = bench_parser(__doc__)
-    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--preset", default="large")
     ap.add_argument("--max-memory", default="3GB")
     ap.add_argument("--windows", type=int, default=8)
@@ -201,7 +211,7 @@ def main() -> None:
     args = ap.parse_args()
     if serve_child(args, lambda name: run_step(name, args)):
         return
-    name = "large_model" if args.model == "qwen2.5-coder-1.5b" else f"large_model_{args.model}"
+    name = results_name("large_model", args.model, DEFAULT_MODEL)
     store = stored(name)
     store.setdefault("steps", {})
     child_args = ["--model", args.model, "--preset", args.preset, "--max-memory", args.max_memory]

@@ -46,6 +46,7 @@ from benchmarks.common import (
     OUTPUTS,
     bench_parser,
     note,
+    results_name,
     run_pending,
     serve_child,
     stored,
@@ -141,11 +142,6 @@ def model_dir(model: str) -> Path:
     """Where the peers' models of ``model`` are kept: ``outputs/peers/`` for the default model, else a
     subdirectory named after the model (the venvs and llama.cpp's source are shared)."""
     return PEERS if model == DEFAULT_MODEL else PEERS / model
-
-
-def results_name(model: str) -> str:
-    """``peers`` for the default model, ``peers_MODEL`` for another."""
-    return "peers" if model == DEFAULT_MODEL else f"peers_{model}"
 
 
 def export(row: str, fp_dir: Path, model: str = DEFAULT_MODEL) -> Path:
@@ -309,9 +305,21 @@ def merge_rounds(rounds: list[dict]) -> dict:
     return merged
 
 
-def render(store: dict, args: argparse.Namespace) -> None:
+def packed_origin(args: argparse.Namespace) -> str:
+    """How ``--packed`` was made, from its ``ptq161.json`` (empty without one), plus ``--packed-note``."""
     from ptq161.pipeline.output_dir import read_meta
 
+    meta = read_meta(Path(args.packed)) if Path(args.packed).exists() else None
+    if meta is None or not meta.get("seconds"):
+        return ""
+    return (
+        f"\n\nptq161's model (its `ptq161.json`): quantized in {meta['seconds']:.0f} s "
+        f"({meta['seconds'] / 60:.1f} min), peak RSS {meta['peak_rss_mb']:.0f} MiB, "
+        f"{meta['bits']['stored_bits_per_weight']:.4f} stored bits per weight of the decoder linears."
+    ) + (f" {args.packed_note}" if args.packed_note else "")
+
+
+def render(store: dict, args: argparse.Namespace) -> None:
     rows = store["rows"]
     fp_tokens = rows.get("fp32", {}).get("tokens")
     table = []
@@ -346,28 +354,13 @@ def render(store: dict, args: argparse.Namespace) -> None:
     if args.model == DEFAULT_MODEL:
         extra = "\n\n" + note("peers", "smollm2") + extra
     else:
-        extra = (
-            "\n\n"
-            + note(
-                "peers",
-                "other_model",
-                model=args.model,
-                packed=os.path.relpath(args.packed, OUTPUTS.parent),
-                preset=args.packed_preset,
-            )
-            + extra
-        )
-    meta = read_meta(Path(args.packed)) if Path(args.packed).exists() else None
-    if args.model != DEFAULT_MODEL and meta is not None and meta.get("seconds"):
-        extra += (
-            f"\n\nptq161's model (its `ptq161.json`): quantized in {meta['seconds']:.0f} s "
-            f"({meta['seconds'] / 60:.1f} min), peak RSS {meta['peak_rss_mb']:.0f} MiB, "
-            f"{meta['bits']['stored_bits_per_weight']:.4f} stored bits per weight of the decoder linears."
-        ) + (f" {args.packed_note}" if args.packed_note else "")
+        packed = os.path.relpath(args.packed, OUTPUTS.parent)
+        about = note("peers", "other_model", model=args.model, packed=packed, preset=args.packed_preset)
+        extra = "\n\n" + about + extra + packed_origin(args)
     if any(r.get("timing_contended") for r in rows.values()):
         extra += "\n\n\\* timed while other processes used the CPU (`--allow-busy`): not comparable."
     write_results(
-        results_name(args.model),
+        results_name("peers", args.model, DEFAULT_MODEL),
         f"Decode and prefill against other runtimes ({args.model}, batch 1)",
         markdown_table(head, table),
         {"rows": rows, **{k: store[k] for k in (*RATIOS, "rounds") if k in store}},
@@ -412,7 +405,7 @@ def main() -> None:
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if serve_child(args, lambda name: run_row(name, args)):
         return
-    store = stored(results_name(args.model))
+    store = stored(results_name("peers", args.model, DEFAULT_MODEL))
     store.setdefault("rows", {})
     child = ["--model", args.model, "--packed", args.packed, "--packed-preset", args.packed_preset]
     child += ["--prompt-tokens", str(args.prompt_tokens)]

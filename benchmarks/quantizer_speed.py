@@ -284,10 +284,10 @@ def main() -> None:
     store.setdefault("rows", {})
     names = [n for n in args.rows.split(",") if n]
     child_args = ["--baseline", args.baseline, "--windows", str(args.windows)]
-    ran = {"command": command_line(), "git_commit": git_commit()}
     run_pending("benchmarks.quantizer_speed", store["rows"], names, args, child_args, lambda _n: render(store, args))
     if args.step_rounds and not args.render_only:
-        store["steps_run"] = {**ran, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"}
+        start = time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"
+        store["steps_run"] = {"command": command_line(), "git_commit": git_commit(), "date": start}
         step_rounds(store, args)
     render(store, args)
 
