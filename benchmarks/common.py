@@ -162,10 +162,21 @@ def run_ppl_rows(
     args: argparse.Namespace,
     render: Callable[[dict[str, Any], argparse.Namespace], None],
     child_args: Iterable[str] = (),
+    results: str | None = None,
 ) -> None:
-    """``run_pending`` for rows with WikiText-2 / C4 perplexity in ``store[key]``: print and re-render after each."""
+    """``run_pending`` for rows with WikiText-2 / C4 perplexity in ``store[key]``: print and re-render after each.
+
+    With ``results`` (the store's ``results/NAME.json``), every row this process did not run is
+    re-read from the file before each write, so that invocations running other rows at the same
+    time (e.g. one thread each) do not overwrite each other's rows.
+    """
+    ran: set[str] = set()
 
     def after(name: str) -> None:
+        ran.add(name)
+        if results is not None:
+            on_disk = stored(results).get(key, {})
+            store[key].update({k: v for k, v in on_disk.items() if k not in ran})
         r = store[key][name]
         print(
             f"  {name}: wikitext2 {r['wikitext2_ppl']:.2f} c4 {r['c4_ppl']:.2f}, "

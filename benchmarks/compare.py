@@ -324,7 +324,7 @@ def main() -> None:
     child_args = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--windows", str(args.windows)]
     child_args += ["--model", args.model]
 
-    run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args)
+    run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args, results_name(args.model))
 
 
 if __name__ == "__main__":
