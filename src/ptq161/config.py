@@ -92,7 +92,8 @@ PRESETS: dict[str, Preset] = {
         256,
         10,
         "measured on smollm2-135m (benchmarks/results/compare.md): 34.9 min on 2 CPU cores, peak RSS 2.4 GB, "
-        "WikiText-2 ppl 148.4 = 7.8x FP (25.2 min with bfloat16 training products, quantizer_speed.md); the "
+        "WikiText-2 ppl 148.4 = 7.8x FP (21.3 min with bfloat16 training products and the closed-form KL gradient, "
+        "quantizer_speed.md); the "
         "paper's method at this budget: --s-param linear --e2e-steps 0 (273.7)",
         method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
         e2e_steps=300,
