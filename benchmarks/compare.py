@@ -23,6 +23,7 @@ from benchmarks.common import (
     note,
     quantize_and_evaluate,
     result_row,
+    results_name,
     resumed_note,
     rows_parser,
     run_ppl_rows,
@@ -33,6 +34,7 @@ from benchmarks.common import (
 )
 from ptq161.eval.report import markdown_table
 
+DEFAULT_MODEL = "smollm2-135m"  # the project's main table
 ROWS: dict[str, tuple[str, dict]] = {
     "rtn_w4": ("rtn", dict(bits=4)),
     "rtn_w3": ("rtn", dict(bits=3)),
@@ -74,12 +76,12 @@ PAPER_LABEL = {
 }
 
 
-def results_name(model: str) -> str:
+def table_name(model: str) -> str:
     """``compare`` for smollm2-135m (the project's main table), ``compare_MODEL`` for other models."""
-    return "compare" if model == "smollm2-135m" else f"compare_{model}"
+    return results_name("compare", model, DEFAULT_MODEL)
 
 
-def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = "smollm2-135m") -> dict:
+def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = DEFAULT_MODEL) -> dict:
     """Quantize + evaluate one row in this process."""
     from ptq161 import CalibConfig
     from ptq161.config import PRESETS
@@ -88,7 +90,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = "s
 
     method, opts = ROWS[name]
     opts = dict(opts)
-    save = OUTPUTS / results_name(model) / name
+    save = OUTPUTS / table_name(model) / name
     if opts.pop("cli", False):
         return {"name": name, "method": method, **cli_row(save, windows, model)}
     e2e = None
@@ -102,7 +104,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = "s
     return {"name": name, "method": method, **row}
 
 
-def cli_row(out: Path, windows: int, model: str = "smollm2-135m") -> dict:
+def cli_row(out: Path, windows: int, model: str = DEFAULT_MODEL) -> dict:
     """``ptq161 quantize MODEL --output OUT`` (all defaults) in a subprocess, then OUT evaluated as saved.
 
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
@@ -216,7 +218,7 @@ def pareto_plot(rows: dict, fp: dict, model: str, fp_label: str) -> Path:
 
     points = [(f"FP ({fp_label})", 16.0, fp["wikitext2"])]
     points += [(n, r["stored_bits_per_weight"], r["wikitext2_ppl"]) for n, r in rows.items()]
-    png = RESULTS / f"{results_name(model)}_pareto.png"
+    png = RESULTS / f"{table_name(model)}_pareto.png"
     title = f"{model}: WikiText-2 perplexity (first windows of 2048) against true bits per weight"
     pareto_png(points, png, title, "WikiText-2 perplexity (log scale)")
     return png
@@ -273,14 +275,14 @@ def render(store: dict, args: argparse.Namespace) -> None:
         threads = "/".join(sorted({str(r.get("torch_threads")) for r in same}))
         short = (commit or "?")[:7]
         notes += " " + note("compare", "other_commit", commit=short, threads=threads, rows="; ".join(other))
-        if args.model == "smollm2-135m":
+        if args.model == DEFAULT_MODEL:
             notes += " " + note("compare", "smollm2_determinism")
     if any(r["method"] in ("awq", "omniquant", "arb") for r in rows.values()):
         notes += " " + note("compare", "methods17")
     png = pareto_plot(rows, fp, args.model, spec.fp_label)
     notes += f"\n\n![perplexity against true bits per weight]({png.name})"
     write_results(
-        results_name(args.model),
+        table_name(args.model),
         f"Methods side by side on {args.model} (paper Table 1 analogue)",
         markdown_table(HEAD, table_rows(rows, fp, commit, spec.fp_label)),
         {
@@ -305,16 +307,16 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=PRESETS["cpu"].nsamples)
     ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
     ap.add_argument("--reuse-ptq161", action="store_true")
-    ap.add_argument("--model", default="smollm2-135m", help="a built-in model (default: smollm2-135m)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a built-in model (default: smollm2-135m)")
     args = ap.parse_args()
     if serve_child(args, lambda name: run_row(name, args.nsamples, args.seqlen, args.windows, args.model)):
         return
-    store = stored(results_name(args.model))
+    store = stored(table_name(args.model))
     store.setdefault("rows", {})
     if "fp" not in store:
         store["fp"] = fp_perplexities(args.windows, args.model)
         render(store, args)
-    if args.model != "smollm2-135m" and "plain_transformers" not in store and not args.render_only:
+    if args.model != DEFAULT_MODEL and "plain_transformers" not in store and not args.render_only:
         store["plain_transformers"] = plain_transformers_perplexities(args.model, args.windows)
         render(store, args)
     names = args.rows.split(",")
@@ -324,7 +326,7 @@ def main() -> None:
     child_args = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--windows", str(args.windows)]
     child_args += ["--model", args.model]
 
-    run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args, results_name(args.model))
+    run_ppl_rows("benchmarks.compare", store, "rows", names, args, render, child_args, table_name(args.model))
 
 
 if __name__ == "__main__":
