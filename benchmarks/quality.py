@@ -62,6 +62,13 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
         {**CPU, **SLOG},
         {"steps": 300, "lr": 1e-3, "topk": 64, "heldout": 4},
     ),
+    # the same with the teacher's tail mass as one more category of the KL (--e2e-kl tail): the top-64
+    # KL teaches the student to drop the ~13 % of probability the teacher gives the rest of the vocabulary
+    "cpu_slog_e2e300_tail": (
+        "cpu budget, log s (the same block stage as above)",
+        {**CPU, **SLOG},
+        {"steps": 300, "lr": 1e-3, "topk": 64, "heldout": 4, "kl": "tail"},
+    ),
 }
 
 
@@ -167,7 +174,8 @@ def render(store: dict, args: argparse.Namespace) -> None:
             )
             steps = r["e2e"]["steps"]
             kl = r["e2e_log"]
-            label = f"  + end-to-end stage ({steps} steps; held-out KL "
+            kind = "top-k + tail" if r["e2e"].get("kl") == "tail" else "top-k"
+            label = f"  + end-to-end stage ({steps} steps, {kind} KL; held-out KL "
             label += f"{kl['heldout_kl_before']:.3f} -> {kl['heldout_kl_after']:.3f})"
         elif signs:  # the same block stage as the row above it: only the end-to-end line
             kl = r["e2e_log"]

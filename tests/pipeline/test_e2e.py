@@ -50,6 +50,54 @@ def test_topk_kl_closed_form_gradient_equals_autograd_through_log_softmax():
     assert abs(mine.grad.sum().item()) < 1e-6  # softmax minus a distribution: each row sums to 0
 
 
+def _tail_case(seed: int = 3, k: int = 6):
+    """Student logits float64 [7, 50], teacher top-k (values, indices) and the teacher's tail logsumexp [7, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(7, 50, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(7, 50, generator=g) * 3
+    top = torch.topk(teacher, k, dim=-1)
+    return logits, teacher, top, e2e.rest_logsumexp(teacher, top.indices)
+
+
+def test_tail_kl_is_zero_for_the_teacher_and_the_full_kl_when_the_tail_is_one_token():
+    _, teacher, top, rest = _tail_case()
+    assert topk_kl(teacher, top.values, top.indices, rest).abs() < 1e-6
+    # with k = V - 1 the tail bucket is the one remaining token: the KL over the whole vocabulary
+    logits, teacher, top, rest = _tail_case(k=49)
+    full = (
+        (
+            torch.softmax(teacher.double(), -1)
+            * (torch.log_softmax(teacher.double(), -1) - torch.log_softmax(logits, -1))
+        )
+        .sum(-1)
+        .mean()
+    )
+    assert abs(topk_kl(logits.float(), top.values, top.indices, rest).item() - full.item()) < 1e-5 * full.item()
+    # the tail bucket can only add information: it never lowers the KL below the renormalised top-k one's floor 0,
+    # and a student that drops the tail (all mass on the top k) is penalised by it, not by the top-k KL
+    _, teacher, top, rest = _tail_case(k=6)
+    sharp = torch.full_like(teacher, -30.0).scatter(-1, top.indices, top.values)
+    assert topk_kl(sharp, top.values, top.indices) < 1e-6
+    assert topk_kl(sharp, top.values, top.indices, rest) > 0.1
+
+
+def test_tail_kl_closed_form_gradient_equals_autograd():
+    logits, _teacher, top, rest = _tail_case()
+    mine = logits.float().clone().requires_grad_(True)
+    loss = topk_kl(mine, top.values, top.indices, rest)
+    loss.backward()
+    ref = logits.clone().requires_grad_(True)  # the textbook formula over k + 1 categories, autograd, float64
+    p_log = torch.log_softmax(torch.cat([top.values.double(), rest.double()], -1), dim=-1)
+    q_all = torch.log_softmax(ref, dim=-1)
+    q_rest = q_all.scatter(-1, top.indices, float("-inf")).logsumexp(-1, keepdim=True)
+    q_log = torch.cat([q_all.gather(-1, top.indices), q_rest], -1)
+    ref_loss = (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+    ref_loss.backward()
+    assert abs(loss.item() - ref_loss.item()) < 1e-5 * max(1.0, ref_loss.item())
+    torch.testing.assert_close(mine.grad.double(), ref.grad, rtol=1e-4, atol=1e-7)
+    assert abs(mine.grad.sum().item()) < 1e-6  # a difference of two distributions: each row sums to 0
+
+
 def _run(tiny_model_dir, text_file, out, e2e: E2EConfig | None = None, **kw):
     """The tiny model quantized with one epoch; with ``e2e`` the end-to-end stage follows."""
     return quantize(
@@ -70,7 +118,7 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
     plain = _run(tiny_model_dir, text_file, tmp_path / "plain")
     res = _run(tiny_model_dir, text_file, tmp_path / "full", E2E)
     log = res.meta["e2e_log"]
-    assert log["train_kl_after"] < log["train_kl_before"] - 0.01  # on its own training windows
+    assert log["train_kl_after"] < 0.7 * log["train_kl_before"]  # on its own training windows
     assert res.meta["bits"] == plain.meta["bits"]  # signs, codes, mask fixed: the same bits
     a, b = read_parts(tmp_path / "full"), read_parts(tmp_path / "plain")
     for layer in a:
@@ -97,9 +145,18 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_e2e_with_the_tail_kl_lowers_its_kl_and_records_it(tiny_model_dir, text_file, tmp_path):
+    res = _run(tiny_model_dir, text_file, tmp_path / "tail", dataclasses.replace(E2E, kl="tail", topk=4))
+    log = res.meta["e2e_log"]
+    assert log["train_kl_after"] < 0.7 * log["train_kl_before"]  # the tiny random model's KL is small
+    assert read_meta(tmp_path / "tail")["e2e"]["kl"] == "tail"
+
+
 def test_bad_e2e_settings_are_one_line_errors(tiny_model_dir, text_file, tmp_path):
     with pytest.raises(PTQ161Error):
         E2EConfig(steps=-1)
+    with pytest.raises(PTQ161Error, match="kl"):
+        E2EConfig(kl="full")
     with pytest.raises(PTQ161Error, match="no end-to-end stage"):
         quantize(str(tiny_model_dir), "rtn", e2e=E2EConfig(steps=2), progress=False)
 
@@ -160,7 +217,8 @@ def test_trained_signs_move_towards_a_target_with_other_signs():
 
 
 def test_train_signs_keeps_the_bits_and_reports_flips(tiny_model_dir, text_file, tmp_path):
-    signs = dataclasses.replace(E2E, train_signs=True, sign_lr=0.5)
+    # the top-k KL: on the tiny random model the tail KL is ~1e-4 and 0.5-sized sign steps overshoot it
+    signs = dataclasses.replace(E2E, train_signs=True, sign_lr=0.5, kl="topk")
     res = _run(tiny_model_dir, text_file, tmp_path / "signs", signs)
     log = res.meta["e2e_log"]
     assert log["train_kl_after"] < log["train_kl_before"]
