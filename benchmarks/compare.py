@@ -262,6 +262,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
     if contended:
         notes += " " + note("compare", "contended", rows="; ".join(contended))
     notes += "".join(f" {n}: {r['timing_resumed']}" for n, r in rows.items() if r.get("timing_resumed"))
+    topk = [n for n, r in rows.items() if (r.get("e2e") or {}).get("steps") and r["e2e"].get("kl", "topk") == "topk"]
+    if topk:
+        notes += " " + note("compare", "topk_kl", rows=", ".join(topk))
     commit = main_commit(rows)
     other = [
         f"{n} ({r['git_commit'][:7] if r.get('git_commit') else 'commit not recorded'}"
