@@ -10,7 +10,9 @@ C4, the first 8 windows of 2048 tokens, with this checkout's evaluation code):
 - ``fp32``: this checkout with ``--train-matmul float32``: the factored end-to-end products
   alone (exact arithmetic, float summation order aside);
 - ``head``: this checkout with its defaults (``--train-matmul auto``: bfloat16 products on CPUs
-  with AVX-512 BF16 / AMX).
+  with AVX-512 BF16 / AMX);
+- ``compile``: the head with ``--train-compile`` (each block's training forward and loss through
+  ``torch.compile``, one graph for all blocks).
 
 The table gives the command's wall time, the block stage (sum of the per-block seconds in
 ptq161.json), the end-to-end stage, peak RSS, perplexities and each row's time and perplexity
@@ -42,8 +44,13 @@ from benchmarks.common import (
 )
 from ptq161.eval.report import markdown_table
 
-# variant -> the products' dtype setting (the baseline predates the setting: its products are float32)
-VARIANTS = {"baseline": "float32", "fp32": "float32", "head": "auto"}
+# variant -> (the products' dtype setting, the extra quantize flags); the baseline predates the settings
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "baseline": ("float32", []),
+    "fp32": ("float32", ["--train-matmul", "float32"]),
+    "head": ("auto", []),
+    "compile": ("auto", ["--train-compile"]),
+}
 ROWS = tuple(VARIANTS)
 WHERE = OUTPUTS / "quantizer_speed"
 
@@ -69,8 +76,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         shutil.rmtree(out)
     env = baseline_env(args.baseline) if name == "baseline" else dict(os.environ)
     cmd = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--output", str(out)]
-    if name != "baseline" and VARIANTS[name] != "auto":  # the default is not spelled out
-        cmd += ["--train-matmul", VARIANTS[name]]
+    if name != "baseline":  # the defaults are not spelled out
+        cmd += VARIANTS[name][1]
     contended = timing_note()
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
@@ -118,7 +125,8 @@ def step_times(variant: str) -> dict:
     adapter, ids, block, linears, x, call, y, stats = block_zero(model)
     settings = get_preset("cpu").method_defaults()
     if variant != "baseline":
-        settings["matmul"] = VARIANTS[variant]
+        settings["matmul"] = VARIANTS[variant][0]
+        settings["compile"] = "--train-compile" in VARIANTS[variant][1]
     state = {k: v.clone() for k, v in block.state_dict().items()}
 
     def block_run(epochs: int) -> tuple[float, dict]:
@@ -180,7 +188,8 @@ def steps_table(steps: dict) -> str:
     rows = []
     base = steps["baseline"]
     for variant, runs in steps.items():
-        cells = [variant, f"{VARIANTS[variant]}"]
+        flags = "(the baseline commit's defaults)" if variant == "baseline" else " ".join(VARIANTS[variant][1])
+        cells = [variant, flags or "(defaults)"]
         for key in ("block_step_seconds", "e2e_step_seconds"):
             ratios = [b[key] / r[key] for b, r in zip(base, runs, strict=False)]
             cells.append(
@@ -188,7 +197,7 @@ def steps_table(steps: dict) -> str:
                 f"({statistics.median(ratios):.2f}x; rounds {', '.join(f'{q:.2f}' for q in ratios)})"
             )
         rows.append(cells)
-    return markdown_table(["code", "--train-matmul", "block-training step (vs baseline)", "end-to-end step"], rows)
+    return markdown_table(["code", "flags", "block-training step (vs baseline)", "end-to-end step"], rows)
 
 
 def ppl_vs(r: dict, base: dict | None, key: str) -> str:

@@ -4,7 +4,10 @@ A method swaps its trainable modules into the block (``swapped_in``), then ``tra
 runs ``epochs`` passes over the calibration samples of the quantized stream ``ctx.x_q`` in
 batches, one AdamW step per batch, with an optional cosine schedule and held-out samples
 (the last ``holdout`` ones: the parameters of the epoch with the lowest held-out loss are
-kept). The loss is the method's own function of the block outputs.
+kept). The loss is the method's own pure function of the block outputs and of the targets
+of the same samples (``loss_fn(y, *targets(sl))``), so that with ``compile`` the block's
+forward and the loss run as one ``torch.compile`` graph; the block is an argument of that
+graph, so every block of the model (same shapes) reuses the code compiled for the first.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import torch
 from torch import nn
 
 from ..calibration import run_block
-from ..errors import check_finite
+from ..calibration.capture import module_device
+from ..errors import PTQ161Error, check_finite
 from . import ptq161_math as pm
 from .base import BlockContext
 
-# (outputs y [b, seq, d] of samples ``sl``, sl) -> (total loss, *logged terms), scalar tensors
-LossFn = Callable[[torch.Tensor, slice], tuple[torch.Tensor, ...]]
+# (outputs y [b, seq, d], *targets of the same samples) -> (total loss, *logged terms), scalar tensors
+LossFn = Callable[..., tuple[torch.Tensor, ...]]
+# samples sl -> the loss's arguments after y: tensors [b, ...] of those samples, or constants (settings)
+TargetFn = Callable[[slice], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,18 @@ class TrainSettings:
     schedule: str = "constant"  # or "cosine" (10 % linear warm-up)
     holdout: int = 0
     terms: tuple[str, ...] = ("loss",)
+    compile: bool = False  # the block forward and the loss as one torch.compile graph
+
+
+def _forward_loss(block: nn.Module, x: torch.Tensor, kwargs: dict, loss_fn: LossFn, targets: tuple) -> tuple:
+    """``loss_fn`` of the block's output on x [b, seq, d] (the graph ``TrainSettings.compile`` compiles)."""
+    out = block(x, **kwargs)
+    return loss_fn(out[0] if isinstance(out, tuple) else out, *targets)
+
+
+def _on(device: torch.device, targets: tuple) -> tuple:
+    """The tensors of ``targets`` on ``device`` (constants unchanged)."""
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in targets)
 
 
 @contextmanager
@@ -56,9 +74,17 @@ def swapped_in(block: nn.Module, modules: dict[str, nn.Module], originals: dict[
 
 
 def train_block(
-    ctx: BlockContext, param_groups: list[dict[str, Any]], loss_fn: LossFn, settings: TrainSettings
+    ctx: BlockContext,
+    param_groups: list[dict[str, Any]],
+    loss_fn: LossFn,
+    targets: TargetFn,
+    settings: TrainSettings,
 ) -> dict[str, Any]:
     """Train ``param_groups`` (AdamW, no weight decay) on the block; returns the log.
+
+    The loss of samples ``sl`` is ``loss_fn(y, *targets(sl))`` with y the block's outputs
+    [b, seq, d]; ``loss_fn`` should be one module-level function (a compiled graph is reused
+    only by calls with the same function).
 
     The log has, for each loss term, its mean over the first and the last epoch
     (``{term}_first_epoch`` / ``_last_epoch``), the loss of every epoch (``loss_by_epoch``)
@@ -76,12 +102,15 @@ def train_block(
     best: tuple[float, list[torch.Tensor]] | None = None
     trainable = [p for g in param_groups for p in g["params"]]
     names = settings.terms
+    step = _compiled_step(ctx, loss_fn, targets) if settings.compile else None
     for epoch in range(settings.epochs):
         sums = [0.0] * len(names)
         for i in range(0, n, bs):
             sl = slice(i, min(i + bs, n))
-            y = run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs)
-            terms = loss_fn(y, sl)
+            if step is not None:
+                terms = step(sl)
+            else:
+                terms = loss_fn(run_block(ctx.block, ctx.x_q[sl], ctx.call, batch_size=bs), *targets(sl))
             loss = terms[0]
             check_finite(loss.detach(), f"block {ctx.index}: the training loss (epoch {epoch + 1}, sample {i})")
             opt.zero_grad(set_to_none=True)
@@ -90,12 +119,12 @@ def train_block(
             if sched is not None:
                 sched.step()
             for k, v in enumerate(terms):
-                sums[k] += v.item() * y.shape[0]
+                sums[k] += v.item() * (sl.stop - sl.start)
         rec = {name: s / n for name, s in zip(names, sums, strict=True)}
         if n < n_all:
             with torch.no_grad():
                 sl = slice(n, n_all)
-                rec["heldout"] = loss_fn(run_block(ctx.block, ctx.x_q[sl], ctx.call), sl)[0].item()
+                rec["heldout"] = loss_fn(run_block(ctx.block, ctx.x_q[sl], ctx.call), *targets(sl))[0].item()
             if best is None or rec["heldout"] < best[0]:
                 best = (rec["heldout"], [p.detach().clone() for p in trainable])
         history.append(rec)
@@ -112,3 +141,27 @@ def train_block(
         log["heldout_by_epoch"] = [h["heldout"] for h in history]
         log["best_epoch"] = 1 + min(range(len(history)), key=lambda e: history[e]["heldout"])
     return log
+
+
+def _compiled_step(ctx: BlockContext, loss_fn: LossFn, targets: TargetFn) -> Callable[[slice], tuple]:
+    """samples sl -> the loss terms, through ``torch.compile`` of ``_forward_loss`` on the block's device.
+
+    A backend that cannot compile here (no C++ compiler for the CPU backend, say) is a one-line
+    ``PTQ161Error`` at the first step, not a traceback."""
+    graph = torch.compile(_forward_loss)
+    device = module_device(ctx.block)
+    kwargs = ctx.call.to(device).kwargs
+    first = [True]
+
+    def step(sl: slice) -> tuple:
+        args = (ctx.block, ctx.x_q[sl].to(device), kwargs, loss_fn, _on(device, targets(sl)))
+        if not first[0]:
+            return graph(*args)
+        first[0] = False
+        try:
+            return graph(*args)
+        except Exception as e:  # the compiler's own errors: many types, all of them "cannot compile here"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PTQ161Error(f"--train-compile: torch.compile failed on this machine ({msg}); drop the flag") from e
+
+    return step

@@ -35,6 +35,12 @@ class OmniQuantConfig(MethodConfig):
     group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
     epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
     batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
+    compile: bool = option(
+        False,
+        "run each block's training forward and loss through torch.compile (one graph for every block; needs a "
+        "C++ compiler on CPUs; results equal eager ones within float rounding)",
+        flag="--train-compile",
+    )
     lr: float = 1e-2  # OmniQuant's lwc_lr
     init: float = 4.0
 
@@ -114,6 +120,11 @@ class LWCLinear(nn.Module):
             return lwc_stored(self.w, self.gamma, self.beta, self.bits, self.group_size)
 
 
+def mse_loss(y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor]:
+    """(MSE of block outputs y [b, seq, d] against the FP block's outputs target [b, seq, d],)."""
+    return (F.mse_loss(y, target.to(y.device)),)
+
+
 class OmniQuant(LayerwiseMethod):
     """OmniQuant's LWC on the shared block-wise driver and block training loop (dense "fake-quant" output)."""
 
@@ -129,12 +140,10 @@ class OmniQuant(LayerwiseMethod):
         if cfg.epochs > 0:
             params = [p for m in modules.values() for p in (m.gamma, m.beta)]
 
-            def loss_fn(y: torch.Tensor, sl: slice) -> tuple[torch.Tensor, ...]:
-                return (F.mse_loss(y, ctx.y_fp[sl].to(y.device)),)
-
+            settings = TrainSettings(cfg.epochs, cfg.batch_size, compile=cfg.compile)
             with swapped_in(ctx.block, modules, ctx.linears):
                 log = train_block(
-                    ctx, [{"params": params, "lr": cfg.lr}], loss_fn, TrainSettings(cfg.epochs, cfg.batch_size)
+                    ctx, [{"params": params, "lr": cfg.lr}], mse_loss, lambda sl: (ctx.y_fp[sl],), settings
                 )
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():

@@ -59,6 +59,25 @@ def channel_norm(t: torch.Tensor) -> torch.Tensor:
     return t.float().pow(2).reshape(-1, t.shape[-1]).mean(dim=0).clamp(min=1e-12)
 
 
+def block_loss_terms(
+    y: torch.Tensor,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    x_fp: torch.Tensor,
+    x_q: torch.Tensor,
+    norm: torch.Tensor | None,
+    kind: str,
+    cosine: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total loss, T1 term, T2 term) of block outputs y [b, seq, d] against T1 = F(x_fp) and T2 = F(x_q)
+    (``mse_terms`` of ``kind``, plus the negative-log-cosine terms to both targets with ``cosine``)."""
+    m1, m2 = mse_terms(y, t1, t2, kind, x_fp, x_q, norm)
+    loss = m1 + m2
+    if cosine:
+        loss = loss + (nlc_term(y, t1) + nlc_term(y, t2)).mean()
+    return loss, m1, m2
+
+
 def mse_terms(
     y: torch.Tensor,
     t1: torch.Tensor,
