@@ -22,6 +22,7 @@ from torch import nn
 
 from ..calibration import run_block
 from ..calibration.capture import module_device
+from ..config import option
 from ..errors import PTQ161Error, check_finite
 from . import ptq161_math as pm
 from .base import BlockContext
@@ -42,6 +43,16 @@ class TrainSettings:
     holdout: int = 0
     terms: tuple[str, ...] = ("loss",)
     compile: bool = False  # the block forward and the loss as one torch.compile graph
+
+
+def compile_option() -> bool:
+    """The ``--train-compile`` config field of the methods that train on this loop (False by default)."""
+    return option(
+        False,
+        "run each block's training forward and loss through torch.compile (one graph for every block; needs a "
+        "C++ compiler on CPUs; results equal eager ones within float rounding)",
+        flag="--train-compile",
+    )
 
 
 def _forward_loss(block: nn.Module, x: torch.Tensor, kwargs: dict, loss_fn: LossFn, targets: tuple) -> tuple:
@@ -151,13 +162,14 @@ def _compiled_step(ctx: BlockContext, loss_fn: LossFn, targets: TargetFn) -> Cal
     graph = torch.compile(_forward_loss)
     device = module_device(ctx.block)
     kwargs = ctx.call.to(device).kwargs
-    first = [True]
+    compiled = False
 
     def step(sl: slice) -> tuple:
+        nonlocal compiled
         args = (ctx.block, ctx.x_q[sl].to(device), kwargs, loss_fn, _on(device, targets(sl)))
-        if not first[0]:
+        if compiled:
             return graph(*args)
-        first[0] = False
+        compiled = True
         try:
             return graph(*args)
         except Exception as e:  # the compiler's own errors: many types, all of them "cannot compile here"

@@ -23,7 +23,7 @@ from ..config import option
 from ..errors import PTQ161Error
 from ..primitives.quant import STORAGE_DTYPE
 from .base import BlockContext, BlockResult, MethodConfig, Parts
-from .block_training import TrainSettings, swapped_in, train_block
+from .block_training import TrainSettings, compile_option, swapped_in, train_block
 from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
@@ -35,12 +35,7 @@ class OmniQuantConfig(MethodConfig):
     group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
     epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
     batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
-    compile: bool = option(
-        False,
-        "run each block's training forward and loss through torch.compile (one graph for every block; needs a "
-        "C++ compiler on CPUs; results equal eager ones within float rounding)",
-        flag="--train-compile",
-    )
+    compile: bool = compile_option()
     lr: float = 1e-2  # OmniQuant's lwc_lr
     init: float = 4.0
 

@@ -35,7 +35,7 @@ from ..primitives.quant import (
 )
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
-from .block_training import TrainSettings, swapped_in, train_block
+from .block_training import TrainSettings, compile_option, swapped_in, train_block
 
 
 @dataclass
@@ -102,12 +102,7 @@ class PTQ161Config(MethodConfig):
         "natively: CPUs with AVX-512 BF16 / AMX, CUDA GPUs that support it; else float32). The dtype used is logged",
         flag="--train-matmul",
     )
-    compile: bool = option(
-        False,
-        "run each block's training forward and loss through torch.compile (one graph for every block; needs a "
-        "C++ compiler on CPUs; results equal eager ones within float rounding)",
-        flag="--train-compile",
-    )
+    compile: bool = compile_option()
 
     def __post_init__(self) -> None:
         if not 0 < self.salient_ratio < 1:

@@ -63,8 +63,8 @@ def block_loss_terms(
     y: torch.Tensor,
     t1: torch.Tensor,
     t2: torch.Tensor,
-    x_fp: torch.Tensor,
-    x_q: torch.Tensor,
+    x_fp: torch.Tensor | None,
+    x_q: torch.Tensor | None,
     norm: torch.Tensor | None,
     kind: str,
     cosine: bool,
@@ -109,10 +109,7 @@ def block_loss(y: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, use_cosine: 
 
     y, t1, t2: [b, seq, d] -> scalar. (The paper's loss; ``mse_terms`` gives the variants.)
     """
-    loss = F.mse_loss(y, t1) + F.mse_loss(y, t2)
-    if use_cosine:
-        loss = loss + (nlc_term(y, t1) + nlc_term(y, t2)).mean()
-    return loss
+    return block_loss_terms(y, t1, t2, None, None, None, "paper", use_cosine)[0]
 
 
 def binarization_bound(w: torch.Tensor, mean_abs_x: torch.Tensor) -> torch.Tensor:
