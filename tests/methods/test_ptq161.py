@@ -312,3 +312,14 @@ def test_compiled_block_training_equals_eager_and_compiles_once_for_all_blocks(t
                 assert torch.equal(w, v), (layer, key)
     for a, b in zip(eager.meta["block_logs"], comp.meta["block_logs"], strict=True):
         assert a["loss_last_epoch"] == pytest.approx(b["loss_last_epoch"], rel=1e-4)
+
+
+def test_a_failing_first_compiled_call_is_a_one_line_error_naming_the_flag():
+    from ptq161.methods.block_training import checked_compile
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        return x @ torch.ones(3, 2)  # [2, 2] @ [3, 2]: fails while tracing
+
+    with pytest.raises(PTQ161Error, match=r"^--some-flag: torch.compile failed on this machine \(") as info:
+        checked_compile(broken, "--some-flag")(torch.ones(2, 2))
+    assert "\n" not in str(info.value)

@@ -154,26 +154,30 @@ def train_block(
     return log
 
 
-def _compiled_step(ctx: BlockContext, loss_fn: LossFn, targets: TargetFn) -> Callable[[slice], tuple]:
-    """samples sl -> the loss terms, through ``torch.compile`` of ``_forward_loss`` on the block's device.
-
-    A backend that cannot compile here (no C++ compiler for the CPU backend, say) is a one-line
-    ``PTQ161Error`` at the first step, not a traceback."""
-    graph = torch.compile(_forward_loss)
-    device = module_device(ctx.block)
-    kwargs = ctx.call.to(device).kwargs
+def checked_compile(fn: Callable[..., Any], flag: str) -> Callable[..., Any]:
+    """``torch.compile(fn)`` whose first call turns a compiler failure (no C++ compiler for the CPU
+    backend, say) into a one-line ``PTQ161Error`` naming ``flag``, not a traceback."""
+    graph = torch.compile(fn)
     compiled = False
 
-    def step(sl: slice) -> tuple:
+    def call(*args: Any, **kwargs: Any) -> Any:
         nonlocal compiled
-        args = (ctx.block, ctx.x_q[sl].to(device), kwargs, loss_fn, _on(device, targets(sl)))
         if compiled:
-            return graph(*args)
-        compiled = True
+            return graph(*args, **kwargs)
         try:
-            return graph(*args)
+            out = graph(*args, **kwargs)
         except Exception as e:  # the compiler's own errors: many types, all of them "cannot compile here"
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PTQ161Error(f"--train-compile: torch.compile failed on this machine ({msg}); drop the flag") from e
+            raise PTQ161Error(f"{flag}: torch.compile failed on this machine ({msg}); drop the flag") from e
+        compiled = True
+        return out
 
-    return step
+    return call
+
+
+def _compiled_step(ctx: BlockContext, loss_fn: LossFn, targets: TargetFn) -> Callable[[slice], tuple]:
+    """samples sl -> the loss terms, through ``torch.compile`` of ``_forward_loss`` on the block's device."""
+    graph = checked_compile(_forward_loss, "--train-compile")
+    device = module_device(ctx.block)
+    kwargs = ctx.call.to(device).kwargs
+    return lambda sl: graph(ctx.block, ctx.x_q[sl].to(device), kwargs, loss_fn, _on(device, targets(sl)))

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +35,9 @@ from tqdm.auto import tqdm
 from ..config import option
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
+from ..methods.block_training import checked_compile
 from ..methods.ptq161_math import cosine_warmup
+from ..models import get_adapter
 from .state import RunState, load_training, save_training
 
 
@@ -66,6 +70,12 @@ class E2EConfig:
     )
     sign_lr: float = option(
         5e-2, "learning rate of the latent sign weights (start at +-1)", flag="--sign-lr", minimum=0, exclusive=True
+    )
+    compile: bool = option(
+        False,
+        "run every decoder layer of the end-to-end stage through one torch.compile graph (the layer is its "
+        "argument; needs a C++ compiler on CPUs; results equal eager ones within float rounding)",
+        flag="--e2e-compile",
     )
     heldout: int = 4
     warmup: float = 0.1
@@ -166,6 +176,47 @@ def topk_kl(
     return _TailKL.apply(logits, values, indices, rest)
 
 
+def _call_layer(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``layer(*args, **kwargs)``: the function ``--e2e-compile`` compiles once for all decoder layers."""
+    return layer(*args, **kwargs)
+
+
+class _CompiledLayer(nn.Module):
+    """A decoder layer called through a compiled ``_call_layer`` shared by all layers; other attributes
+    (an architecture's per-layer settings that the model's forward reads) come from the layer."""
+
+    def __init__(self, layer: nn.Module, graph: Any) -> None:
+        super().__init__()
+        self.layer = layer
+        self._graph = graph
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._graph(self.layer, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+
+@contextmanager
+def _compiled_layers(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
+    """Inside the block, the decoder ``layers`` ({path: layer}; none: no change) of ``model`` run through
+    one compiled graph."""
+    if not layers:
+        yield
+        return
+    graph = checked_compile(_call_layer, "--e2e-compile")
+    try:
+        for path, layer in layers.items():
+            model.set_submodule(path, _CompiledLayer(layer, graph))
+        yield
+    finally:
+        for path, layer in layers.items():
+            model.set_submodule(path, layer)
+
+
 def _target(teacher: dict[str, torch.Tensor], i: int, cfg_kl: str, device: torch.device) -> tuple:
     """(values, indices, rest or None) of window ``i`` on ``device`` for the KL ``cfg_kl``."""
     rest = teacher["rest"][i].to(device) if cfg_kl == "tail" else None
@@ -208,6 +259,10 @@ def train_end_to_end(
     if any(m is None for m in modules.values()):
         raise PTQ161Error(f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes)")
     originals = {path: model.get_submodule(path) for path in parts}
+    layers: dict[str, nn.Module] = {}
+    if cfg.compile:  # found before the trainable modules replace the linears the adapter recognises
+        adapter = get_adapter(model)
+        layers = {f"{adapter.layers}.{i}": layer for i, layer in enumerate(adapter.decoder_layers(model))}
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -237,7 +292,7 @@ def train_end_to_end(
             stage["heldout_kl_before"] = _kl_on(model, windows, teacher, held, cfg.kl)
             stage["train_kl_before"] = _kl_on(model, windows, teacher, range(min(n_train, 8)), cfg.kl)
         bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
-        with torch.enable_grad():
+        with torch.enable_grad(), _compiled_layers(model, layers):
             while step < cfg.steps:
                 i = step % n_train
                 logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0]
