@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("float32", []),
     "fp32": ("float32", ["--train-matmul", "float32"]),
     "head": ("auto", []),
-    "compile": ("auto", ["--train-compile", "--e2e-compile"]),
+    "compile": ("auto", ["--train-compile", "on", "--e2e-compile", "on"]),
 }
 ROWS = tuple(VARIANTS)
 WHERE = OUTPUTS / "quantizer_speed"
@@ -127,7 +127,7 @@ def step_times(variant: str) -> dict:
     settings = get_preset("cpu").method_defaults()
     if variant != "baseline":
         settings["matmul"] = VARIANTS[variant][0]
-        settings["compile"] = "--train-compile" in VARIANTS[variant][1]
+        settings["compile"] = "on" if "--train-compile" in VARIANTS[variant][1] else "off"
     state = {k: v.clone() for k, v in block.state_dict().items()}
 
     def block_run(epochs: int) -> tuple[float, dict]:
@@ -148,7 +148,7 @@ def step_times(variant: str) -> dict:
     teacher = teacher_topk(model, ids[:5], 64)
 
     def e2e_run(steps: int) -> float:
-        extra = {"compile": True} if variant != "baseline" and "--e2e-compile" in VARIANTS[variant][1] else {}
+        extra = {"compile": "on"} if variant != "baseline" and "--e2e-compile" in VARIANTS[variant][1] else {}
         cfg = E2EConfig(steps=steps, heldout=1, **extra)
         return train_end_to_end(model, method, all_parts, ids[:5], teacher, cfg, progress=False)[1]["seconds"]
 

@@ -66,6 +66,7 @@ class Preset:
     why: str
     method_settings: tuple[tuple[str, Any], ...] = ()  # PTQ1.61 settings that differ from the paper's
     e2e_steps: int = 0  # end-to-end stage (beyond the paper) for methods that have one
+    e2e_settings: tuple[tuple[str, Any], ...] = ()  # its settings that differ from E2EConfig's defaults
 
     def method_defaults(self) -> dict[str, Any]:
         """Config values this preset gives a method (each method takes those its config has)."""
@@ -74,7 +75,8 @@ class Preset:
     def describe(self) -> str:
         """One line for --help."""
         extra = "".join(f", {k}={v}" for k, v in self.method_settings)
-        e2e = f", end-to-end stage {self.e2e_steps} steps" if self.e2e_steps else ""
+        e2e = "".join(f", e2e {k}={v}" for k, v in self.e2e_settings)
+        e2e = f", end-to-end stage {self.e2e_steps} steps{e2e}" if self.e2e_steps else ""
         return f"{self.nsamples} x {self.seqlen} tokens, {self.epochs} epochs{extra}{e2e} ({self.why})"
 
 
@@ -94,8 +96,9 @@ PRESETS: dict[str, Preset] = {
         "measured on smollm2-135m: WikiText-2 ppl 144.2 = 7.5x FP, C4 300.9, in 24.3 min on 2 CPU cores "
         "(benchmarks/results/quality.md; with the older top-k KL, --e2e-kl topk: 148.4 / 314.9, peak RSS 2.4 GB, "
         "compare.md); the paper's method at this budget: --s-param linear --e2e-steps 0 (273.7)",
-        method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
+        method_settings=(("s_param", "log"), ("lr_s", 1e-2), ("compile", "auto")),
         e2e_steps=300,
+        e2e_settings=(("compile", "auto"),),
     ),
     "large": Preset(
         32,

@@ -66,12 +66,16 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
     assert (cfg.s_param, cfg.lr_s, e2e.steps) == ("log", 1e-2, 300)
+    assert (cfg.compile, e2e.compile) == ("auto", "auto")  # compiled where the machine has a compiler
+    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-compile", "off", "--e2e-compile", "on"]))
+    assert (cfg.compile, e2e.compile) == ("off", "on")
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--s-param", "linear", "--e2e-steps", "0"]))
     assert (cfg.s_param, e2e.steps) == ("linear", 0)
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--method", "rtn"]))  # no end-to-end stage
     assert e2e.steps == 0 and not hasattr(cfg, "s_param")
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)
+    assert (cfg.compile, e2e.compile) == ("off", "off")
 
 
 def test_train_signs_is_a_switch_and_sign_lr_is_bounded():

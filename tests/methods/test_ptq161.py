@@ -300,7 +300,7 @@ def test_compiled_block_training_equals_eager_and_compiles_once_for_all_blocks(t
     torch._dynamo.reset()
     counters.clear()
     comp = quantize(
-        str(tiny_model_dir), method, method_config=make(epochs=2, compile=True), calib=calib, progress=False
+        str(tiny_model_dir), method, method_config=make(epochs=2, compile="on"), calib=calib, progress=False
     )
     assert counters["stats"]["unique_graphs"] == 1  # both blocks, all steps: one compiled graph
     for layer, parts in eager.parts.items():
@@ -323,3 +323,19 @@ def test_a_failing_first_compiled_call_is_a_one_line_error_naming_the_flag():
     with pytest.raises(PTQ161Error, match=r"^--some-flag: torch.compile failed on this machine \(") as info:
         checked_compile(broken, "--some-flag")(torch.ones(2, 2))
     assert "\n" not in str(info.value)
+
+
+def test_compile_auto_follows_the_compiler_and_bad_settings_are_errors(monkeypatch, tmp_path):
+    from ptq161.methods.block_training import resolve_compile
+    from ptq161.pipeline.e2e import E2EConfig
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on the PATH
+    assert [resolve_compile(s, cpu) for s in ("auto", "on", "off")] == [False, True, False]
+    (tmp_path / "g++").write_text("#!/bin/sh\n")
+    (tmp_path / "g++").chmod(0o755)
+    assert resolve_compile("auto", cpu) and not resolve_compile("auto", torch.device("meta"))
+    for make in (PTQ161Config, E2EConfig):
+        with pytest.raises(PTQ161Error, match="compile must be off, auto or on"):
+            make(compile=True)

@@ -255,7 +255,7 @@ def test_compiled_e2e_equals_eager_compiles_once_for_all_layers_and_restores_the
     eager = _run(model_dir, text_file, None, cfg)
     torch._dynamo.reset()
     counters.clear()
-    comp = _run(model_dir, text_file, None, dataclasses.replace(cfg, compile=True))
+    comp = _run(model_dir, text_file, None, dataclasses.replace(cfg, compile="on"))
     # two graphs for three layers and every step: the first layer's input needs no gradient, the others' do
     assert counters["stats"]["unique_graphs"] == 2
     layers = comp.model.model.layers
@@ -270,3 +270,26 @@ def test_compiled_e2e_equals_eager_compiles_once_for_all_layers_and_restores_the
     a, b = eager.meta["e2e_log"], comp.meta["e2e_log"]
     assert b["train_kl_after"] == pytest.approx(a["train_kl_after"], rel=1e-3)
     assert b["train_kl_after"] < 0.9 * b["train_kl_before"]
+
+
+def test_e2e_windows_add_windows_after_the_block_stages_and_keep_its_result(tiny_model_dir, text_file, tmp_path):
+    """--e2e-windows 10 with 6 calibration windows: the block stage sees the same 6 windows (same parts
+    as a run without the stage's extra windows), the stage trains on 8 and holds out the last 2."""
+    from ptq161.data import calibration_windows
+    from ptq161.models import load_model
+
+    tok = load_model(str(tiny_model_dir))[1]
+    few, _ = calibration_windows(f"text:{text_file}", tok, nsamples=6, seqlen=64, seed=2)
+    more, _ = calibration_windows(f"text:{text_file}", tok, nsamples=10, seqlen=64, seed=2)
+    assert torch.equal(more[:6], few)  # the first windows do not depend on how many are drawn
+    cfg = dataclasses.replace(E2E, steps=2)
+    plain = _run(tiny_model_dir, text_file, None, cfg)
+    wide = _run(tiny_model_dir, text_file, tmp_path / "wide", dataclasses.replace(cfg, windows=10))
+
+    def timeless(logs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in log.items() if k != "seconds"} for log in logs]
+
+    assert timeless(wide.meta["block_logs"]) == timeless(plain.meta["block_logs"])  # the same block stage
+    assert (wide.meta["e2e_log"]["train_windows"], wide.meta["e2e_log"]["heldout_windows"]) == (8, 2)
+    assert plain.meta["e2e_log"]["train_windows"] == 4
+    assert read_meta(tmp_path / "wide")["e2e"]["windows"] == 10

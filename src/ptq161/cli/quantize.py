@@ -81,7 +81,7 @@ def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2ECo
         seqlen=args.calib_seqlen or preset.seqlen,
         seed=args.seed,
     )
-    return cfg, calib, config_from_args(args, E2EConfig, {"steps": e2e_default})
+    return cfg, calib, config_from_args(args, E2EConfig, {**dict(preset.e2e_settings), "steps": e2e_default})
 
 
 def run(args: argparse.Namespace) -> int:

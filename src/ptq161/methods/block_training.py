@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from ..calibration import run_block
 from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error, check_finite
+from ..primitives.kernels import can_compile
 from . import ptq161_math as pm
 from .base import BlockContext
 
@@ -31,6 +32,9 @@ from .base import BlockContext
 LossFn = Callable[..., tuple[torch.Tensor, ...]]
 # samples sl -> the loss's arguments after y: tensors [b, ...] of those samples, or constants (settings)
 TargetFn = Callable[[slice], tuple[Any, ...]]
+
+
+CompileSetting = Literal["off", "auto", "on"]
 
 
 @dataclass(frozen=True)
@@ -42,17 +46,25 @@ class TrainSettings:
     schedule: str = "constant"  # or "cosine" (10 % linear warm-up)
     holdout: int = 0
     terms: tuple[str, ...] = ("loss",)
-    compile: bool = False  # the block forward and the loss as one torch.compile graph
+    compile: CompileSetting = "off"  # the block forward and the loss as one torch.compile graph (resolve_compile)
 
 
-def compile_option() -> bool:
-    """The ``--train-compile`` config field of the methods that train on this loop (False by default)."""
+def compile_option() -> CompileSetting:
+    """The ``--train-compile`` config field of the methods that train on this loop ("off" by default)."""
     return option(
-        False,
-        "run each block's training forward and loss through torch.compile (one graph for every block; needs a "
-        "C++ compiler on CPUs; results equal eager ones within float rounding)",
+        "off",
+        "run each block's training forward and loss through torch.compile, one graph for every block: on, off, "
+        "or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results equal "
+        "eager ones within float rounding; the cpu preset uses auto",
         flag="--train-compile",
     )
+
+
+def resolve_compile(setting: str, device: torch.device) -> bool:
+    """Whether to compile for ``setting`` ("off", "auto", "on") on ``device``; an unknown setting is an error."""
+    if setting not in ("off", "auto", "on"):
+        raise PTQ161Error(f"compile must be off, auto or on, got {setting!r}")
+    return setting == "on" or (setting == "auto" and can_compile(device))
 
 
 def _forward_loss(block: nn.Module, x: torch.Tensor, kwargs: dict, loss_fn: LossFn, targets: tuple) -> tuple:
@@ -113,7 +125,8 @@ def train_block(
     best: tuple[float, list[torch.Tensor]] | None = None
     trainable = [p for g in param_groups for p in g["params"]]
     names = settings.terms
-    step = _compiled_step(ctx, loss_fn, targets) if settings.compile else None
+    compiled = resolve_compile(settings.compile, module_device(ctx.block))
+    step = _compiled_step(ctx, loss_fn, targets) if compiled else None
     for epoch in range(settings.epochs):
         sums = [0.0] * len(names)
         for i in range(0, n, bs):
@@ -140,7 +153,7 @@ def train_block(
                 best = (rec["heldout"], [p.detach().clone() for p in trainable])
         history.append(rec)
         ctx.report(epoch=f"{epoch + 1}/{settings.epochs}", loss=f"{rec[names[0]]:.4g}")
-    log: dict[str, Any] = {}
+    log: dict[str, Any] = {"compiled": compiled}
     for name in names:
         log[f"{name}_first_epoch"] = history[0][name]
         log[f"{name}_last_epoch"] = history[-1][name]

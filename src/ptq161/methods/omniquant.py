@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from ..config import option
 from ..errors import PTQ161Error
 from ..primitives.quant import STORAGE_DTYPE
 from .base import BlockContext, BlockResult, MethodConfig, Parts
-from .block_training import TrainSettings, compile_option, swapped_in, train_block
+from .block_training import TrainSettings, compile_option, resolve_compile, swapped_in, train_block
 from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
@@ -35,7 +36,7 @@ class OmniQuantConfig(MethodConfig):
     group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
     epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
     batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
-    compile: bool = compile_option()
+    compile: Literal["off", "auto", "on"] = compile_option()
     lr: float = 1e-2  # OmniQuant's lwc_lr
     init: float = 4.0
 
@@ -44,6 +45,7 @@ class OmniQuantConfig(MethodConfig):
             raise PTQ161Error(f"omniquant supports --bits 2..8, got {self.bits}")
         if self.group_size < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise PTQ161Error("omniquant needs group_size >= 0, epochs >= 0, batch_size >= 1 and lr > 0")
+        resolve_compile(self.compile, torch.device("meta"))  # checks the setting
 
 
 def round_ste(t: torch.Tensor) -> torch.Tensor:

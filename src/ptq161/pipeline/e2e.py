@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import option
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
-from ..methods.block_training import checked_compile
+from ..methods.block_training import checked_compile, resolve_compile
 from ..methods.ptq161_math import cosine_warmup
 from ..models import get_adapter
 from .state import RunState, load_training, save_training
@@ -56,6 +56,13 @@ class E2EConfig:
         exclusive=True,
     )
     topk: int = option(64, "teacher logits kept per token (top-k)", flag="--e2e-topk", minimum=1)
+    windows: int = option(
+        0,
+        "calibration windows the end-to-end stage trains on (0 = the block stage's; more draws further windows "
+        "from the same source and seed, so the block stage's are the first of them)",
+        flag="--e2e-windows",
+        minimum=0,
+    )
     kl: Literal["tail", "topk"] = option(
         "tail",
         "the distillation target: 'tail' = the teacher's top-k plus one category holding the rest of its "
@@ -71,10 +78,11 @@ class E2EConfig:
     sign_lr: float = option(
         5e-2, "learning rate of the latent sign weights (start at +-1)", flag="--sign-lr", minimum=0, exclusive=True
     )
-    compile: bool = option(
-        False,
-        "run every decoder layer of the end-to-end stage through one torch.compile graph (the layer is its "
-        "argument; needs a C++ compiler on CPUs; results equal eager ones within float rounding)",
+    compile: Literal["off", "auto", "on"] = option(
+        "off",
+        "run the end-to-end stage's decoder layers through one torch.compile graph (the layer is its argument): "
+        "on, off, or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results "
+        "equal eager ones within float rounding; the cpu preset uses auto",
         flag="--e2e-compile",
     )
     heldout: int = 4
@@ -82,10 +90,11 @@ class E2EConfig:
     save_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.topk < 1 or self.heldout < 0 or self.save_every < 1:
-            raise PTQ161Error("e2e needs steps >= 0, topk >= 1, heldout >= 0 and save_every >= 1")
+        if self.steps < 0 or self.topk < 1 or self.heldout < 0 or self.save_every < 1 or self.windows < 0:
+            raise PTQ161Error("e2e needs steps >= 0, topk >= 1, windows >= 0, heldout >= 0 and save_every >= 1")
         if self.kl not in ("tail", "topk"):
             raise PTQ161Error(f"e2e kl must be 'tail' or 'topk', got {self.kl!r}")
+        resolve_compile(self.compile, torch.device("meta"))  # checks the setting
         if self.lr <= 0 or self.sign_lr <= 0 or not 0 <= self.warmup < 1:
             raise PTQ161Error("e2e needs lr > 0, sign_lr > 0 and 0 <= warmup < 1")
 
@@ -260,7 +269,8 @@ def train_end_to_end(
         raise PTQ161Error(f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes)")
     originals = {path: model.get_submodule(path) for path in parts}
     layers: dict[str, nn.Module] = {}
-    if cfg.compile:  # found before the trainable modules replace the linears the adapter recognises
+    compiled = resolve_compile(cfg.compile, device)
+    if compiled:  # found before the trainable modules replace the linears the adapter recognises
         adapter = get_adapter(model)
         layers = {f"{adapter.layers}.{i}": layer for i, layer in enumerate(adapter.decoder_layers(model))}
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -336,6 +346,7 @@ def train_end_to_end(
         "train_kl_after": stage["train_kl_after"],
         "heldout_kl_before": stage.get("heldout_kl_before"),
         "heldout_kl_after": stage["heldout_kl_after"],
+        "compiled": compiled,
         "signs_flipped": flipped,
         "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,

@@ -110,16 +110,23 @@ def quantize(
         max_ctx = getattr(model.config, "max_position_embeddings", None)
         if max_ctx is not None and calib.seqlen > max_ctx:
             raise PTQ161Error(f"calibration seqlen {calib.seqlen} exceeds the model's context of {max_ctx} tokens")
-        windows, calib_source = calibration_windows(
-            calib.dataset, tok, nsamples=calib.nsamples, seqlen=calib.seqlen, seed=calib.seed, data_dir=data_dir
+        n_e2e = (e2e.windows or calib.nsamples) if e2e.steps else 0
+        windows, calib_source = calibration_windows(  # the first nsamples: the block stage's, then the e2e's
+            calib.dataset,
+            tok,
+            nsamples=max(calib.nsamples, n_e2e),
+            seqlen=calib.seqlen,
+            seed=calib.seed,
+            data_dir=data_dir,
         )
+        e2e_windows, windows = windows[:n_e2e], windows[: calib.nsamples]
         settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
         settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
         if e2e.steps:
             settings["e2e"] = e2e.to_dict()
         state = RunState(out, settings) if out is not None else None
         t0 = time.perf_counter()
-        teacher = teacher_topk(model, windows, e2e.topk) if e2e.steps else None  # before the model changes
+        teacher = teacher_topk(model, e2e_windows, e2e.topk) if e2e.steps else None  # before the model changes
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
         res = quantize_blockwise(
@@ -128,7 +135,9 @@ def quantize(
         e2e_log = None
         if e2e.steps:
             e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
-            res.parts, e2e_log = train_end_to_end(model, impl, res.parts, windows, teacher, e2e, e2e_state, progress)
+            res.parts, e2e_log = train_end_to_end(
+                model, impl, res.parts, e2e_windows, teacher, e2e, e2e_state, progress
+            )
         meta = {
             **settings,
             "device": str(device),

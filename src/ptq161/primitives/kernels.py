@@ -32,6 +32,10 @@ sharing one: reading tables another core has just written costs more than buildi
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+
 import numba
 import numpy as np
 import torch
@@ -63,6 +67,15 @@ def native_bfloat16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     cpu = llvm_binding.get_host_cpu_features()  # this CPU (torch does not compile for NUMBA_CPU_FEATURES)
     return device.type == "cpu" and bool(cpu.get("avx512bf16", False) or cpu.get("amx-bf16", False))
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether ``torch.compile``'s default backend has what it needs on ``device``: a C++ compiler
+    for CPUs (``$CXX``, g++, c++ or clang++ on the PATH), triton for CUDA."""
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return device.type == "cpu" and any(n and shutil.which(n) for n in names)
 
 
 def host_has_avx512() -> bool:
