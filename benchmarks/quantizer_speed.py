@@ -9,11 +9,14 @@ C4, the first 8 windows of 2048 tokens, with this checkout's evaluation code):
   under ``outputs/quantizer_speed/`` and put first on the child's ``PYTHONPATH``;
 - ``fp32``: this checkout with ``--train-matmul float32``: the factored end-to-end products
   alone (exact arithmetic, float summation order aside);
+- ``eager``: this checkout with ``--train-compile off --e2e-compile off``: both stages without
+  ``torch.compile`` (the defaults until 2026-12-02);
+- ``compile``: this checkout with ``--train-compile on --e2e-compile on`` (each block's training
+  forward and loss through ``torch.compile``, one graph for all blocks; in the end-to-end stage
+  every decoder layer through one compiled graph, a second one for the first layer, whose input
+  needs no gradient);
 - ``head``: this checkout with its defaults (``--train-matmul auto``: bfloat16 products on CPUs
-  with AVX-512 BF16 / AMX);
-- ``compile``: the head with ``--train-compile --e2e-compile`` (each block's training forward and
-  loss through ``torch.compile``, one graph for all blocks; in the end-to-end stage every decoder
-  layer through one compiled graph, a second one for the first layer, whose input needs no gradient).
+  with AVX-512 BF16 / AMX; the cpu preset's ``compile auto``: compiled where a compiler exists).
 
 The table gives the command's wall time, the block stage (sum of the per-block seconds in
 ptq161.json), the end-to-end stage, peak RSS, perplexities and each row's time and perplexity
@@ -49,8 +52,9 @@ from ptq161.eval.report import markdown_table
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("float32", []),
     "fp32": ("float32", ["--train-matmul", "float32"]),
-    "head": ("auto", []),
+    "eager": ("auto", ["--train-compile", "off", "--e2e-compile", "off"]),
     "compile": ("auto", ["--train-compile", "on", "--e2e-compile", "on"]),
+    "head": ("auto", []),
 }
 ROWS = tuple(VARIANTS)
 WHERE = OUTPUTS / "quantizer_speed"
@@ -105,6 +109,7 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
         "run": {  # each row says where and when it ran (rows of one table may come from different sittings)
             "git_commit": args.baseline if name == "baseline" else git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime(time.time() - wall)) + " (start)",
+            "sitting": args.sitting,  # the invocation that ran it: rows of one sitting compare
         },
         **({"timing_contended": contended} if contended else {}),
     }
@@ -124,10 +129,18 @@ def step_times(variant: str) -> dict:
 
     model = load("smollm2-135m")[0]
     adapter, ids, block, linears, x, call, y, stats = block_zero(model)
-    settings = get_preset("cpu").method_defaults()
+    preset = get_preset("cpu")
+    settings = preset.method_defaults()
+    e2e_settings = dict(getattr(preset, "e2e_settings", ()))  # the baseline's presets have none
+
+    def flag(name: str) -> str | None:
+        flags = VARIANTS[variant][1]
+        return flags[flags.index(name) + 1] if name in flags else None
+
     if variant != "baseline":
         settings["matmul"] = VARIANTS[variant][0]
-        settings["compile"] = "on" if "--train-compile" in VARIANTS[variant][1] else "off"
+        settings["compile"] = flag("--train-compile") or settings.get("compile", "off")
+        e2e_settings["compile"] = flag("--e2e-compile") or e2e_settings.get("compile", "off")
     state = {k: v.clone() for k, v in block.state_dict().items()}
 
     def block_run(epochs: int) -> tuple[float, dict]:
@@ -148,8 +161,7 @@ def step_times(variant: str) -> dict:
     teacher = teacher_topk(model, ids[:5], 64)
 
     def e2e_run(steps: int) -> float:
-        extra = {"compile": "on"} if variant != "baseline" and "--e2e-compile" in VARIANTS[variant][1] else {}
-        cfg = E2EConfig(steps=steps, heldout=1, **extra)
+        cfg = E2EConfig(steps=steps, heldout=1, **e2e_settings)
         return train_end_to_end(model, method, all_parts, ids[:5], teacher, cfg, progress=False)[1]["seconds"]
 
     e2e_run(1)  # warm-up
@@ -258,11 +270,14 @@ def render(store: dict, args: argparse.Namespace) -> None:
     for n in ROWS:
         if n in rows and "run" in rows[n]:
             md += f"\n\nWhole-command row {n}: commit {rows[n]['run']['git_commit']}, {rows[n]['run']['date']}."
-    if len({str(rows[n].get("run")) for n in rows}) > 1:
+    sittings = {(rows[n].get("run") or {}).get("sitting") or str(rows[n].get("run")) for n in rows}
+    if len(sittings) > 1:
         md += (
             "\n\nThe whole-command rows above come from different sittings: their speed-ups are not same-sitting "
             "ratios (this machine drifts by up to 2x); the single steps below are."
         )
+    elif rows:
+        md += f"\n\nAll whole-command rows ran in one sitting (its invocation started {sittings.pop()}), in turn."
     if "steps_run" in store:
         run = store["steps_run"]
         md += f"\n\nThe single steps: `{run['command']}`, commit {run['git_commit']}, {run['date']}."
@@ -288,13 +303,15 @@ def main() -> None:
     ap.add_argument(
         "--step-rounds", type=int, default=0, help="also time single steps of every variant, interleaved, N rounds"
     )
+    ap.add_argument("--sitting", default=None, help=argparse.SUPPRESS)  # the parent's start, passed to its rows
     args = ap.parse_args()
+    args.sitting = args.sitting or time.strftime("%Y-%m-%dT%H:%M:%S%z", time.gmtime())
     if serve_child(args, lambda name: step_times(name[6:]) if name.startswith("steps:") else run_row(name, args)):
         return
     store = stored("quantizer_speed")
     store.setdefault("rows", {})
     names = [n for n in args.rows.split(",") if n]
-    child_args = ["--baseline", args.baseline, "--windows", str(args.windows)]
+    child_args = ["--baseline", args.baseline, "--windows", str(args.windows), "--sitting", args.sitting]
     run_pending("benchmarks.quantizer_speed", store["rows"], names, args, child_args, lambda _n: render(store, args))
     if args.step_rounds and not args.render_only:
         start = time.strftime("%Y-%m-%dT%H:%M:%S%z") + " (start)"
