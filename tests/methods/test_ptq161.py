@@ -339,3 +339,27 @@ def test_compile_auto_follows_the_compiler_and_bad_settings_are_errors(monkeypat
     for make in (PTQ161Config, E2EConfig):
         with pytest.raises(PTQ161Error, match="compile must be off, auto or on"):
             make(compile=True)
+
+
+def test_training_adamw_is_fused_on_cpu_and_equals_the_per_tensor_loop():
+    from ptq161.methods.block_training import adamw
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(n, generator=gen) for n in (576, 192, 1536, 7)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in start] for _ in range(10)]
+
+    def run(make):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make([{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 1e-3}])
+        for g in grads:
+            for p, gp in zip(ps, g, strict=True):
+                p.grad = gp.clone()
+            opt.step()
+        return opt, ps
+
+    fused, a = run(adamw)
+    loop, b = run(lambda groups: torch.optim.AdamW(groups, weight_decay=0.0, foreach=False))
+    assert fused.defaults["fused"] is True
+    for p, q in zip(a, b, strict=True):
+        assert not torch.equal(p, torch.zeros_like(p))
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -60,6 +60,15 @@ def compile_option() -> CompileSetting:
     )
 
 
+def adamw(param_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+    """AdamW without weight decay over ``param_groups``, fused (one kernel for all parameters instead of
+    some ten small ops per parameter tensor) where torch has the fused kernel: parameters on CPU or CUDA.
+    The same arithmetic as the per-tensor loop up to float rounding (a relative 2e-9 in 10 steps, tested)."""
+    params = [p for g in param_groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(param_groups, weight_decay=0.0, fused=fused or None)
+
+
 def resolve_compile(setting: str, device: torch.device) -> bool:
     """Whether to compile for ``setting`` ("off", "auto", "on") on ``device``; an unknown setting is an error."""
     if setting not in ("off", "auto", "on"):
@@ -113,7 +122,7 @@ def train_block(
     (``{term}_first_epoch`` / ``_last_epoch``), the loss of every epoch (``loss_by_epoch``)
     and, with held-out samples, ``heldout_by_epoch`` and ``best_epoch``.
     """
-    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    opt = adamw(param_groups)
     n_all, bs = ctx.x_q.shape[0], settings.batch_size
     n = n_all - settings.holdout if settings.holdout < n_all else n_all  # the last windows are held out
     total_steps = settings.epochs * -(-n // bs)

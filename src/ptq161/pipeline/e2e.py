@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import option
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
-from ..methods.block_training import checked_compile, resolve_compile
+from ..methods.block_training import adamw, checked_compile, resolve_compile
 from ..methods.ptq161_math import cosine_warmup
 from ..models import get_adapter
 from .state import RunState, load_training, save_training
@@ -286,7 +286,7 @@ def train_end_to_end(
     n_train = windows.shape[0] - cfg.heldout if cfg.heldout < windows.shape[0] else windows.shape[0]
     held = range(n_train, windows.shape[0])
     groups = [{"params": factors, "lr": cfg.lr}] + ([{"params": latents, "lr": cfg.sign_lr}] if latents else [])
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    opt = adamw(groups)
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_warmup(k, cfg.steps, warm))
     t0 = time.perf_counter()
