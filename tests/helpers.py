@@ -139,3 +139,15 @@ def quantize_tiny(model_dir, text_file, out, epochs: int = 2, nsamples: int = 4,
     return quantize(
         str(model_dir), method_config=PTQ161Config(epochs=epochs), calib=calib, output=out, progress=False, **kw
     )
+
+
+def assert_parts_close(got: dict, want: dict, rel: float = 1e-2) -> None:
+    """Every layer's stored parts: integer ones (signs, codes, masks) equal, float ones within ``rel``
+    relative norm (Adam amplifies float rounding where a gradient is near 0: norms, not elements)."""
+    for layer, parts in want.items():
+        for key, v in parts.items():
+            w = got[layer][key]
+            if v.is_floating_point():
+                assert (w.float() - v.float()).norm() <= rel * v.float().norm(), (layer, key)
+            else:
+                assert torch.equal(w, v), (layer, key)
