@@ -1,5 +1,4 @@
 import dataclasses
-import shutil
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161, FoldedBinaryLinear, PTQ161Config
 from ptq161.pipeline.e2e import E2EConfig, topk_kl
 from ptq161.pipeline.output_dir import read_meta, read_parts
+from ptq161.primitives.kernels import can_compile
 from ptq161.primitives.quant import assemble, binary_dequantize, rtn_dequantize
 
 
@@ -243,7 +243,7 @@ def test_folded_linear_in_bfloat16_keeps_codes_exact_and_gradients_close():
         assert (a - b).norm() < 0.02 * a.norm()
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler")
+@pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="no C++ compiler")
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_compiled_e2e_equals_eager_compiles_once_for_all_layers_and_restores_them(text_file, tmp_path, arch):
     """--e2e-compile: every decoder layer after the first through one graph; the result equals eager training within

@@ -69,10 +69,15 @@ def adamw(param_groups: list[dict[str, Any]]) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, weight_decay=0.0, fused=fused or None)
 
 
-def resolve_compile(setting: str, device: torch.device) -> bool:
-    """Whether to compile for ``setting`` ("off", "auto", "on") on ``device``; an unknown setting is an error."""
+def check_compile_setting(setting: str) -> None:
+    """A config's compile setting must be "off", "auto" or "on" (a ``PTQ161Error`` otherwise)."""
     if setting not in ("off", "auto", "on"):
         raise PTQ161Error(f"compile must be off, auto or on, got {setting!r}")
+
+
+def resolve_compile(setting: str, device: torch.device) -> bool:
+    """Whether to compile for ``setting`` ("off", "auto", "on") on ``device``; an unknown setting is an error."""
+    check_compile_setting(setting)
     return setting == "on" or (setting == "auto" and can_compile(device))
 
 
@@ -190,7 +195,7 @@ def checked_compile(fn: Callable[..., Any], flag: str) -> Callable[..., Any]:
             out = graph(*args, **kwargs)
         except Exception as e:  # the compiler's own errors: many types, all of them "cannot compile here"
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PTQ161Error(f"{flag}: torch.compile failed on this machine ({msg}); drop the flag") from e
+            raise PTQ161Error(f"{flag}: torch.compile failed on this machine ({msg}); pass {flag} off") from e
         compiled = True
         return out
 

@@ -24,7 +24,7 @@ from ..config import option
 from ..errors import PTQ161Error
 from ..primitives.quant import STORAGE_DTYPE
 from .base import BlockContext, BlockResult, MethodConfig, Parts
-from .block_training import TrainSettings, compile_option, resolve_compile, swapped_in, train_block
+from .block_training import TrainSettings, check_compile_setting, compile_option, swapped_in, train_block
 from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
@@ -45,7 +45,7 @@ class OmniQuantConfig(MethodConfig):
             raise PTQ161Error(f"omniquant supports --bits 2..8, got {self.bits}")
         if self.group_size < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise PTQ161Error("omniquant needs group_size >= 0, epochs >= 0, batch_size >= 1 and lr > 0")
-        resolve_compile(self.compile, torch.device("meta"))  # checks the setting
+        check_compile_setting(self.compile)
 
 
 def round_ste(t: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..primitives.quant import (
 )
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
-from .block_training import TrainSettings, compile_option, resolve_compile, swapped_in, train_block
+from .block_training import TrainSettings, check_compile_setting, compile_option, swapped_in, train_block
 
 
 @dataclass
@@ -115,7 +115,7 @@ class PTQ161Config(MethodConfig):
             raise PTQ161Error("s_param must be linear or log and schedule constant or cosine")
         if self.holdout < 0:
             raise PTQ161Error(f"holdout must be >= 0, got {self.holdout}")
-        resolve_compile(self.compile, torch.device("meta"))  # checks the setting
+        check_compile_setting(self.compile)
         if self.matmul not in ("auto", "float32", "bfloat16"):
             raise PTQ161Error(f"matmul must be auto, float32 or bfloat16, got '{self.matmul}'")
         if self.salient_range not in ("salient", "row"):

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import option
 from ..errors import PTQ161Error
 from ..methods import Method, Parts
-from ..methods.block_training import adamw, checked_compile, resolve_compile
+from ..methods.block_training import adamw, check_compile_setting, checked_compile, resolve_compile
 from ..methods.ptq161_math import cosine_warmup
 from ..models import get_adapter
 from .state import RunState, load_training, save_training
@@ -94,7 +94,7 @@ class E2EConfig:
             raise PTQ161Error("e2e needs steps >= 0, topk >= 1, windows >= 0, heldout >= 0 and save_every >= 1")
         if self.kl not in ("tail", "topk"):
             raise PTQ161Error(f"e2e kl must be 'tail' or 'topk', got {self.kl!r}")
-        resolve_compile(self.compile, torch.device("meta"))  # checks the setting
+        check_compile_setting(self.compile)
         if self.lr <= 0 or self.sign_lr <= 0 or not 0 <= self.warmup < 1:
             raise PTQ161Error("e2e needs lr > 0, sign_lr > 0 and 0 <= warmup < 1")
 
