@@ -164,7 +164,7 @@ def step_times(variant: str) -> dict:
         cfg = E2EConfig(steps=steps, heldout=1, **e2e_settings)
         return train_end_to_end(model, method, all_parts, ids[:5], teacher, cfg, progress=False)[1]["seconds"]
 
-    e2e_run(1)  # warm-up
+    e2e_run(1), e2e_run(2)  # warm-up, both call sizes (one compiled round had a cold outlier)
     e6, e2 = e2e_run(6), e2e_run(2)
     return {"block_step_seconds": (t3 - t1) / 16, "e2e_step_seconds": (e6 - e2) / 4}
 
