@@ -48,22 +48,26 @@ def test_nibble_table_kernel_equals_the_byte_tables(m, n, n_sal):
 
 
 @pytest.mark.parametrize(
-    ("m", "n", "n_sal", "tokens"),
+    ("m", "n", "n_sal", "tokens", "n_chunks"),
     [
-        (64, 576, 115, 21),  # 2 passes of 8 tokens + 5 single tokens
-        (40, 144, 9, 70),  # two token tiles (64 + 6); 2 blocks + 8 rows past them
-        (13, 40, 7, 9),  # no full block: every row by the one-token row path
-        (48, 136, 0, 16),  # no salient column
+        (64, 576, 115, 21, 2),  # 5 passes of 4 tokens + 1 single token; 2 blocks a chunk (no 4-block tile)
+        (160, 576, 115, 13, 2),  # 5 blocks a chunk: one 4-block tile and one block after it
+        (256, 1536, 307, 8, 1),  # one chunk of 16 blocks: four 4-block tiles (down_proj's width)
+        (40, 144, 9, 70, 2),  # two token tiles (64 + 6); 2 blocks + 8 rows past them
+        (13, 40, 7, 9, 2),  # no full block: every row by the one-token row path
+        (48, 136, 0, 16, 2),  # no salient column
+        (272, 136, 8, 4, 3),  # 3 chunks of 96, 96, 80 rows: tiles start at each chunk's first block
     ],
 )
-def test_nibble_table_matmul_equals_the_dense_product(m, n, n_sal, tokens):
+def test_nibble_table_matmul_equals_the_dense_product(m, n, n_sal, tokens, n_chunks):
     """The many-token kernel (prefill on AVX-512 CPUs; compiled and run on any CPU here): every
-    token of every tile, 8-token passes, single tokens and rows past the last block."""
+    token of every tile, passes of 4 tokens over tiles of 4 blocks and over single blocks, single
+    tokens and rows past the last block."""
     from ptq161.primitives.kernels import packed_matmul
 
     mod = PackedPTQ161Linear.from_parts(random_parts(m, n, n_sal, seed=tokens))
     x = torch.randn(tokens, n, generator=torch.Generator().manual_seed(m))
     out = np.full((tokens, m), np.nan, dtype=np.float32)
-    packed_matmul(x.numpy(), mod.kernel_buffers(True), out, 2)
+    packed_matmul(x.numpy(), mod.kernel_buffers(True), out, n_chunks)
     ref = x.double() @ mod.dequantize().double().T
     assert torch.allclose(torch.from_numpy(out).double(), ref, atol=2e-5, rtol=1e-5), (out - ref.numpy()).max()

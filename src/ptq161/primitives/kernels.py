@@ -188,12 +188,16 @@ def _splat(builder, value):
     return builder.shuffle_vector(one, ir.Constant(_V16F, None), ir.Constant(_V16I, [0] * BLOCK))
 
 
-def _permuted_codegen(tokens: int):
-    """LLVM IR of ``_permuted_block`` (``tokens`` = 1) or ``_permuted_block_tokens`` (``tokens`` =
-    PREFILL_TOKENS): per sign byte g one 16-byte load of 16 rows' bytes, split into nibbles once,
-    then for each token two permutes of its two tables into its accumulator; per code byte p one
-    16-byte load converted once, then two multiply-adds per token with its broadcast xe[p], xo[p];
-    then the per-row factors on 16 lanes, per token."""
+def _permuted_codegen(tokens: int, row_blocks: int = 1, float_codes: bool = False):
+    """LLVM IR of ``_permuted_block`` (``tokens`` = 1) or of the many-token intrinsics (``tokens``
+    tokens t0 .. t0 + tokens - 1, ``row_blocks`` blocks blk .. blk + row_blocks - 1): per sign byte
+    g one 16-byte load per block of 16 rows, split into nibbles once, then per token its two tables
+    loaded once and permuted into each block's accumulator (a table load serves ``row_blocks``
+    lookups); per code byte p one 16-byte load per block converted once, then two multiply-adds
+    per token and block with the token's broadcast xe[p], xo[p]; then the per-row factors. With
+    ``float_codes`` the codes come as float32 q - zero, row-blocked [m / 16, 2 P, 16] (``float_codes``):
+    one aligned load per code column and block, two fused multiply-adds per token and block, no
+    unpacking in the loop (the zero point is already subtracted)."""
 
     def codegen(context, builder, signature, args):
         ty = signature.args
@@ -218,7 +222,8 @@ def _permuted_codegen(tokens: int):
                 return builder.ptrtoint(arr.data, _I64)
             return base_of(arr, ndim, builder.add(first_token, ir.Constant(_I64, k)))
 
-        sbase, cbase = base_of(sa, 3, blk_v), base_of(ca, 3, blk_v)
+        blks = [builder.add(blk_v, ir.Constant(_I64, r)) for r in range(row_blocks)]
+        sbases, cbases = [base_of(sa, 3, v) for v in blks], [base_of(ca, 3, v) for v in blks]
         gstride = cgutils.unpack_tuple(builder, la.strides, 2 if tokens == 1 else 3)[0 if tokens == 1 else 1]
         lbases = [token_base(la, 3, k) for k in range(tokens)]
         ebases = [token_base(xea, 2, k) for k in range(tokens)]
@@ -249,51 +254,69 @@ def _permuted_codegen(tokens: int):
             builder.store(builder.fadd(builder.load(acc), value, flags=_FAST), acc)
 
         zero_vec = ir.Constant(_V16F, [0.0] * BLOCK)
-        pos_accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(tokens)]
-        code_accs = [cgutils.alloca_once_value(builder, zero_vec) for _ in range(tokens)]
+        pos_accs = [[cgutils.alloca_once_value(builder, zero_vec) for _ in blks] for _ in range(tokens)]
+        code_accs = [[cgutils.alloca_once_value(builder, zero_vec) for _ in blks] for _ in range(tokens)]
         with cgutils.for_range(builder, groups) as loop:
-            lo, hi = nibbles(builder.add(sbase, builder.mul(loop.index, c16)))
+            split = [nibbles(builder.add(base, builder.mul(loop.index, c16))) for base in sbases]
             offset = builder.mul(loop.index, gstride)
             for k in range(tokens):
                 row = builder.add(lbases[k], offset)
-                pair = builder.fadd(
-                    _permute(builder, load(row, _V16F, 4), lo),
-                    _permute(builder, load(builder.add(row, c64), _V16F, 4), hi),
-                    flags=_FAST,
-                )
-                add_to(pos_accs[k], pair)
+                t_lo, t_hi = load(row, _V16F, 4), load(builder.add(row, c64), _V16F, 4)
+                for r, (lo, hi) in enumerate(split):
+                    pair = builder.fadd(_permute(builder, t_lo, lo), _permute(builder, t_hi, hi), flags=_FAST)
+                    add_to(pos_accs[k][r], pair)
+        if float_codes:
+            n_code = builder.udiv(n_code, ir.Constant(_I64, 2))
         with cgutils.for_range(builder, n_code) as loop:
-            lo, hi = nibbles(builder.add(cbase, builder.mul(loop.index, c16)))
-            low, high = builder.uitofp(lo, _V16F), builder.uitofp(hi, _V16F)
+            if float_codes:  # columns 2 p and 2 p + 1 of each block: 16 floats each
+                at = builder.mul(loop.index, ir.Constant(_I64, 2 * BLOCK * 4))
+                floats = [
+                    (load(builder.add(base, at), _V16F, 4), load(builder.add(builder.add(base, at), c64), _V16F, 4))
+                    for base in cbases
+                ]
+            else:
+                split = [nibbles(builder.add(base, builder.mul(loop.index, c16))) for base in cbases]
+                floats = [(builder.uitofp(lo, _V16F), builder.uitofp(hi, _V16F)) for lo, hi in split]
             offset = builder.mul(loop.index, c4)
             for k in range(tokens):
                 even = _splat(builder, load(builder.add(ebases[k], offset), _F32, 4))
                 odd = _splat(builder, load(builder.add(oddbases[k], offset), _F32, 4))
-                term = builder.fadd(
-                    builder.fmul(low, even, flags=_FAST), builder.fmul(high, odd, flags=_FAST), flags=_FAST
-                )
-                add_to(code_accs[k], term)
-        first = builder.mul(blk_v, c16)
-
-        def rows(arr):
-            return builder.load(builder.bitcast(builder.gep(arr.data, [first]), _V16F.as_pointer()), align=4)
-
-        a_rows, b_rows, s_rows, z_rows = rows(aa), rows(ba), rows(sca), rows(za)
+                for r, (low, high) in enumerate(floats):
+                    if float_codes:  # two multiply-adds into the accumulator
+                        add_to(code_accs[k][r], builder.fmul(low, even, flags=_FAST))
+                        add_to(code_accs[k][r], builder.fmul(high, odd, flags=_FAST))
+                    else:
+                        term = builder.fadd(
+                            builder.fmul(low, even, flags=_FAST), builder.fmul(high, odd, flags=_FAST), flags=_FAST
+                        )
+                        add_to(code_accs[k][r], term)
         two = ir.Constant(_V16F, [2.0] * BLOCK)
-        for k in range(tokens):
-            tb, ts = (_splat(builder, v) for v in totals[k])
-            pos, q = builder.load(pos_accs[k]), builder.load(code_accs[k])
-            sign_part = builder.fmul(
-                a_rows, builder.fsub(builder.fmul(two, pos, flags=_FAST), tb, flags=_FAST), flags=_FAST
-            )
-            code_part = builder.fmul(
-                s_rows, builder.fsub(q, builder.fmul(z_rows, ts, flags=_FAST), flags=_FAST), flags=_FAST
-            )
-            y = builder.fadd(
-                builder.fadd(sign_part, builder.fmul(b_rows, tb, flags=_FAST), flags=_FAST), code_part, flags=_FAST
-            )
-            out_at = builder.add(obases[k], builder.mul(first, c4))
-            builder.store(y, builder.inttoptr(out_at, _V16F.as_pointer()), align=4)
+        for r, blk_r in enumerate(blks):
+            first = builder.mul(blk_r, c16)
+
+            def rows(arr, first=first):
+                return builder.load(builder.bitcast(builder.gep(arr.data, [first]), _V16F.as_pointer()), align=4)
+
+            a_rows, b_rows, s_rows, z_rows = rows(aa), rows(ba), rows(sca), rows(za)
+            for k in range(tokens):
+                tb, ts = (_splat(builder, v) for v in totals[k])
+                pos, q = builder.load(pos_accs[k][r]), builder.load(code_accs[k][r])
+                sign_part = builder.fmul(
+                    a_rows, builder.fsub(builder.fmul(two, pos, flags=_FAST), tb, flags=_FAST), flags=_FAST
+                )
+                if float_codes:
+                    code_part = builder.fmul(s_rows, q, flags=_FAST)
+                else:
+                    code_part = builder.fmul(
+                        s_rows, builder.fsub(q, builder.fmul(z_rows, ts, flags=_FAST), flags=_FAST), flags=_FAST
+                    )
+                y = builder.fadd(
+                    builder.fadd(sign_part, builder.fmul(b_rows, tb, flags=_FAST), flags=_FAST),
+                    code_part,
+                    flags=_FAST,
+                )
+                out_at = builder.add(obases[k], builder.mul(first, c4))
+                builder.store(y, builder.inttoptr(out_at, _V16F.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return codegen
@@ -329,18 +352,16 @@ def _permuted_block(typingctx, sign_t, codes_t, blk, lut_b, xe, xo, a, b, scale,
     return sig, _permuted_codegen(1)
 
 
-PREFILL_TOKENS = 8  # tokens per pass of the prefill kernel: 8 sign and 8 code accumulators in registers
+PREFILL_TOKENS = 4  # tokens per pass of the prefill kernels
+PREFILL_BLOCKS = 4  # blocks of 16 rows per pass of ``_permuted_tile``: each table load serves 4 lookups
 
 
-@intrinsic
-def _permuted_block_tokens(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
-    """``_permuted_block`` for PREFILL_TOKENS tokens t0 .. t0 + 7 at once: each 16-byte load of sign
-    or code bytes (16 rows) is split once and serves every token. luts float32 [T, G, >= 32],
-    xe, xo [T, >= P], total_b, total_s [T], out [T, m] (token-major, C order); t0 int64."""
+def _tokens_signature(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
+    """The signature of the many-token intrinsics for these argument types, or None if they do not fit."""
     f32 = types.float32
     ok = (
         _is_c_array(sign_t, types.uint8, 3)
-        and _is_c_array(codes_t, types.uint8, 3)
+        and _is_c_array(codes_t, f32, 3)
         and isinstance(blk, types.Integer)
         and isinstance(t0, types.Integer)
         and _is_c_array(luts, f32, 3)
@@ -349,8 +370,26 @@ def _permuted_block_tokens(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, 
     )
     if not ok:
         return None
-    sig = types.void(sign_t, codes_t, types.int64, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, types.int64)
-    return sig, _permuted_codegen(PREFILL_TOKENS)
+    return types.void(sign_t, codes_t, types.int64, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, types.int64)
+
+
+@intrinsic
+def _permuted_block_tokens(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
+    """``_permuted_block`` for PREFILL_TOKENS tokens t0 .. t0 + 3 at once: each 16-byte load of sign
+    or code bytes (16 rows) is split once and serves every token. luts float32 [T, G, >= 32],
+    xe, xo [T, >= P], total_b, total_s [T], out [T, m] (token-major, C order); t0 int64."""
+    sig = _tokens_signature(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0)
+    return None if sig is None else (sig, _permuted_codegen(PREFILL_TOKENS, 1, True))
+
+
+@intrinsic
+def _permuted_tile(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
+    """``_permuted_block_tokens`` for the PREFILL_BLOCKS blocks blk .. blk + 3 at once (rows 16 blk ..
+    16 blk + 63): each token's tables are loaded once per sign byte for all four blocks, so the
+    tables (which outgrow the L1 cache: 4 tokens x G x 128 bytes) are read a quarter as often.
+    Same arguments as ``_permuted_block_tokens``."""
+    sig = _tokens_signature(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0)
+    return None if sig is None else (sig, _permuted_codegen(PREFILL_TOKENS, PREFILL_BLOCKS, True))
 
 
 def _code_dot(row, xe, xo):
@@ -445,9 +484,10 @@ def _packed_matmul(x, w, out, n_chunks):
     """out [T, m] = x [T, n] @ W_hat^T for many tokens with the nibble-table kernel (w from
     ``kernel_buffers(permute=True)``). Per tile of PREFILL_TILE tokens: every token's tables are
     built once (the tokens shared among the threads), then each thread takes a chunk of rows and
-    runs ``_permuted_block_tokens`` over its blocks, 8 tokens at a time, so a block's sign and
-    code bytes are loaded and split once for 8 tokens; the other tokens and the rows past the
-    last block go through the one-token paths."""
+    runs ``_permuted_tile`` over its blocks, 4 tokens and 4 blocks of 16 rows at a time, so a
+    block's sign and code bytes are loaded and split once for 4 tokens and a token's tables once
+    for 4 blocks (``_permuted_block_tokens`` for the blocks past the last group of 4); the other
+    tokens and the rows past the last block go through the one-token paths."""
     sal, bidx, r2, sign, codes, a, b, scale, zero, sign_t, codes_t = w
     tokens, m = x.shape[0], out.shape[1]
     groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
@@ -459,20 +499,34 @@ def _packed_matmul(x, w, out, n_chunks):
     ts = np.empty(PREFILL_TILE, dtype=np.float32)
     tile_out = np.empty((PREFILL_TILE, m), dtype=np.float32)
     full = BLOCK * sign_t.shape[0]
+    code_floats = np.empty((sign_t.shape[0], 2 * codes_t.shape[1], BLOCK), dtype=np.float32)
+    for blk in numba.prange(sign_t.shape[0]):  # q - zero of every code, once a call (row-blocked)
+        for p in range(codes_t.shape[1]):
+            for lane in range(BLOCK):
+                byte = codes_t[blk, p, lane]
+                z = zero[BLOCK * blk + lane]
+                code_floats[blk, 2 * p, lane] = np.float32(byte & 15) - z
+                code_floats[blk, 2 * p + 1, lane] = np.float32(byte >> 4) - z
     for t_lo in range(0, tokens, PREFILL_TILE):
         nt = min(PREFILL_TILE, tokens - t_lo)
         for t in numba.prange(nt):
             tb[t], ts[t] = _prepare_jit(x[t_lo + t], sal, bidx, r2, codes.shape[1], luts[t], xps[t], xe[t], xo[t], True)
-        n8 = nt // PREFILL_TOKENS * PREFILL_TOKENS
+        n_pass = nt // PREFILL_TOKENS * PREFILL_TOKENS
         for c in numba.prange(n_chunks):
             lo, hi = _chunk_bounds_jit(c, n_chunks, m)
             if lo >= hi:
                 continue
             done = max(lo, min(hi, full) // BLOCK * BLOCK)
-            for t0 in range(0, n8, PREFILL_TOKENS):
-                for blk in range(lo // BLOCK, done // BLOCK):
-                    _permuted_block_tokens(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, tb, ts, tile_out, t0)
-            for t in range(n8, nt):
+            first, last = lo // BLOCK, done // BLOCK
+            tiled = first + (last - first) // PREFILL_BLOCKS * PREFILL_BLOCKS
+            for t0 in range(0, n_pass, PREFILL_TOKENS):
+                for blk in range(first, tiled, PREFILL_BLOCKS):
+                    _permuted_tile(sign_t, code_floats, blk, luts, xe, xo, a, b, scale, zero, tb, ts, tile_out, t0)
+                for blk in range(tiled, last):
+                    _permuted_block_tokens(
+                        sign_t, code_floats, blk, luts, xe, xo, a, b, scale, zero, tb, ts, tile_out, t0
+                    )
+            for t in range(n_pass, nt):
                 for blk in range(lo // BLOCK, done // BLOCK):
                     _permuted_block(
                         sign_t, codes_t, blk, luts[t], xe[t], xo[t], a, b, scale, zero, tb[t], ts[t], tile_out[t]
