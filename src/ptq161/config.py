@@ -93,7 +93,7 @@ PRESETS: dict[str, Preset] = {
         64,
         256,
         10,
-        "measured on smollm2-135m: WikiText-2 ppl 144.1 = 7.5x FP, C4 300.7, in 15.4 min on 2 CPU cores with both "
+        "measured on smollm2-135m: WikiText-2 ppl 144.1 = 7.5x FP, C4 300.7, in 15.4-15.6 min on 2 CPU cores with both "
         "stages compiled (22.1 min eager; benchmarks/results/quantizer_speed.md, quality.md; with the older top-k "
         "KL, --e2e-kl topk: 148.4 / 314.9, compare.md); the paper's method at this budget: --s-param linear "
         "--e2e-steps 0 (273.7)",
