@@ -195,8 +195,8 @@ def _permuted_codegen(tokens: int, row_blocks: int = 1, float_codes: bool = Fals
     loaded once and permuted into each block's accumulator (a table load serves ``row_blocks``
     lookups); per code byte p one 16-byte load per block converted once, then two multiply-adds
     per token and block with the token's broadcast xe[p], xo[p]; then the per-row factors. With
-    ``float_codes`` the codes come as float32 q - zero, row-blocked [m / 16, 2 P, 16] (``float_codes``):
-    one aligned load per code column and block, two fused multiply-adds per token and block, no
+    ``float_codes`` the codes come as float32 q - zero, row-blocked [m / 16, 2 P, 16] (``code_floats``
+    in ``packed_matmul``): one load per code column and block, two fused multiply-adds per token and block, no
     unpacking in the loop (the zero point is already subtracted)."""
 
     def codegen(context, builder, signature, args):
@@ -376,8 +376,9 @@ def _tokens_signature(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, tot
 @intrinsic
 def _permuted_block_tokens(typingctx, sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0):
     """``_permuted_block`` for PREFILL_TOKENS tokens t0 .. t0 + 3 at once: each 16-byte load of sign
-    or code bytes (16 rows) is split once and serves every token. luts float32 [T, G, >= 32],
-    xe, xo [T, >= P], total_b, total_s [T], out [T, m] (token-major, C order); t0 int64."""
+    bytes (16 rows) is split once and each load of code values serves every token. codes_t float32
+    q - zero [m / 16, 2 P, 16] (``code_floats`` in ``packed_matmul``, not the code bytes), luts float32
+    [T, G, >= 32], xe, xo [T, >= P], total_b, total_s [T], out [T, m] (token-major, C order); t0 int64."""
     sig = _tokens_signature(sign_t, codes_t, blk, luts, xe, xo, a, b, scale, zero, total_b, total_s, out, t0)
     return None if sig is None else (sig, _permuted_codegen(PREFILL_TOKENS, 1, True))
 
@@ -527,7 +528,7 @@ def _packed_matmul(x, w, out, n_chunks):
                         sign_t, code_floats, blk, luts, xe, xo, a, b, scale, zero, tb, ts, tile_out, t0
                     )
             for t in range(n_pass, nt):
-                for blk in range(lo // BLOCK, done // BLOCK):
+                for blk in range(first, last):
                     _permuted_block(
                         sign_t, codes_t, blk, luts[t], xe[t], xo[t], a, b, scale, zero, tb[t], ts[t], tile_out[t]
                     )
