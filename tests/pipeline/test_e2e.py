@@ -262,7 +262,8 @@ def test_compiled_e2e_equals_eager_compiles_once_for_all_layers_and_restores_the
     assert len(layers) == 3 and not any(isinstance(m, e2e._CompiledLayer) for m in comp.model.modules())
     assert_parts_close(comp.parts, eager.parts)
     a, b = eager.meta["e2e_log"], comp.meta["e2e_log"]
-    assert b["train_kl_after"] == pytest.approx(a["train_kl_after"], rel=1e-3)
+    # the KL ends near zero on this tiny model (3e-5): rounding is measured against the KL it started from
+    assert b["train_kl_after"] == pytest.approx(a["train_kl_after"], rel=1e-3, abs=1e-3 * a["train_kl_before"])
     assert b["train_kl_after"] < 0.9 * b["train_kl_before"]
 
 
