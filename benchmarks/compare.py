@@ -67,10 +67,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # its training KL on 64 windows
     "ptq161_e2e_w256": ("ptq161", dict(cli=True, flags=("--e2e-windows", "256"))),
 }
-ROW_NOTE = {
-    "ptq161_paper": " (paper's block stage)",
-    "ptq161": " (default: cpu preset via the CLI)",
-    "ptq161_e2e_w256": " (cpu preset, --e2e-windows 256)",
+ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
+ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
+    name: f" (cpu preset, {' '.join(opts['flags'])})" for name, (_, opts) in ROWS.items() if opts.get("flags")
 }
 PAPER_LABEL = {
     "rtn": "{bits}",
