@@ -62,10 +62,11 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ptq161_paper": ("ptq161", dict(preset="cpu", s_param="linear", lr_s=5e-4, e2e_steps=0)),
     # the default: `ptq161 quantize smollm2-135m` (cpu preset) run as a user runs it, packed dir evaluated
     "ptq161": ("ptq161", dict(cli=True)),
-    # the same command with the end-to-end stage on 256 calibration windows instead of the block stage's 64
-    # (the block stage's first, then 192 more of the same source and seed): its held-out KL stays well above
-    # its training KL on 64 windows
-    "ptq161_e2e_w256": ("ptq161", dict(cli=True, flags=("--e2e-windows", "256"))),
+    # the cpu preset's earlier end-to-end settings, spelled out: 300 steps on the block stage's 64 windows
+    # (the default until 2026-12-02), then on 256 (the block stage's first, then 192 more of the same source
+    # and seed); both were measured on qwen2.5-coder-0.5b as the default command and with --e2e-windows 256
+    "ptq161_e2e300_w64": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "64"))),
+    "ptq161_e2e300_w256": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "256"))),
 }
 ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
 ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
