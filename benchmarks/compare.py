@@ -67,6 +67,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # and seed); both were measured on qwen2.5-coder-0.5b as the default command and with --e2e-windows 256
     "ptq161_e2e300_w64": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "64"))),
     "ptq161_e2e300_w256": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "256"))),
+    # the default's 256 end-to-end windows with the 192 beyond the block stage's 64 sampled from the FP model
+    # itself instead of drawn from WikiText-2: does its own distribution carry over to C4 better?
+    "ptq161_e2e_gen192": ("ptq161", dict(cli=True, flags=("--e2e-windows", "64", "--e2e-generated", "192"))),
 }
 ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
 ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
@@ -270,6 +273,9 @@ def render(store: dict, args: argparse.Namespace) -> None:
     if contended:
         notes += " " + note("compare", "contended", rows="; ".join(contended))
     notes += "".join(f" {n}: {r['timing_resumed']}" for n, r in rows.items() if r.get("timing_resumed"))
+    measured_as = [f"{n}: {r['measured_as']}" for n, r in rows.items() if r.get("measured_as")]
+    if measured_as:
+        notes += " " + note("compare", "measured_as", rows="; ".join(measured_as))
     topk = [n for n, r in rows.items() if (r.get("e2e") or {}).get("steps") and r["e2e"].get("kl", "topk") == "topk"]
     if topk:
         notes += " " + note("compare", "topk_kl", rows=", ".join(topk))

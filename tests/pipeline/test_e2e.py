@@ -288,3 +288,59 @@ def test_e2e_windows_add_windows_after_the_block_stages_and_keep_its_result(tiny
     assert (wide.meta["e2e_log"]["train_windows"], wide.meta["e2e_log"]["heldout_windows"]) == (8, 2)
     assert plain.meta["e2e_log"]["train_windows"] == 4
     assert read_meta(tmp_path / "wide")["e2e"]["windows"] == 10
+
+
+def _naive_sample(model, prompts: torch.Tensor, length: int, seed: int) -> torch.Tensor:
+    """The same sampling without a KV cache: the whole sequence forward at every step, one window at a time
+    in the batches' order (the generator draws one number per window and step in that order)."""
+    gen = torch.Generator().manual_seed(seed)
+    seqs = prompts.clone()
+    with torch.no_grad():
+        while seqs.shape[1] < length:
+            probs = torch.softmax(model(input_ids=seqs).logits[:, -1].float(), dim=-1)
+            seqs = torch.cat([seqs, torch.multinomial(probs, 1, generator=gen)], dim=1)
+    return seqs
+
+
+@pytest.mark.parametrize("arch", [tiny_llama, tiny_qwen2])
+def test_sampled_windows_continue_their_prompts_as_the_uncached_model_samples(arch):
+    model = arch(seed=5)
+    prompts = torch.randint(0, 260, (5, 8), generator=torch.Generator().manual_seed(1))
+    got = e2e.sample_windows(model, prompts, 24, seed=7, batch=5)
+    assert got.shape == (5, 24) and got.dtype == torch.int64
+    assert torch.equal(got[:, :8], prompts)
+    assert torch.equal(got, _naive_sample(model, prompts, 24, seed=7))  # the cached steps are the model's
+    assert torch.equal(got, e2e.sample_windows(model, prompts, 24, seed=7, batch=5))  # deterministic
+    assert not torch.equal(got, e2e.sample_windows(model, prompts, 24, seed=8, batch=5))
+    with pytest.raises(PTQ161Error, match="cannot start"):
+        e2e.sample_windows(model, prompts, 4, seed=7)
+
+
+def test_sampled_tokens_follow_the_model_distribution():
+    """One step from one prompt, 4000 times: the empirical frequencies match softmax(logits) (chi-square-like bound)."""
+    model = tiny_llama(seed=2)
+    prompt = torch.tensor([[3, 9, 27, 81]])
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)  # far from uniform: largest probability 0.077, 25 tokens above 0.01
+        p = torch.softmax(model(input_ids=prompt).logits[0, -1].float(), dim=-1)
+    draws = e2e.sample_windows(model, prompt.repeat(4000, 1), 5, seed=0, batch=1000)[:, -1]
+    freq = torch.bincount(draws, minlength=p.numel()).float() / 4000
+    assert (freq - p).abs().max() < 5 * (p.max() / 4000) ** 0.5  # five standard errors of the largest cell
+
+
+def test_generated_windows_go_before_the_held_out_real_ones(tiny_model_dir, text_file, tmp_path):
+    from ptq161.data import calibration_windows
+    from ptq161.models import load_model
+
+    model, tok = load_model(str(tiny_model_dir))
+    real, _ = calibration_windows(f"text:{text_file}", tok, nsamples=6, seqlen=64, seed=2)
+    cfg = dataclasses.replace(E2E, generated=3)  # heldout 2
+    wins = e2e.with_generated(model, real, cfg, seed=2)
+    assert wins.shape == (9, 64)
+    assert torch.equal(wins[:4], real[:4]) and torch.equal(wins[-2:], real[-2:])
+    starts = real[torch.arange(3) % 6, : e2e.GENERATED_PREFIX]
+    assert torch.equal(wins[4:7, : e2e.GENERATED_PREFIX], starts)
+    assert torch.equal(e2e.with_generated(model, real, E2E, seed=2), real)  # generated = 0: unchanged
+    res = _run(tiny_model_dir, text_file, tmp_path / "gen", dataclasses.replace(cfg, steps=2))
+    assert (res.meta["e2e_log"]["train_windows"], res.meta["e2e_log"]["heldout_windows"]) == (7, 2)
+    assert read_meta(tmp_path / "gen")["e2e"]["generated"] == 3

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from ..config import option
 from ..errors import PTQ161Error
@@ -63,6 +64,14 @@ class E2EConfig:
         flag="--e2e-windows",
         minimum=0,
     )
+    generated: int = option(
+        0,
+        "windows of text sampled from the FP model itself (temperature 1, each continuing the first "
+        "8 tokens of a calibration window) added to the end-to-end stage's training windows: distillation "
+        "on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus",
+        flag="--e2e-generated",
+        minimum=0,
+    )
     kl: Literal["tail", "topk"] = option(
         "tail",
         "the distillation target: 'tail' = the teacher's top-k plus one category holding the rest of its "
@@ -90,8 +99,10 @@ class E2EConfig:
     save_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.topk < 1 or self.heldout < 0 or self.save_every < 1 or self.windows < 0:
-            raise PTQ161Error("e2e needs steps >= 0, topk >= 1, windows >= 0, heldout >= 0 and save_every >= 1")
+        if min(self.steps, self.heldout, self.windows, self.generated) < 0 or self.topk < 1 or self.save_every < 1:
+            raise PTQ161Error(
+                "e2e needs steps >= 0, topk >= 1, windows >= 0, generated >= 0, heldout >= 0 and save_every >= 1"
+            )
         if self.kl not in ("tail", "topk"):
             raise PTQ161Error(f"e2e kl must be 'tail' or 'topk', got {self.kl!r}")
         check_compile_setting(self.compile)
@@ -106,6 +117,51 @@ class E2EConfig:
 def rest_logsumexp(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """logsumexp over every vocabulary entry but ``indices``: logits [T, V], indices [T, k] -> [T, 1]."""
     return logits.scatter(-1, indices.long(), float("-inf")).logsumexp(dim=-1, keepdim=True)
+
+
+GENERATED_PREFIX = 8  # tokens of a calibration window each generated window continues
+
+
+@torch.no_grad()
+def sample_windows(
+    model: nn.Module, prompts: torch.Tensor, length: int, seed: int, batch: int = 16, progress: bool = False
+) -> torch.Tensor:
+    """Continue each prompt of int64 [N, P] by sampling ``model`` at temperature 1 up to ``length`` tokens:
+    int64 [N, length]. Deterministic given ``seed`` (one CPU generator; the batches are fixed)."""
+    if not 0 < prompts.shape[1] <= length:
+        raise PTQ161Error(f"prompts of {prompts.shape[1]} tokens cannot start windows of {length}")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    bar = tqdm(total=prompts.shape[0], desc="sampling windows", unit="window", disable=not progress)
+    for chunk in prompts.split(batch):
+        seq = [chunk]
+        cache = DynamicCache()
+        step_ids = chunk.to(device)
+        for _ in range(length - chunk.shape[1]):
+            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            nxt = torch.multinomial(probs, 1, generator=gen)
+            seq.append(nxt)
+            step_ids = nxt.to(device)
+        out.append(torch.cat(seq, dim=1))
+        bar.update(chunk.shape[0])
+    bar.close()
+    return torch.cat(out)
+
+
+def with_generated(
+    model: nn.Module, windows: torch.Tensor, cfg: E2EConfig, seed: int, progress: bool = False
+) -> torch.Tensor:
+    """The end-to-end stage's windows: the calibration windows int64 [N, T] with ``cfg.generated`` windows
+    sampled from ``model`` inserted before the last ``cfg.heldout`` (so the held-out ones stay real text):
+    int64 [N + generated, T]. Call it with the FP model, before the block stage."""
+    if not cfg.generated:
+        return windows
+    starts = windows[torch.arange(cfg.generated) % windows.shape[0], :GENERATED_PREFIX]
+    sampled = sample_windows(model, starts, windows.shape[1], seed, progress=progress)
+    cut = windows.shape[0] - min(cfg.heldout, windows.shape[0])
+    return torch.cat([windows[:cut], sampled, windows[cut:]])
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from ..nn import check_head_format
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
-from .e2e import E2EConfig, teacher_topk, train_end_to_end
+from .e2e import E2EConfig, teacher_topk, train_end_to_end, with_generated
 from .state import RunState
 
 
@@ -126,7 +126,9 @@ def quantize(
             settings["e2e"] = e2e.to_dict()
         state = RunState(out, settings) if out is not None else None
         t0 = time.perf_counter()
-        teacher = teacher_topk(model, e2e_windows, e2e.topk) if e2e.steps else None  # before the model changes
+        if e2e.steps:  # before the model changes
+            e2e_windows = with_generated(model, e2e_windows, e2e, calib.seed, progress)
+        teacher = teacher_topk(model, e2e_windows, e2e.topk) if e2e.steps else None
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
         res = quantize_blockwise(
