@@ -291,15 +291,18 @@ def test_e2e_windows_add_windows_after_the_block_stages_and_keep_its_result(tiny
 
 
 def _naive_sample(model, prompts: torch.Tensor, length: int, seed: int) -> torch.Tensor:
-    """The same sampling without a KV cache: the whole sequence forward at every step, one window at a time
-    in the batches' order (the generator draws one number per window and step in that order)."""
-    gen = torch.Generator().manual_seed(seed)
-    seqs = prompts.clone()
+    """The same sampling without a KV cache: one window at a time, the whole sequence forward at every step,
+    each window with its own generator seeded as ``sample_windows`` seeds it."""
+    seeds = torch.randint(2**62, (prompts.shape[0],), generator=torch.Generator().manual_seed(seed)).tolist()
+    out = []
     with torch.no_grad():
-        while seqs.shape[1] < length:
-            probs = torch.softmax(model(input_ids=seqs).logits[:, -1].float(), dim=-1)
-            seqs = torch.cat([seqs, torch.multinomial(probs, 1, generator=gen)], dim=1)
-    return seqs
+        for prompt, s in zip(prompts, seeds, strict=True):
+            gen, seq = torch.Generator().manual_seed(s), prompt[None]
+            while seq.shape[1] < length:
+                probs = torch.softmax(model(input_ids=seq).logits[0, -1].float(), dim=-1)
+                seq = torch.cat([seq, torch.multinomial(probs, 1, generator=gen)[None]], dim=1)
+            out.append(seq[0])
+    return torch.stack(out)
 
 
 @pytest.mark.parametrize("arch", [tiny_llama, tiny_qwen2])
@@ -310,7 +313,7 @@ def test_sampled_windows_continue_their_prompts_as_the_uncached_model_samples(ar
     assert got.shape == (5, 24) and got.dtype == torch.int64
     assert torch.equal(got[:, :8], prompts)
     assert torch.equal(got, _naive_sample(model, prompts, 24, seed=7))  # the cached steps are the model's
-    assert torch.equal(got, e2e.sample_windows(model, prompts, 24, seed=7, batch=5))  # deterministic
+    assert torch.equal(got, e2e.sample_windows(model, prompts, 24, seed=7, batch=2))  # any batch, same windows
     assert not torch.equal(got, e2e.sample_windows(model, prompts, 24, seed=8, batch=5))
     with pytest.raises(PTQ161Error, match="cannot start"):
         e2e.sample_windows(model, prompts, 4, seed=7)

@@ -124,26 +124,29 @@ GENERATED_PREFIX = 8  # tokens of a calibration window each generated window con
 
 @torch.no_grad()
 def sample_windows(
-    model: nn.Module, prompts: torch.Tensor, length: int, seed: int, batch: int = 16, progress: bool = False
+    model: nn.Module, prompts: torch.Tensor, length: int, seed: int, batch: int = 64, progress: bool = False
 ) -> torch.Tensor:
     """Continue each prompt of int64 [N, P] by sampling ``model`` at temperature 1 up to ``length`` tokens:
-    int64 [N, length]. Deterministic given ``seed`` (one CPU generator; the batches are fixed)."""
+    int64 [N, length]. Every window draws from a generator of its own (seeded from ``seed`` and its index),
+    so the result does not depend on ``batch``, only on float rounding of the batched forward."""
     if not 0 < prompts.shape[1] <= length:
         raise PTQ161Error(f"prompts of {prompts.shape[1]} tokens cannot start windows of {length}")
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
+    seeds = torch.randint(2**62, (prompts.shape[0],), generator=torch.Generator().manual_seed(seed)).tolist()
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     out = []
     bar = tqdm(total=prompts.shape[0], desc="sampling windows", unit="window", disable=not progress)
-    for chunk in prompts.split(batch):
+    for start in range(0, prompts.shape[0], batch):
+        chunk = prompts[start : start + batch]
         seq = [chunk]
         cache = DynamicCache()
         step_ids = chunk.to(device)
         for _ in range(length - chunk.shape[1]):
-            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             probs = torch.softmax(logits.float(), dim=-1).cpu()
-            nxt = torch.multinomial(probs, 1, generator=gen)
-            seq.append(nxt)
-            step_ids = nxt.to(device)
+            nxt = torch.cat([torch.multinomial(probs[r], 1, generator=gens[start + r]) for r in range(len(chunk))])
+            seq.append(nxt[:, None])
+            step_ids = seq[-1].to(device)
         out.append(torch.cat(seq, dim=1))
         bar.update(chunk.shape[0])
     bar.close()
