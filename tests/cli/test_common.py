@@ -65,12 +65,14 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     parser = build_parser()
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
-    assert (cfg.s_param, cfg.lr_s, e2e.steps) == ("log", 1e-2, 300)
+    assert (cfg.s_param, cfg.lr_s, e2e.steps, e2e.windows, e2e.generated) == ("log", 1e-2, 600, 256, 0)
     assert (cfg.compile, e2e.compile) == ("auto", "auto")  # compiled where the machine has a compiler
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-compile", "off", "--e2e-compile", "on"]))
     assert (cfg.compile, e2e.compile) == ("off", "on")
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--s-param", "linear", "--e2e-steps", "0"]))
     assert (cfg.s_param, e2e.steps) == ("linear", 0)
+    _, _, e2e = settings(parser.parse_args(["quantize", "m", "--e2e-windows", "64", "--e2e-generated", "192"]))
+    assert (e2e.steps, e2e.windows, e2e.generated) == (600, 64, 192)  # flags override the preset's settings
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--method", "rtn"]))  # no end-to-end stage
     assert e2e.steps == 0 and not hasattr(cfg, "s_param")
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
