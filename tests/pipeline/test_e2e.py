@@ -293,11 +293,10 @@ def test_e2e_windows_add_windows_after_the_block_stages_and_keep_its_result(tiny
 def _naive_sample(model, prompts: torch.Tensor, length: int, seed: int) -> torch.Tensor:
     """The same sampling without a KV cache: one window at a time, the whole sequence forward at every step,
     each window with its own generator seeded as ``sample_windows`` seeds it."""
-    seeds = torch.randint(2**62, (prompts.shape[0],), generator=torch.Generator().manual_seed(seed)).tolist()
     out = []
     with torch.no_grad():
-        for prompt, s in zip(prompts, seeds, strict=True):
-            gen, seq = torch.Generator().manual_seed(s), prompt[None]
+        for prompt, gen in zip(prompts, e2e.window_generators(seed, prompts.shape[0]), strict=True):
+            seq = prompt[None]
             while seq.shape[1] < length:
                 probs = torch.softmax(model(input_ids=seq).logits[0, -1].float(), dim=-1)
                 seq = torch.cat([seq, torch.multinomial(probs, 1, generator=gen)[None]], dim=1)

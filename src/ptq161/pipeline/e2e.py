@@ -41,6 +41,8 @@ from ..methods.ptq161_math import cosine_warmup
 from ..models import get_adapter
 from .state import RunState, load_training, save_training
 
+GENERATED_PREFIX = 8  # tokens of a calibration window each generated window continues
+
 
 @dataclass
 class E2EConfig:
@@ -67,8 +69,8 @@ class E2EConfig:
     generated: int = option(
         0,
         "windows of text sampled from the FP model itself (temperature 1, each continuing the first "
-        "8 tokens of a calibration window) added to the end-to-end stage's training windows: distillation "
-        "on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus",
+        f"{GENERATED_PREFIX} tokens of a calibration window) added to the end-to-end stage's training windows: "
+        "distillation on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus",
         flag="--e2e-generated",
         minimum=0,
     )
@@ -119,7 +121,10 @@ def rest_logsumexp(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return logits.scatter(-1, indices.long(), float("-inf")).logsumexp(dim=-1, keepdim=True)
 
 
-GENERATED_PREFIX = 8  # tokens of a calibration window each generated window continues
+def window_generators(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per window, ``n`` of them, each seeded from ``seed`` and the window's index."""
+    seeds = torch.randint(2**62, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 @torch.no_grad()
@@ -132,8 +137,7 @@ def sample_windows(
     if not 0 < prompts.shape[1] <= length:
         raise PTQ161Error(f"prompts of {prompts.shape[1]} tokens cannot start windows of {length}")
     device = next(model.parameters()).device
-    seeds = torch.randint(2**62, (prompts.shape[0],), generator=torch.Generator().manual_seed(seed)).tolist()
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    gens = window_generators(seed, prompts.shape[0])
     out = []
     bar = tqdm(total=prompts.shape[0], desc="sampling windows", unit="window", disable=not progress)
     for start in range(0, prompts.shape[0], batch):

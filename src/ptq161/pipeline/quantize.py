@@ -126,9 +126,10 @@ def quantize(
             settings["e2e"] = e2e.to_dict()
         state = RunState(out, settings) if out is not None else None
         t0 = time.perf_counter()
-        if e2e.steps:  # before the model changes
+        teacher = None
+        if e2e.steps:  # from the FP model, before the block stage changes it
             e2e_windows = with_generated(model, e2e_windows, e2e, calib.seed, progress)
-        teacher = teacher_topk(model, e2e_windows, e2e.topk) if e2e.steps else None
+            teacher = teacher_topk(model, e2e_windows, e2e.topk)
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
         res = quantize_blockwise(
