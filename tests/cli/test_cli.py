@@ -29,6 +29,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["quantize", "x", "--max-memory", "lots"], "--max-memory"),
         (["quantize", "x", "--device", "tpu9"], "--device"),
         (["quantize", "qwen2.5-coder-1.5b", "--dtype", "int4"], "--dtype"),
+        (["quantize", "x", "--method", "rtn", "--e2e-kl", "topk"], "--e2e-kl"),  # no end-to-end stage: not ignored
+        (["quantize", "x", "--e2e-steps", "0", "--e2e-windows", "64", "--train-signs"], "--e2e-windows, --train-signs"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):

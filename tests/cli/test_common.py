@@ -75,6 +75,13 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     assert (e2e.steps, e2e.windows, e2e.generated) == (600, 64, 192)  # flags override the preset's settings
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--method", "rtn"]))  # no end-to-end stage
     assert e2e.steps == 0 and not hasattr(cfg, "s_param")
+    for off in (["--method", "rtn"], ["--e2e-steps", "0"], ["--preset", "paper"]):  # the stage is off: refused
+        with pytest.raises(PTQ161Error, match="--e2e-generated: end-to-end setting"):
+            settings(parser.parse_args(["quantize", "m", *off, "--e2e-generated", "8"]))
+    _, _, e2e = settings(
+        parser.parse_args(["quantize", "m", "--preset", "paper", "--e2e-steps", "5", "--e2e-kl", "topk"])
+    )
+    assert (e2e.steps, e2e.kl) == (5, "topk")
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)
     assert (cfg.compile, e2e.compile) == ("off", "off")

@@ -7,6 +7,7 @@ import dataclasses
 
 from ..api import quantize
 from ..config import PRESETS, CalibConfig, get_preset
+from ..errors import PTQ161Error
 from ..methods import METHODS, MethodConfig, get_method
 from ..models import onloads
 from ..nn import HEAD_FORMATS
@@ -19,6 +20,7 @@ from .common import (
     add_load_options,
     add_max_memory,
     add_method_options,
+    config_flags,
     config_from_args,
     load_options,
     method_config,
@@ -81,7 +83,17 @@ def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2ECo
         seqlen=args.calib_seqlen or preset.seqlen,
         seed=args.seed,
     )
-    return cfg, calib, config_from_args(args, E2EConfig, {**dict(preset.e2e_settings), "steps": e2e_default})
+    e2e = config_from_args(args, E2EConfig, {**dict(preset.e2e_settings), "steps": e2e_default})
+    if not e2e.steps:  # an end-to-end setting without the stage would be silently ignored
+        given = [
+            flag
+            for flag, name, *_ in config_flags(E2EConfig)
+            if name != "steps" and getattr(args, name, None) is not None
+        ]
+        if given:
+            why = "--e2e-steps 0" if method_cls(cfg).trains_end_to_end else f"method '{args.method}' has no such stage"
+            raise PTQ161Error(f"{', '.join(given)}: end-to-end setting(s) while the end-to-end stage is off ({why})")
+    return cfg, calib, e2e
 
 
 def run(args: argparse.Namespace) -> int:
