@@ -116,8 +116,9 @@ E2E = E2EConfig(steps=12, lr=5e-2, topk=32, heldout=2, save_every=4)
 
 
 def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(E2E, generated=2)  # sampled windows too: saved once, like the teacher's logits
     plain = _run(tiny_model_dir, text_file, tmp_path / "plain")
-    res = _run(tiny_model_dir, text_file, tmp_path / "full", E2E)
+    res = _run(tiny_model_dir, text_file, tmp_path / "full", cfg)
     log = res.meta["e2e_log"]
     assert log["train_kl_after"] < 0.7 * log["train_kl_before"]  # on its own training windows
     assert res.meta["bits"] == plain.meta["bits"]  # signs, codes, mask fixed: the same bits
@@ -136,9 +137,15 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
 
     monkeypatch.setattr(e2e, "_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _run(tiny_model_dir, text_file, tmp_path / "part", E2E)
+        _run(tiny_model_dir, text_file, tmp_path / "part", cfg)
     monkeypatch.setattr(e2e, "_checkpoint", real)
-    _run(tiny_model_dir, text_file, tmp_path / "part", E2E, resume=True)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a resumed run samples or runs the teacher again")
+
+    monkeypatch.setattr(e2e, "teacher_topk", not_again)
+    monkeypatch.setattr(e2e, "sample_windows", not_again)
+    _run(tiny_model_dir, text_file, tmp_path / "part", cfg, resume=True)
     x, y = (
         load_file(str(tmp_path / "full" / "model.safetensors")),
         load_file(str(tmp_path / "part" / "model.safetensors")),

@@ -139,20 +139,21 @@ def sample_windows(
     device = next(model.parameters()).device
     gens = window_generators(seed, prompts.shape[0])
     out = []
-    bar = tqdm(total=prompts.shape[0], desc="sampling windows", unit="window", disable=not progress)
+    new_tokens = length - prompts.shape[1]
+    bar = tqdm(total=prompts.shape[0] * new_tokens, desc="sampling windows", unit="token", disable=not progress)
     for start in range(0, prompts.shape[0], batch):
         chunk = prompts[start : start + batch]
         seq = [chunk]
         cache = DynamicCache()
         step_ids = chunk.to(device)
-        for _ in range(length - chunk.shape[1]):
+        for _ in range(new_tokens):
             logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             probs = torch.softmax(logits.float(), dim=-1).cpu()
             nxt = torch.cat([torch.multinomial(probs[r], 1, generator=gens[start + r]) for r in range(len(chunk))])
             seq.append(nxt[:, None])
             step_ids = seq[-1].to(device)
+            bar.update(chunk.shape[0])
         out.append(torch.cat(seq, dim=1))
-        bar.update(chunk.shape[0])
     bar.close()
     return torch.cat(out)
 
@@ -184,6 +185,28 @@ def teacher_topk(model: nn.Module, windows: torch.Tensor, k: int) -> dict[str, t
         idx.append(top.indices.to(torch.int32).cpu())
         rest.append(rest_logsumexp(logits, top.indices).cpu())
     return {"values": torch.stack(vals), "indices": torch.stack(idx), "rest": torch.stack(rest)}
+
+
+def e2e_targets(
+    model: nn.Module,
+    windows: torch.Tensor,
+    cfg: E2EConfig,
+    seed: int,
+    state: RunState | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The end-to-end stage's windows (``with_generated``: int64 [N + generated, T]) and the teacher's top-k on
+    them (``teacher_topk``), from the FP model before the block stage. With ``state`` they are saved once, and a
+    resumed run reads them back instead of sampling and running the teacher again."""
+    if state is not None and state.progress() is not None:
+        saved = state.load("targets")
+        return saved["windows"], {k.removeprefix("teacher."): v for k, v in saved.items() if k != "windows"}
+    windows = with_generated(model, windows, cfg, seed, progress)
+    teacher = teacher_topk(model, windows, cfg.topk)
+    if state is not None:
+        state.save("targets", {"windows": windows, **{f"teacher.{k}": v for k, v in teacher.items()}})
+        state.commit({"windows": windows.shape[0]})
+    return windows, teacher
 
 
 class _TopkKL(torch.autograd.Function):

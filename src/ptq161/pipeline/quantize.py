@@ -20,7 +20,7 @@ from ..nn import check_head_format
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
-from .e2e import E2EConfig, teacher_topk, train_end_to_end, with_generated
+from .e2e import E2EConfig, e2e_targets, train_end_to_end
 from .state import RunState
 
 
@@ -128,8 +128,8 @@ def quantize(
         t0 = time.perf_counter()
         teacher = None
         if e2e.steps:  # from the FP model, before the block stage changes it
-            e2e_windows = with_generated(model, e2e_windows, e2e, calib.seed, progress)
-            teacher = teacher_topk(model, e2e_windows, e2e.topk)
+            targets_state = RunState(out, settings, stage="e2e-targets") if out is not None else None
+            e2e_windows, teacher = e2e_targets(model, e2e_windows, e2e, calib.seed, targets_state, progress)
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
         res = quantize_blockwise(
