@@ -70,7 +70,9 @@ class E2EConfig:
         0,
         "windows of text sampled from the FP model itself (temperature 1, each continuing the first "
         f"{GENERATED_PREFIX} tokens of a calibration window) added to the end-to-end stage's training windows: "
-        "distillation on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus",
+        "distillation on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus; "
+        "measured on qwen2.5-coder-0.5b, 192 of them in place of 192 WikiText-2 windows: WikiText-2 / C4 121.1 / 265.1 "
+        "against 92.0 / 258.1 (compare_qwen2.5-coder-0.5b.md)",
         flag="--e2e-generated",
         minimum=0,
     )
