@@ -248,6 +248,12 @@ HEAD = [
 ]
 
 
+def _rows_note(rows: dict[str, dict], field: str, template: str) -> str:
+    """The note ``template`` listing every row's ``field`` ("name: text; ..."), or "" when no row has one."""
+    items = [f"{n}: {r[field]}" for n, r in rows.items() if r.get(field)]
+    return " " + note("compare", template, rows="; ".join(items)) if items else ""
+
+
 def render(store: dict, args: argparse.Namespace) -> None:
     from ptq161.models.builtin import builtin_model
 
@@ -271,16 +277,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
             c4=f"{check['c4']:.4f}",
             rel=f"{max(rel.values()):.1e}",
         )
-    contended = [f"{n}: {r['timing_contended']}" for n, r in rows.items() if r.get("timing_contended")]
-    if contended:
-        notes += " " + note("compare", "contended", rows="; ".join(contended))
+    notes += _rows_note(rows, "timing_contended", "contended")
     notes += "".join(f" {n}: {r['timing_resumed']}" for n, r in rows.items() if r.get("timing_resumed"))
-    measured_as = [f"{n}: {r['measured_as']}" for n, r in rows.items() if r.get("measured_as")]
-    if measured_as:
-        notes += " " + note("compare", "measured_as", rows="; ".join(measured_as))
-    found = [f"{n}: {r['finding']}" for n, r in rows.items() if r.get("finding")]
-    if found:
-        notes += " " + note("compare", "findings", rows="; ".join(found))
+    notes += _rows_note(rows, "measured_as", "measured_as")
+    notes += _rows_note(rows, "finding", "findings")
     topk = [n for n, r in rows.items() if (r.get("e2e") or {}).get("steps") and r["e2e"].get("kl", "topk") == "topk"]
     if topk:
         notes += " " + note("compare", "topk_kl", rows=", ".join(topk))

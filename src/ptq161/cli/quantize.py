@@ -76,7 +76,8 @@ def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2ECo
     preset = get_preset(args.preset)
     method_cls = get_method(args.method)
     cfg = method_config(args, method_cls, preset.method_defaults())
-    e2e_default = preset.e2e_steps if method_cls(cfg).trains_end_to_end else 0
+    has_stage = method_cls(cfg).trains_end_to_end
+    e2e_default = preset.e2e_steps if has_stage else 0
     calib = CalibConfig(
         dataset=args.calib,
         nsamples=args.nsamples or preset.nsamples,
@@ -91,7 +92,7 @@ def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2ECo
             if name != "steps" and getattr(args, name, None) is not None
         ]
         if given:
-            why = "--e2e-steps 0" if method_cls(cfg).trains_end_to_end else f"method '{args.method}' has no such stage"
+            why = "0 steps; --e2e-steps N turns it on" if has_stage else f"method '{args.method}' has no such stage"
             raise PTQ161Error(f"{', '.join(given)}: end-to-end setting(s) while the end-to-end stage is off ({why})")
     return cfg, calib, e2e
 
