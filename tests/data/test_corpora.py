@@ -102,3 +102,24 @@ def test_gensim_sample_is_real_text(tokenizer):
     text = tokenizer.decode(ts.tokens[0, :20000].tolist())
     assert ts.tokens.shape[1] > 100_000 and "gensim" in ts.source
     assert text.count(" the ") > 50 and "{{" not in text and "[[" not in text
+
+
+def test_calibration_mix_interleaves_its_corpora_and_keeps_its_prefix(data_dir: Path, tokenizer):
+    kw = dict(tokenizer=tokenizer, seqlen=24, seed=2, data_dir=data_dir)
+    wiki, _ = calibration_windows("wikitext2", nsamples=3, **kw)
+    c4, _ = calibration_windows("c4", nsamples=2, **kw)
+    mix, src = calibration_windows("wikitext2+c4", nsamples=5, **kw)
+    assert torch.equal(mix, torch.stack([wiki[0], c4[0], wiki[1], c4[1], wiki[2]]))
+    assert "wiki.valid.raw" in src and "c4_train_part_of_0.json" in src
+    longer, _ = calibration_windows("wikitext2+c4", nsamples=12, **kw)
+    assert torch.equal(longer[:5], mix)  # more windows extend the mix, as they extend one corpus
+    f = data_dir / "a+b.txt"
+    f.write_text(" plus " * 200)
+    three, _ = calibration_windows(f"wikitext2+c4+text:{f}", nsamples=3, **kw)
+    assert torch.equal(three[:2], mix[:2]) and tokenizer.decode(three[2]).strip().startswith("plus")
+    with pytest.raises(DataError, match="empty part"):
+        calibration_windows("wikitext2+", nsamples=4, **kw)
+    with pytest.raises(DataError, match="at least 2"):
+        calibration_windows("wikitext2+c4", nsamples=1, **kw)
+    with pytest.raises(DataError, match="unknown calibration dataset"):
+        calibration_windows("wikitext2+nope", nsamples=2, **kw)

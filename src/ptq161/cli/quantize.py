@@ -54,7 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     head.add_argument("--int8-head", dest="head", action="store_const", const="int8", help="same as --head int8")
     head.add_argument("--fp32-head", dest="head", action="store_const", const="fp32", help="same as --head fp32")
-    p.add_argument("--calib", help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH (default: wikitext2)")
+    p.add_argument(
+        "--calib",
+        help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH, or a mix taking windows from each in turn, "
+        "e.g. wikitext2+c4 (default: wikitext2)",
+    )
     p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
     p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
     p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")

@@ -6,7 +6,8 @@ Evaluation corpora (``eval_tokens``):
   ``c4-new`` (BiLLM / PB-LLM style: first 1100 validation documents joined, 256 windows),
   ``wiki-sample`` (the Wikipedia sample shipped in the gensim wheel; its last 20 % of
   articles; the default when no WikiText-2 is available), ``text:PATH`` (any UTF-8 file).
-Calibration corpora (``calibration_windows``) never read an evaluation split.
+Calibration corpora (``calibration_windows``) never read an evaluation split; ``A+B`` mixes
+corpora window by window (``wikitext2+c4``: even windows WikiText-2, odd windows C4 train).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ C4_WINDOWS = 256  # both C4 protocols use 256 windows of seqlen tokens
 C4_NEW_DOCS = 1100
 WIKI_SAMPLE_TEST_SHARE = 0.2
 EVAL_CORPORA = ("wikitext2", "c4", "c4-new", "wiki-sample", "text:PATH")
-CALIB_CORPORA = ("wikitext2", "c4", "wiki-sample", "text:PATH")
+CALIB_CORPORA = ("wikitext2", "c4", "wiki-sample", "text:PATH", "A+B (a mix, e.g. wikitext2+c4)")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,27 @@ def _stream_windows(tokens: torch.Tensor, n: int, seqlen: int, seed: int, what: 
     return torch.stack([tokens[0, s : s + seqlen] for s in starts])
 
 
+def mix_parts(name: str) -> list[str]:
+    """The corpora of a calibration mix: ``"wikitext2+c4"`` -> ``["wikitext2", "c4"]``; one corpus -> ``[name]``.
+
+    A ``text:PATH`` part takes the rest of the name (its path may hold a ``+``).
+    """
+    if name.startswith("text:"):
+        return [name]
+    head, sep, path = name.partition("+text:")
+    parts = head.split("+") + ([f"text:{path}"] if sep else [])
+    if any(not p for p in parts):
+        raise DataError(f"calibration mix '{name}' has an empty part (write e.g. wikitext2+c4)")
+    return parts
+
+
+def interleave(groups: list[torch.Tensor]) -> torch.Tensor:
+    """Window i of the result is window i // m of group i % m (m = len(groups)); group k holds
+    len(range(k, n, m)) windows of int64 [n_k, T]. Returns int64 [n, T]."""
+    n = sum(g.shape[0] for g in groups)
+    return torch.stack([groups[i % len(groups)][i // len(groups)] for i in range(n)])
+
+
 def calibration_windows(
     name: str | None,
     tokenizer: Tokenizer,
@@ -164,12 +186,25 @@ def calibration_windows(
     """Seeded calibration windows, int64 [nsamples, seqlen], and a description of the source.
 
     ``wikitext2`` reads the train split when the data directory has it, else the
-    validation split (disjoint from test); ``c4`` reads the C4 train sample.
+    validation split (disjoint from test); ``c4`` reads the C4 train sample. A mix ``A+B`` takes
+    window i from corpus i % 2, drawn with the same seed as that corpus alone, so the first k windows of
+    a mix are the same whatever ``nsamples`` is.
     """
     if nsamples < 1:
         raise DataError("the number of calibration samples must be at least 1")
     ddir = sources.resolve_data_dir(data_dir)
     name = name or default_calib_corpus(ddir)
+    parts = mix_parts(name)
+    if len(parts) > 1:
+        if nsamples < len(parts):
+            raise DataError(f"a mix of {len(parts)} corpora needs at least {len(parts)} calibration windows")
+        drawn = [
+            calibration_windows(
+                p, tokenizer, nsamples=len(range(k, nsamples, len(parts))), seqlen=seqlen, seed=seed, data_dir=ddir
+            )
+            for k, p in enumerate(parts)
+        ]
+        return interleave([w for w, _ in drawn]), " + ".join(src for _, src in drawn) + " (window by window)"
     base, _, split = name.partition(":")
     if base == "wikitext2":
         if split == "test":
