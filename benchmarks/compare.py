@@ -79,9 +79,6 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ptq161_mix": ("ptq161", dict(cli=True, flags=("--calib", MIX))),
     "arb_mix": ("arb", dict(calib=MIX)),
     "pbllm_mix": ("pbllm", dict(calib=MIX)),
-    # on the mix, ptq161_mix was ahead of arb_mix on WikiText-2 and 5.5 % behind on C4: twice its steps
-    # (which lowered C4 by 7.9 % on WikiText-2 calibration)
-    "ptq161_mix_e2e1200": ("ptq161", dict(cli=True, flags=("--calib", MIX, "--e2e-steps", "1200"))),
 }
 ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
 ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
