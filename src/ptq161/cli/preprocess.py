@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="ptq161", help="first-pass quantization method (default: ptq161)")
     p.add_argument("--preset", default="cpu", choices=list(PREPROCESS_PRESETS), help="budget preset (default: cpu)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
-    p.add_argument("--calib", help="first-pass calibration corpus (default: wikitext2)")
+    p.add_argument("--calib", help="first-pass calibration corpus, as quantize's --calib (default: wikitext2)")
     p.add_argument("--seed", type=int, default=2, help="first-pass calibration seed (default: 2)")
     g = p.add_argument_group("LoRA options")
     g.add_argument("--steps", type=positive_int, help="optimizer steps (default: from the preset)")

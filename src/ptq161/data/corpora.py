@@ -186,8 +186,8 @@ def calibration_windows(
     """Seeded calibration windows, int64 [nsamples, seqlen], and a description of the source.
 
     ``wikitext2`` reads the train split when the data directory has it, else the
-    validation split (disjoint from test); ``c4`` reads the C4 train sample. A mix ``A+B`` takes
-    window i from corpus i % 2, drawn with the same seed as that corpus alone, so the first k windows of
+    validation split (disjoint from test); ``c4`` reads the C4 train sample. A mix of m corpora (``A+B``) takes
+    window i from corpus i % m, drawn with the same seed as that corpus alone, so the first k windows of
     a mix are the same whatever ``nsamples`` is.
     """
     if nsamples < 1:
