@@ -91,6 +91,13 @@ ROWS: dict[str, tuple[str, dict, dict | None]] = {
         {**CPU, **SLOG},
         {"steps": 600, "lr": 1e-3, "topk": 64, "heldout": 4, "kl": "tail", "generated": 192},
     ),
+    # the same, with signs and 4-bit codes chosen by GPTQ error feedback before the block stage trains
+    # (--binary-init gptq): the baselines that lead on C4 (ARB-LLM, PB-LLM) all compensate this way
+    "cpu_gptq_init_e2e600": (
+        "cpu budget, log s, signs and codes with GPTQ error feedback (--binary-init gptq)",
+        {**CPU, **SLOG, "init": "gptq"},
+        {"steps": 600, "lr": 1e-3, "topk": 64, "heldout": 4, "kl": "tail", "windows": 256},
+    ),
 }
 
 

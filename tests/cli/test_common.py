@@ -67,6 +67,8 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     assert (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
     assert (cfg.s_param, cfg.lr_s, e2e.steps, e2e.windows, e2e.generated) == ("log", 1e-2, 600, 256, 0)
     assert (cfg.compile, e2e.compile) == ("auto", "auto")  # compiled where the machine has a compiler
+    assert cfg.init == "gptq"  # signs and codes with GPTQ error feedback
+    assert settings(parser.parse_args(["quantize", "m", "--binary-init", "independent"]))[0].init == "independent"
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-compile", "off", "--e2e-compile", "on"]))
     assert (cfg.compile, e2e.compile) == ("off", "on")
     cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--s-param", "linear", "--e2e-steps", "0"]))
@@ -84,6 +86,7 @@ def test_cpu_preset_settings_and_the_paper_one_flag_away():
     assert (e2e.steps, e2e.kl) == (5, "topk")
     cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
     assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)
+    assert cfg.init == "independent"  # the paper's
     assert (cfg.compile, e2e.compile) == ("off", "off")
 
 

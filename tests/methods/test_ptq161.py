@@ -101,6 +101,7 @@ def test_salient_columns_are_the_high_activation_channels(statistic):
         dict(s_param="exp"),
         dict(schedule="step"),
         dict(holdout=-1),
+        dict(init="obq"),
     ],
 )
 def test_bad_settings_are_rejected(bad):
@@ -182,6 +183,7 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
         dict(s_param="log", lr_s=1e-2),
         dict(schedule="cosine"),
         dict(statistic="bound"),
+        dict(init="gptq"),
     ],
 )
 def test_block_stage_variants_train_and_store_faithful_parts(settings):

@@ -95,3 +95,61 @@ def test_cosine_warmup_schedule():
     assert pm.cosine_warmup(10, 100, 10) == pytest.approx(1.0)
     assert pm.cosine_warmup(55, 100, 10) == pytest.approx(0.5)
     assert pm.cosine_warmup(100, 100, 10) == pytest.approx(0.0)
+
+
+def correlated_inputs(n, tokens=512, seed=1):
+    """Inputs with strongly correlated channels and a few large ones: X [tokens, n], H = 2 X^T X / tokens."""
+    mixing = torch.randn(n // 4, n, generator=torch.Generator().manual_seed(0))  # the same distribution
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, n // 4, generator=g) @ mixing
+    x = x + 0.3 * torch.randn(tokens, n, generator=g)
+    x[:, : n // 8] *= 4
+    return x, 2 * x.T @ x / tokens
+
+
+def independent_weight(w, mask, bits=4):
+    """W_hat of the independent init (the paper): sign(W - mu) with s, per-row RTN on the salient columns."""
+    from ptq161.primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize
+
+    sign, mu, s = pm.binary_init(w[:, ~mask])
+    scale, zero = rtn_asym_params(w[:, mask], bits)
+    out = torch.empty_like(w)
+    out[:, ~mask] = mu[:, None] + s[:, None] * sign
+    out[:, mask] = rtn_dequantize(rtn_quantize(w[:, mask], scale, zero, bits), scale, zero)
+    return out
+
+
+def compensated_weight(w, h, mask):
+    from ptq161.primitives.quant import rtn_dequantize
+
+    sign, mu, s, codes, scale, zero = pm.compensated_init(w, h, mask)
+    out = torch.empty_like(w)
+    out[:, ~mask] = mu[:, None] + s[:, None] * sign
+    out[:, mask] = rtn_dequantize(codes, scale, zero)
+    return out
+
+
+def test_compensated_init_with_a_diagonal_hessian_is_the_independent_init():
+    w = randn(16, 96) * 0.05
+    mask = torch.zeros(96, dtype=torch.bool)
+    mask[torch.randperm(96, generator=torch.Generator().manual_seed(3))[:20]] = True
+    h = torch.diag(torch.rand(96, generator=torch.Generator().manual_seed(4)) + 0.5)
+    sign, mu, s, codes, scale, _zero = pm.compensated_init(w, h, mask)
+    sign0, mu0, s0 = pm.binary_init(w[:, ~mask])
+    assert torch.equal(sign, sign0) and torch.equal(mu, mu0) and torch.equal(s, s0)
+    assert torch.equal(compensated_weight(w, h, mask), independent_weight(w, mask))
+    assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scale.dtype == torch.float16
+
+
+def test_compensated_init_lowers_the_layer_output_error_on_correlated_inputs():
+    """GPTQ's objective ||(W - W_hat) X^T||^2: error feedback must beat choosing each column alone, on the
+    calibration inputs and on fresh inputs from the same distribution."""
+    n = 128
+    w = randn(32, n, seed=5) * 0.05
+    x, h = correlated_inputs(n)
+    x_new, _ = correlated_inputs(n, seed=9)
+    mask = pm.salient_mask(x.abs().mean(dim=0), 0.2)
+    for inputs in (x, x_new):
+        err_ind = ((w - independent_weight(w, mask)) @ inputs.T).pow(2).sum()
+        err_cmp = ((w - compensated_weight(w, h, mask)) @ inputs.T).pow(2).sum()
+        assert err_cmp < 0.8 * err_ind

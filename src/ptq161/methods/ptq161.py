@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..calibration import ChannelStats, run_block
+from ..calibration import ChannelStats, record_hessians, run_block
 from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error
@@ -67,6 +67,13 @@ class PTQ161Config(MethodConfig):
     salient_bits: int = 4
     salient_range: Literal["salient", "row"] = option("salient", "4-bit min/max over (default salient)")
     s_init: Literal["uncentred", "centred"] = option("uncentred", "init of the scale s (default uncentred)")
+    init: Literal["independent", "gptq"] = option(
+        "independent",
+        "how signs and 4-bit codes are chosen before training: independent (the paper: sign(W - mu), per-row "
+        "RTN) or gptq (beyond the paper: binary columns first, then the salient ones, each with GPTQ error "
+        "feedback from the block's input Hessian on the quantized stream; same bits)",
+        flag="--binary-init",
+    )
     use_mask: bool = True
     use_cosine: bool = True
     epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
@@ -120,6 +127,8 @@ class PTQ161Config(MethodConfig):
             raise PTQ161Error(f"matmul must be auto, float32 or bfloat16, got '{self.matmul}'")
         if self.salient_range not in ("salient", "row"):
             raise PTQ161Error(f"salient range must be salient or row, got '{self.salient_range}'")
+        if self.init not in ("independent", "gptq"):
+            raise PTQ161Error(f"binary init must be independent or gptq, got '{self.init}'")
         if self.s_init not in ("uncentred", "centred"):
             raise PTQ161Error(f"s init must be uncentred or centred, got '{self.s_init}'")
         if not 2 <= self.salient_bits <= 8:
@@ -396,8 +405,14 @@ class PTQ161(Method):
     config: PTQ161Config
 
     def _init_layer(
-        self, lin: nn.Linear, stats: ChannelStats, matmul_dtype: torch.dtype = torch.float32
+        self,
+        lin: nn.Linear,
+        stats: ChannelStats,
+        matmul_dtype: torch.dtype = torch.float32,
+        hessian: torch.Tensor | None = None,
     ) -> LearnableBinaryLinear:
+        """The trainable layer of ``lin``: mask from ``stats``; with ``hessian`` [n, n] (``init="gptq"``) the
+        signs and codes come from ``compensated_init``, else independently (the paper)."""
         cfg = self.config
         w = lin.weight.detach().float()
         n = w.shape[1]
@@ -406,12 +421,19 @@ class PTQ161(Method):
         else:
             stat = stats.get(cfg.statistic)
         mask = pm.salient_mask(stat, cfg.salient_ratio) if cfg.use_mask else torch.zeros(n, dtype=torch.bool)
-        mask = mask.to(w.device)
-        w_sal = w[:, mask]
-        range_of = w_sal if cfg.salient_range == "salient" and w_sal.shape[1] else w
-        scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
-        codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
-        sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
+        if hessian is not None:
+            sign, mu, s, codes, scale, zero = pm.compensated_init(
+                w.cpu(), hessian, mask.cpu(), cfg.salient_bits, cfg.salient_range, cfg.s_init
+            )
+            sign, mu, s, codes, scale, zero = (t.to(w.device) for t in (sign, mu, s, codes, scale, zero))
+            mask = mask.to(w.device)
+        else:
+            mask = mask.to(w.device)
+            w_sal = w[:, mask]
+            range_of = w_sal if cfg.salient_range == "salient" and w_sal.shape[1] else w
+            scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
+            codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
+            sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
         module = LearnableBinaryLinear(
             mask, rtn_offsets(codes, zero), sign, mu, s, lin.bias, cfg.s_param == "log", scale.float(), matmul_dtype
         )
@@ -436,10 +458,18 @@ class PTQ161(Method):
     def quantize_block(self, ctx: BlockContext) -> BlockResult:
         """Initialise every linear, train s, r1, r2 on the block, write the stored weights back."""
         cfg = self.config
+        hessians: dict[str, torch.Tensor | None] = dict.fromkeys(ctx.linears)
         with torch.no_grad():
-            t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
+            if cfg.init == "gptq":  # the input Hessians of the linears on the quantized stream, as GPTQ's
+                with record_hessians(ctx.linears) as acc:
+                    t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
+                hessians = {name: a.get() for name, a in acc.items()}
+            else:
+                t2 = run_block(ctx.block, ctx.x_q, ctx.call)
         dt = resolve_matmul_dtype(cfg.matmul, module_device(ctx.block))
-        modules = {name: self._init_layer(lin, ctx.stats[name], dt) for name, lin in ctx.linears.items()}
+        modules = {
+            name: self._init_layer(lin, ctx.stats[name], dt, hessians[name]) for name, lin in ctx.linears.items()
+        }
         log: dict = {}
         if cfg.epochs > 0:
             with swapped_in(ctx.block, modules, ctx.linears):

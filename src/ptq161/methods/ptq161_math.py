@@ -14,6 +14,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize
+from .gptq_math import gptq_quantize, prepare_hessian
+
 
 def salient_mask(stat: torch.Tensor, ratio: float) -> torch.Tensor:
     """Top channels by activation statistic, as the reference code selects them.
@@ -46,6 +49,58 @@ def binary_init(
         nz = (w != 0).float()
         s = (w.abs() * nz).sum(dim=1) / nz.sum(dim=1).clamp(min=1)
     return sign, mu, s
+
+
+def compensated_init(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    bits: int = 4,
+    salient_range: Literal["salient", "row"] = "salient",
+    s_init: Literal["uncentred", "centred"] = "uncentred",
+    damp: float = 0.01,
+    blocksize: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Signs and 4-bit codes chosen with GPTQ error feedback instead of independently (beyond the paper).
+
+    w [m, n], input Hessian h [n, n], salient mask bool [n]. The binary columns come first: each is
+    binarized as mu + s * sign(col - mu) (mu, s [m] from ``binary_init`` on the original columns) and its
+    error is spread over the columns not yet quantized, the salient ones included, so that these reach
+    their least-squares values given the signs. The salient columns then get their per-row 4-bit range
+    (over the compensated salient columns, or the original row for ``salient_range="row"``) and are
+    rounded with error feedback among themselves (Hessian block H[s, s]).
+    Returns (sign float32 [m, n_b] in {-1, +1}, mu [m], s [m], codes uint8 [m, n_s], scale fp16 [m],
+    zero uint8 [m]); with a diagonal h (no error feedback) this is the independent init: the signs of
+    ``binary_init`` and the per-row RTN codes.
+    """
+    w = w.float()
+    bin_idx, sal_idx = torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten()
+    k = bin_idx.numel()
+    _, mu, s = binary_init(w[:, bin_idx], s_init)
+    perm = torch.cat([bin_idx, sal_idx])
+    hp = h.float()[perm][:, perm]
+    wp, hinv = prepare_hessian(w[:, perm], hp, damp)
+    sign = torch.empty(w.shape[0], k)
+
+    def binarize(col: torch.Tensor, j: int) -> torch.Tensor:
+        if j >= k:  # salient: left for the second pass (no error here, only the updates from the signs)
+            return col
+        sign[:, j] = torch.where(col - mu >= 0, 1.0, -1.0)
+        return mu + s * sign[:, j]
+
+    compensated = gptq_quantize(wp, hinv, binarize, blocksize)[:, k:]
+    if not sal_idx.numel():
+        return sign, mu, s, torch.zeros(w.shape[0], 0, dtype=torch.uint8), *rtn_asym_params(w, bits)
+    w_sal, hinv_sal = prepare_hessian(compensated, hp[k:, k:], damp)
+    scale, zero = rtn_asym_params(w_sal if salient_range == "salient" else w, bits)
+    codes = torch.empty(w.shape[0], sal_idx.numel(), dtype=torch.uint8)
+
+    def round_4bit(col: torch.Tensor, j: int) -> torch.Tensor:
+        codes[:, j] = rtn_quantize(col[:, None], scale, zero, bits)[:, 0]
+        return rtn_dequantize(codes[:, j : j + 1], scale, zero)[:, 0]
+
+    gptq_quantize(w_sal, hinv_sal, round_4bit, blocksize)
+    return sign, mu, s, codes, scale, zero
 
 
 def nlc_term(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
