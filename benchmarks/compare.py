@@ -36,6 +36,9 @@ from ptq161.eval.report import markdown_table
 
 DEFAULT_MODEL = "smollm2-135m"  # the project's main table
 MIX = "wikitext2+c4"  # the mixed calibration of the *_mix rows
+# the rows measured before --binary-init gptq became the cpu preset's (2026-12-02) chose signs and codes
+# independently, the paper's way: their flags say so, so that each row's label is the command that reproduces it
+INDEPENDENT = ("--binary-init", "independent")
 ROWS: dict[str, tuple[str, dict]] = {
     "rtn_w4": ("rtn", dict(bits=4)),
     "rtn_w3": ("rtn", dict(bits=3)),
@@ -63,25 +66,24 @@ ROWS: dict[str, tuple[str, dict]] = {
     "ptq161_paper": ("ptq161", dict(preset="cpu", s_param="linear", lr_s=5e-4, e2e_steps=0)),
     # the default: `ptq161 quantize smollm2-135m` (cpu preset) run as a user runs it, packed dir evaluated
     "ptq161": ("ptq161", dict(cli=True)),
+    # the default before 2026-12-02's --binary-init gptq: signs and 4-bit codes chosen column by column alone
+    "ptq161_independent": ("ptq161", dict(cli=True, flags=INDEPENDENT)),
     # the cpu preset's earlier end-to-end settings, spelled out: 300 steps on the block stage's 64 windows
     # (the default until 2026-12-02), then on 256 (the block stage's first, then 192 more of the same source
     # and seed); both were measured on qwen2.5-coder-0.5b as the default command and with --e2e-windows 256
-    "ptq161_e2e300_w64": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "64"))),
-    "ptq161_e2e300_w256": ("ptq161", dict(cli=True, flags=("--e2e-steps", "300", "--e2e-windows", "256"))),
+    "ptq161_e2e300_w64": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "300", "--e2e-windows", "64"))),
+    "ptq161_e2e300_w256": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "300", "--e2e-windows", "256"))),
     # the default's 256 end-to-end windows with the 192 beyond the block stage's 64 sampled from the FP model
     # itself instead of drawn from WikiText-2: does its own distribution carry over to C4 better?
-    "ptq161_e2e_gen192": ("ptq161", dict(cli=True, flags=("--e2e-windows", "64", "--e2e-generated", "192"))),
+    "ptq161_e2e_gen192": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-windows", "64", "--e2e-generated", "192"))),
     # the default with twice the end-to-end steps (300 -> 600 lowered both sets by about 9 % on 0.5B)
-    "ptq161_e2e1200": ("ptq161", dict(cli=True, flags=("--e2e-steps", "1200"))),
+    "ptq161_e2e1200": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "1200"))),
     # calibration on WikiText-2 valid and C4 train window by window (the data notes name c4_train for
     # calibration): the default and the two best baselines on the same mixed windows, since PTQ1.61's
     # C4 / WikiText-2 ratio (2.8 on 0.5B) suggested its WikiText-2-only training fits that domain
-    "ptq161_mix": ("ptq161", dict(cli=True, flags=("--calib", MIX))),
+    "ptq161_mix": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--calib", MIX))),
     "arb_mix": ("arb", dict(calib=MIX)),
     "pbllm_mix": ("pbllm", dict(calib=MIX)),
-    # signs and 4-bit codes chosen with GPTQ error feedback before the block stage trains (the baselines
-    # ahead on C4, ARB-LLM and PB-LLM, all compensate; PTQ1.61 chose each column alone)
-    "ptq161_gptq_init": ("ptq161", dict(cli=True, flags=("--binary-init", "gptq"))),
 }
 ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
 ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
