@@ -72,10 +72,16 @@ ROWS: dict[str, tuple[str, dict]] = {
     # (the default until 2026-12-02), then on 256 (the block stage's first, then 192 more of the same source
     # and seed); both were measured on qwen2.5-coder-0.5b as the default command and with --e2e-windows 256
     "ptq161_e2e300_w64": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "300", "--e2e-windows", "64"))),
-    "ptq161_e2e300_w256": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "300", "--e2e-windows", "256"))),
+    "ptq161_e2e300_w256": (
+        "ptq161",
+        dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "300", "--e2e-windows", "256")),
+    ),
     # the default's 256 end-to-end windows with the 192 beyond the block stage's 64 sampled from the FP model
     # itself instead of drawn from WikiText-2: does its own distribution carry over to C4 better?
-    "ptq161_e2e_gen192": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-windows", "64", "--e2e-generated", "192"))),
+    "ptq161_e2e_gen192": (
+        "ptq161",
+        dict(cli=True, flags=(*INDEPENDENT, "--e2e-windows", "64", "--e2e-generated", "192")),
+    ),
     # the default with twice the end-to-end steps (300 -> 600 lowered both sets by about 9 % on 0.5B)
     "ptq161_e2e1200": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--e2e-steps", "1200"))),
     # calibration on WikiText-2 valid and C4 train window by window (the data notes name c4_train for
