@@ -3,7 +3,9 @@
 Per linear: the top ``salient_ratio`` input channels by activation statistic are kept
 at 4 bits (per-row asymmetric RTN); the other columns are binarized as
 r1 r2^T o (s * sign(W - mu) + mu) with s, r1, r2 trained per block against the FP
-block's outputs on both input streams (MSE + negative log cosine). The algorithm, and where
+block's outputs on both input streams (MSE + negative log cosine). With ``init="gptq"`` (beyond
+the paper; the cpu preset's) the signs and 4-bit codes are chosen with GPTQ error feedback
+(``ptq161_math.compensated_init``) instead of column by column. The algorithm, and where
 paper and reference code differ, is described in the README ("Where this implementation
 differs from the reference code").
 """
@@ -421,14 +423,13 @@ class PTQ161(Method):
         else:
             stat = stats.get(cfg.statistic)
         mask = pm.salient_mask(stat, cfg.salient_ratio) if cfg.use_mask else torch.zeros(n, dtype=torch.bool)
-        if hessian is not None:
+        if hessian is not None:  # the error-feedback loops run on the CPU, where the Hessians are
             sign, mu, s, codes, scale, zero = pm.compensated_init(
                 w.cpu(), hessian, mask.cpu(), cfg.salient_bits, cfg.salient_range, cfg.s_init
             )
             sign, mu, s, codes, scale, zero = (t.to(w.device) for t in (sign, mu, s, codes, scale, zero))
-            mask = mask.to(w.device)
-        else:
-            mask = mask.to(w.device)
+        mask = mask.to(w.device)
+        if hessian is None:
             w_sal = w[:, mask]
             range_of = w_sal if cfg.salient_range == "salient" and w_sal.shape[1] else w
             scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
