@@ -17,7 +17,7 @@ def _quantize_smollm2(preset: str, out, text_file=None, data_dir=None):
     calib = CalibConfig(dataset=f"text:{text_file}" if text_file else None, nsamples=p.nsamples, seqlen=p.seqlen)
     return quantize(
         "smollm2-135m",
-        method_config=PTQ161Config(epochs=p.epochs, **dict(p.method_settings)),
+        method_config=PTQ161Config(**p.method_defaults()),
         calib=calib,
         output=out,
         data_dir=data_dir,

@@ -40,7 +40,7 @@ def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, preset: st
         res = quantize(
             "smollm2-135m",
             "ptq161",
-            method_config=PTQ161Config(epochs=p.epochs),
+            method_config=PTQ161Config(**p.method_defaults()),
             calib=CalibConfig(nsamples=p.nsamples, seqlen=p.seqlen),
             output=Path(tmp) / "q",
             data_dir=data_dir,
