@@ -107,26 +107,24 @@ def correlated_inputs(n, tokens=512, seed=1):
     return x, 2 * x.T @ x / tokens
 
 
+def w_hat(mask, sign, mu, s, codes, scale, zero):
+    """The initial W_hat [m, n] of either init's parts (before any training)."""
+    from ptq161.primitives.quant import assemble, rtn_dequantize
+
+    return assemble(mask, rtn_dequantize(codes, scale, zero), mu[:, None] + s[:, None] * sign)
+
+
 def independent_weight(w, mask, bits=4):
     """W_hat of the independent init (the paper): sign(W - mu) with s, per-row RTN on the salient columns."""
-    from ptq161.primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize
+    from ptq161.primitives.quant import rtn_asym_params, rtn_quantize
 
     sign, mu, s = pm.binary_init(w[:, ~mask])
     scale, zero = rtn_asym_params(w[:, mask], bits)
-    out = torch.empty_like(w)
-    out[:, ~mask] = mu[:, None] + s[:, None] * sign
-    out[:, mask] = rtn_dequantize(rtn_quantize(w[:, mask], scale, zero, bits), scale, zero)
-    return out
+    return w_hat(mask, sign, mu, s, rtn_quantize(w[:, mask], scale, zero, bits), scale, zero)
 
 
 def compensated_weight(w, h, mask):
-    from ptq161.primitives.quant import rtn_dequantize
-
-    sign, mu, s, codes, scale, zero = pm.compensated_init(w, h, mask)
-    out = torch.empty_like(w)
-    out[:, ~mask] = mu[:, None] + s[:, None] * sign
-    out[:, mask] = rtn_dequantize(codes, scale, zero)
-    return out
+    return w_hat(mask, *pm.compensated_init(w, h, mask))
 
 
 def test_compensated_init_with_a_diagonal_hessian_is_the_independent_init():
@@ -138,6 +136,7 @@ def test_compensated_init_with_a_diagonal_hessian_is_the_independent_init():
     sign0, mu0, s0 = pm.binary_init(w[:, ~mask])
     assert torch.equal(sign, sign0) and torch.equal(mu, mu0) and torch.equal(s, s0)
     assert torch.equal(compensated_weight(w, h, mask), independent_weight(w, mask))
+    assert torch.equal(w_hat(mask, *pm.independent_init(w, mask)), independent_weight(w, mask))
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scale.dtype == torch.float16
 
 

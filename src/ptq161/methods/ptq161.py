@@ -13,6 +13,7 @@ differs from the reference code").
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,10 +31,8 @@ from ..primitives.quant import (
     STORAGE_DTYPE,
     assemble,
     binary_dequantize,
-    rtn_asym_params,
     rtn_dequantize,
     rtn_offsets,
-    rtn_quantize,
 )
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
@@ -423,18 +422,12 @@ class PTQ161(Method):
         else:
             stat = stats.get(cfg.statistic)
         mask = pm.salient_mask(stat, cfg.salient_ratio) if cfg.use_mask else torch.zeros(n, dtype=torch.bool)
-        if hessian is not None:  # the error-feedback loops run on the CPU, where the Hessians are
-            sign, mu, s, codes, scale, zero = pm.compensated_init(
-                w.cpu(), hessian, mask.cpu(), cfg.salient_bits, cfg.salient_range, cfg.s_init
-            )
-            sign, mu, s, codes, scale, zero = (t.to(w.device) for t in (sign, mu, s, codes, scale, zero))
         mask = mask.to(w.device)
         if hessian is None:
-            w_sal = w[:, mask]
-            range_of = w_sal if cfg.salient_range == "salient" and w_sal.shape[1] else w
-            scale, zero = rtn_asym_params(range_of, cfg.salient_bits)
-            codes = rtn_quantize(w_sal, scale, zero, cfg.salient_bits)
-            sign, mu, s = pm.binary_init(w[:, ~mask], cfg.s_init)
+            init = pm.independent_init(w, mask, cfg.salient_bits, cfg.salient_range, cfg.s_init)
+        else:  # the error-feedback loops run on the CPU, where the Hessians are
+            init = pm.compensated_init(w.cpu(), hessian, mask.cpu(), cfg.salient_bits, cfg.salient_range, cfg.s_init)
+        sign, mu, s, codes, scale, zero = (t.to(w.device) for t in init)
         module = LearnableBinaryLinear(
             mask, rtn_offsets(codes, zero), sign, mu, s, lin.bias, cfg.s_param == "log", scale.float(), matmul_dtype
         )
@@ -459,14 +452,11 @@ class PTQ161(Method):
     def quantize_block(self, ctx: BlockContext) -> BlockResult:
         """Initialise every linear, train s, r1, r2 on the block, write the stored weights back."""
         cfg = self.config
-        hessians: dict[str, torch.Tensor | None] = dict.fromkeys(ctx.linears)
-        with torch.no_grad():
-            if cfg.init == "gptq":  # the input Hessians of the linears on the quantized stream, as GPTQ's
-                with record_hessians(ctx.linears) as acc:
-                    t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
-                hessians = {name: a.get() for name, a in acc.items()}
-            else:
-                t2 = run_block(ctx.block, ctx.x_q, ctx.call)
+        # with init="gptq" the linears' input Hessians on the quantized stream (as GPTQ's), from the same pass
+        recording = record_hessians(ctx.linears) if cfg.init == "gptq" else nullcontext({})
+        with torch.no_grad(), recording as acc:
+            t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
+        hessians = {name: acc[name].get() if name in acc else None for name in ctx.linears}
         dt = resolve_matmul_dtype(cfg.matmul, module_device(ctx.block))
         modules = {
             name: self._init_layer(lin, ctx.stats[name], dt, hessians[name]) for name, lin in ctx.linears.items()

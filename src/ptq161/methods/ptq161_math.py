@@ -51,6 +51,25 @@ def binary_init(
     return sign, mu, s
 
 
+def independent_init(
+    w: torch.Tensor,
+    mask: torch.Tensor,
+    bits: int = 4,
+    salient_range: Literal["salient", "row"] = "salient",
+    s_init: Literal["uncentred", "centred"] = "uncentred",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paper's init: each column alone, signs from ``binary_init``, per-row RTN of the salient columns.
+
+    w [m, n], salient mask bool [n] -> (sign float32 [m, n_b], mu [m], s [m], codes uint8 [m, n_s],
+    scale fp16 [m], zero uint8 [m]); the 4-bit range is over the salient columns (``"salient"``, when
+    there are any) or the whole row.
+    """
+    w_sal = w[:, mask]
+    scale, zero = rtn_asym_params(w_sal if salient_range == "salient" and w_sal.shape[1] else w, bits)
+    sign, mu, s = binary_init(w[:, ~mask], s_init)
+    return sign, mu, s, rtn_quantize(w_sal, scale, zero, bits), scale, zero
+
+
 def compensated_init(
     w: torch.Tensor,
     h: torch.Tensor,
