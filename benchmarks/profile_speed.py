@@ -86,7 +86,7 @@ def lookup_kernel(packed) -> dict:
     set_threads(1)
     mod = packed.model.layers[0].mlp.gate_proj
     w = mod.kernel_buffers(False)
-    sal, sign, codes = w[0], w[3], w[4]
+    sal, sign, codes = w.sal_idx, w.sign, w.codes
     groups = sign.shape[1]
     x = np.random.default_rng(0).standard_normal(mod.in_features).astype(np.float32)
     out = np.empty(mod.out_features, np.float32)
@@ -172,12 +172,12 @@ def training_step(model) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks.common import block_zero
-    from ptq161.config import get_preset
+    from ptq161 import resolve_recipe
     from ptq161.methods import BlockContext
     from ptq161.methods.ptq161 import PTQ161, PTQ161Config
 
     _adapter, _ids, block, linears, x, call, y, stats = block_zero(model)
-    settings = get_preset("cpu").method_defaults()
+    settings = resolve_recipe("cpu").method_config.to_dict()
 
     def run(epochs: int) -> float:
         ctx = BlockContext(0, block, linears, x, x.clone(), y, stats, call)

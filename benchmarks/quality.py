@@ -125,7 +125,7 @@ def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
 
     import torch
 
-    from ptq161 import load_model, quantize
+    from ptq161 import Recipe, load_model, quantize
     from ptq161.data import calibration_windows
     from ptq161.methods.ptq161 import PTQ161
     from ptq161.pipeline.e2e import teacher_topk, train_end_to_end, with_generated
@@ -141,7 +141,7 @@ def block_then_e2e(cfg, calib, e2e, windows: int) -> dict:
     teacher = teacher_topk(fp, wins, e2e.topk)
     del fp
     teacher_s = time.perf_counter() - t0
-    res = quantize("smollm2-135m", method_config=cfg, calib=calib, progress=False)
+    res = quantize("smollm2-135m", Recipe("ptq161", cfg, calib), progress=False)
     block_s = time.perf_counter() - t0 - teacher_s
     before = table_perplexities(res.model, res.tokenizer, windows)
     _parts, log = train_end_to_end(res.model, PTQ161(cfg), res.parts, wins, teacher, e2e, progress=False)

@@ -122,24 +122,34 @@ def step_times(variant: str) -> dict:
 
     from benchmarks.common import block_zero
     from ptq161 import load
-    from ptq161.config import get_preset
     from ptq161.methods import BlockContext
     from ptq161.methods.ptq161 import PTQ161, PTQ161Config
     from ptq161.pipeline.e2e import E2EConfig, teacher_topk, train_end_to_end
 
     model = load("smollm2-135m")[0]
     adapter, ids, block, linears, x, call, y, stats = block_zero(model)
-    preset = get_preset("cpu")
-    settings = preset.method_defaults()
-    e2e_settings = dict(getattr(preset, "e2e_settings", ()))  # the baseline's presets have none
+    try:  # this checkout: the cpu recipe
+        from ptq161 import resolve_recipe
+
+        recipe = resolve_recipe("cpu")
+        settings = recipe.method_config.to_dict()
+        e2e_settings = {k: v for k, v in recipe.e2e.to_dict().items() if k not in ("steps", "heldout")}
+        matmul_key, compile_key = "train_matmul", "train_compile"
+    except ImportError:  # a baseline checkout from before recipes: its cpu preset
+        from ptq161.config import get_preset
+
+        preset = get_preset("cpu")
+        settings = preset.method_defaults()
+        e2e_settings = dict(getattr(preset, "e2e_settings", ()))  # the baseline's presets have none
+        matmul_key, compile_key = "matmul", "compile"
 
     def flag(name: str) -> str | None:
         flags = VARIANTS[variant][1]
         return flags[flags.index(name) + 1] if name in flags else None
 
     if variant != "baseline":
-        settings["matmul"] = VARIANTS[variant][0]
-        settings["compile"] = flag("--train-compile") or settings.get("compile", "off")
+        settings[matmul_key] = VARIANTS[variant][0]
+        settings[compile_key] = flag("--train-compile") or settings.get(compile_key, "off")
         e2e_settings["compile"] = flag("--e2e-compile") or e2e_settings.get("compile", "off")
     state = {k: v.clone() for k, v in block.state_dict().items()}
 

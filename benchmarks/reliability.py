@@ -84,7 +84,7 @@ class Fixtures:
     def __init__(self, root: Path) -> None:
         from tests.helpers import SAMPLE_TEXT, save_model_dir, tiny_llama
 
-        from ptq161 import CalibConfig, quantize
+        from ptq161 import CalibConfig, Recipe, quantize
 
         self.root = root
         self.text = root / "text.txt"
@@ -96,8 +96,8 @@ class Fixtures:
         self.model = save_model_dir(tiny_llama(), root / "tiny")
         self.packed = root / "packed"
         calib = CalibConfig(dataset=f"text:{self.text}", nsamples=2, seqlen=64)
-        quantize(str(self.model), "ptq161", calib=calib, output=self.packed, progress=False)
-        self.calib = ["--preset", "smoke", "--calib", f"text:{self.text}"]
+        quantize(str(self.model), Recipe("ptq161", calib=calib), output=self.packed, progress=False)
+        self.calib = ["--recipe", "smoke", "--calib-dataset", f"text:{self.text}"]
         self.ppl_text = ["--datasets", f"text:{self.text}", "--seqlen", "64", "--max-windows", "2"]
 
     def copy(self, src: Path, name: str) -> Path:

@@ -130,13 +130,21 @@ def out_err(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> float:
     return ((x @ (q - w).T) ** 2).mean().item()
 
 
+def quantize_with(model, method: str = "ptq161", *, method_config=None, calib=None, e2e=None, head=None, **kw):
+    """``ptq161.quantize`` with a ``Recipe`` built from typed configs (unset ones: the configs' defaults)."""
+    from ptq161 import CalibConfig, E2EConfig, Recipe, quantize
+
+    recipe = Recipe(method, method_config, calib or CalibConfig(), e2e or E2EConfig(), head)
+    return quantize(model, recipe, **kw)
+
+
 def quantize_tiny(model_dir, text_file, out, epochs: int = 2, nsamples: int = 4, **kw):
     """PTQ1.61 of a tiny model directory on a text file (windows of 64 tokens), saved to ``out``."""
-    from ptq161 import CalibConfig, quantize
+    from ptq161 import CalibConfig
     from ptq161.methods.ptq161 import PTQ161Config
 
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=nsamples, seqlen=64)
-    return quantize(
+    return quantize_with(
         str(model_dir), method_config=PTQ161Config(epochs=epochs), calib=calib, output=out, progress=False, **kw
     )
 

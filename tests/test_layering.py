@@ -101,5 +101,6 @@ def test_readme_layout_lists_every_package_of_the_tree():
     }
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     modules = {"errors.py", "utils.py", "config.py", "api.py"}
-    assert packages <= listed and listed - packages <= modules, (listed, packages)
+    data = {p.name for p in SRC.iterdir() if p.is_dir() and not (p / "__init__.py").exists()} - {"__pycache__"}
+    assert data == {"recipes"} and packages | data <= listed and listed - packages <= modules | data, (listed, packages)
     assert all(m in block for m in modules)

@@ -5,24 +5,31 @@ from .api import (
     LoRAConfig,
     PreprocessResult,
     QuantizeResult,
+    Recipe,
     convert,
     evaluate_perplexity,
     load,
     load_model,
     preprocess,
     quantize,
+    recipe_names,
+    resolve_recipe,
 )
-from .config import PRESETS, CalibConfig
+from .config import CalibConfig
+from .methods.ptq161 import PTQ161Config
 from .models import register as _register_with_transformers
+from .pipeline.e2e import E2EConfig
 
 _register_with_transformers()  # packed ptq161 directories load with AutoModelForCausalLM.from_pretrained
 
 __all__ = [
-    "PRESETS",
     "CalibConfig",
+    "E2EConfig",
     "LoRAConfig",
+    "PTQ161Config",
     "PreprocessResult",
     "QuantizeResult",
+    "Recipe",
     "__version__",
     "convert",
     "evaluate_perplexity",
@@ -30,4 +37,6 @@ __all__ = [
     "load_model",
     "preprocess",
     "quantize",
+    "recipe_names",
+    "resolve_recipe",
 ]

@@ -1,8 +1,11 @@
-"""Public entry points: load models, quantize them block by block, preprocess, evaluate perplexity."""
+"""Public entry points: load models, quantize them with a recipe, preprocess, evaluate perplexity."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,15 +14,18 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from .data import default_eval_corpus, eval_tokens
 from .data.corpora import check_eval_name
 from .eval.perplexity import PerplexityResult, perplexity
-from .models import LazyModel, load_model, load_model_lazy
+from .models import LazyModel, load_model, load_model_lazy, onloads
 from .pipeline.output_dir import convert_output
 from .pipeline.preprocess import LoRAConfig, PreprocessResult, preprocess
-from .pipeline.quantize import QuantizeResult, quantize
+from .pipeline.quantize import QuantizeResult
+from .pipeline.quantize import quantize as run_recipe
+from .pipeline.recipe import Recipe, recipe_names, resolve_recipe
 
 __all__ = [
     "LoRAConfig",
     "PreprocessResult",
     "QuantizeResult",
+    "Recipe",
     "convert",
     "evaluate_perplexity",
     "load",
@@ -27,7 +33,11 @@ __all__ = [
     "load_model_lazy",
     "preprocess",
     "quantize",
+    "recipe_names",
+    "resolve_recipe",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def load(
@@ -89,3 +99,64 @@ def convert(
     directory's ``ptq161.json`` (``head``, ``converted_from``).
     """
     return convert_output(src, output, head=head, verify=verify, trust_remote_code=trust_remote_code)
+
+
+def quantize(
+    model: str | Path | nn.Module,
+    recipe: str | Path | Recipe | None = None,
+    *,
+    tokenizer: Tokenizer | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_memory: int | None = None,
+    progress: bool = True,
+    verify: bool = True,
+    trust_remote_code: bool = False,
+    **overrides: Any,
+) -> QuantizeResult:
+    """Quantize ``model`` with ``recipe`` (default "cpu"; ``ptq161 recipes`` lists them) and ``overrides``.
+
+    ``model``: a model spec ("smollm2-135m", a model directory, a hub id) or an ``nn.Module`` with its
+    ``tokenizer`` (quantized in place). ``recipe``: a shipped recipe's name, a recipe TOML file, an
+    earlier output's ``ptq161.json`` (or its directory) to repeat that run, or a ``Recipe``.
+    ``overrides``: settings by flat name, e.g. ``epochs=2, calib_nsamples=16, e2e_steps=0, head="fp32",
+    method="gptq", bits=3`` (``Recipe.settings()`` lists a recipe's). The command line
+    ``ptq161 quantize MODEL --recipe R --epochs 2 ...`` resolves the same way.
+
+    When a model spec does not fit ``max_memory`` (block onloading) and the end-to-end stage comes
+    from a recipe name or file rather than an explicit ``e2e_steps`` or ``Recipe``, the stage is
+    dropped with a warning (logged) and the recorded recipe says so; otherwise it is refused. With
+    ``output`` the result is saved (packed for PTQ1.61) with the resolved recipe in ``ptq161.json``.
+    See ``ptq161.pipeline.quantize.quantize`` for the rest.
+    """
+    rec = resolve_recipe(recipe, **overrides)
+    spec = None if isinstance(model, nn.Module) else str(model)
+    from_file = not isinstance(recipe, Recipe) and overrides.get("e2e_steps") is None  # not asked for explicitly
+    if rec.e2e.steps and from_file and spec and onloads(spec, dtype, max_memory):
+        log.warning(
+            "%s is over half the memory budget: block onloading, without the recipe's end-to-end stage "
+            "(it needs the whole model; a larger --max-memory keeps it)",
+            spec,
+        )
+        rec = dataclasses.replace(
+            rec,
+            e2e=dataclasses.replace(rec.e2e, steps=0),
+            description=f"{rec.description} End-to-end stage dropped: the model was block-onloaded.",
+        )
+    return run_recipe(
+        model,
+        rec,
+        tokenizer=tokenizer,
+        output=output,
+        resume=resume,
+        data_dir=data_dir,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        max_memory=max_memory,
+        verify=verify,
+        trust_remote_code=trust_remote_code,
+    )

@@ -1,8 +1,11 @@
-"""Typed run settings: calibration data, presets, and the ``option`` field helper.
+"""Typed run settings: calibration data and the ``option`` field helper.
 
 Method settings live with each method as dataclasses; a field made with ``option``
 carries the help text (and bounds) from which the command line builds its flag, so a
-setting is declared once.
+setting is declared once. The flag is the setting's name (``--salient-ratio`` sets
+``salient_ratio``), prefixed with its section outside the method's own settings
+(``--calib-nsamples``, ``--e2e-steps``); ``aliases`` are older spellings, still accepted
+and not shown. Recipes (``ptq161.pipeline.recipe``) combine these configs.
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ def option(
     default: Any,
     help: str,
     *,
-    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
     minimum: float | None = None,
     maximum: float | None = None,
     exclusive: bool = False,
 ) -> Any:
-    """A config field that the command line offers as ``flag`` (default ``--field-name``).
+    """A config field that the command line offers as a flag named after it (``aliases``: older flags).
 
     ``minimum`` / ``maximum`` bound the value at parse time (``exclusive`` makes both bounds
     open); the config's ``__post_init__`` still validates everything, for API callers.
     """
-    meta = {"help": help, "flag": flag, "minimum": minimum, "maximum": maximum, "exclusive": exclusive}
+    meta = {"help": help, "aliases": aliases, "minimum": minimum, "maximum": maximum, "exclusive": exclusive}
     return field(default=default, metadata={"cli": meta})
 
 
@@ -40,10 +43,15 @@ class CalibConfig:
     gensim Wikipedia sample. The paper uses 128 x 2048 tokens of WikiText-2 train, seed 2.
     """
 
-    dataset: str | None = None
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 2
+    dataset: str | None = option(
+        None,
+        "calibration corpus: wikitext2, c4, wiki-sample, text:PATH, or a mix taking windows from each in turn "
+        "(e.g. wikitext2+c4); none = WikiText-2 train, else its validation split, else the Wikipedia sample",
+        aliases=("--calib",),
+    )
+    nsamples: int = option(128, "calibration windows", minimum=1, aliases=("--nsamples",))
+    seqlen: int = option(2048, "tokens per calibration window", minimum=2)
+    seed: int = option(2, "seed of the window sampling and of everything random in the run", aliases=("--seed",))
 
     def __post_init__(self) -> None:
         if self.nsamples < 1:
@@ -54,78 +62,3 @@ class CalibConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named budget: calibration size, PTQ1.61 epochs and settings, end-to-end steps, and why it exists."""
-
-    nsamples: int
-    seqlen: int
-    epochs: int
-    why: str
-    method_settings: tuple[tuple[str, Any], ...] = ()  # PTQ1.61 settings that differ from the paper's
-    e2e_steps: int = 0  # end-to-end stage (beyond the paper) for methods that have one
-    e2e_settings: tuple[tuple[str, Any], ...] = ()  # its settings that differ from E2EConfig's defaults
-
-    def method_defaults(self) -> dict[str, Any]:
-        """Config values this preset gives a method (each method takes those its config has)."""
-        return {"epochs": self.epochs, **dict(self.method_settings)}
-
-    def describe(self) -> str:
-        """One line for --help."""
-        extra = "".join(f", {k}={v}" for k, v in self.method_settings)
-        e2e = "".join(f", e2e {k}={v}" for k, v in self.e2e_settings)
-        e2e = f", end-to-end stage {self.e2e_steps} steps{e2e}" if self.e2e_steps else ""
-        return f"{self.nsamples} x {self.seqlen} tokens, {self.epochs} epochs{extra}{e2e} ({self.why})"
-
-
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(
-        128,
-        2048,
-        20,
-        "the paper's setting and block stage, no end-to-end stage: for GPU users. Memory: the model, plus "
-        "4 activation streams of 128 x 2048 x hidden (fp32: 4 GiB for hidden 1024, 16 GiB for LLaMA-7B's 4096; "
-        "kept on the CPU when they exceed half the GPU's free memory), plus one block's training",
-    ),
-    "cpu": Preset(
-        64,
-        256,
-        10,
-        "measured on smollm2-135m (benchmarks/results/quality.md, both stages eager, 18.5 min on 2 CPU cores): "
-        "WikiText-2 ppl 84.0 = 4.4x FP, C4 225.7 (block stage alone 143.3 / 371.3); without the GPTQ-compensated "
-        "signs and codes (--binary-init independent, the paper's) 117.8 / 261.0 (block stage 271.7 / 457.6); "
-        "the paper's method at this budget: --s-param linear --binary-init independent --e2e-steps 0 (273.7)",
-        method_settings=(("s_param", "log"), ("lr_s", 1e-2), ("compile", "auto"), ("init", "gptq")),
-        e2e_steps=600,
-        e2e_settings=(("compile", "auto"), ("windows", 256)),
-    ),
-    "large": Preset(
-        32,
-        256,
-        8,
-        "for 1B+ models on a CPU: a quarter of the cpu preset's block-stage work, log-parameterised s, no "
-        "end-to-end stage (it needs the whole model in memory); measured on qwen2.5-coder-1.5b under --max-memory 3GB "
-        "(benchmarks/results/large_model.md): 72.7 min on 2 cores (partly contended; 55.8 min with bfloat16 training "
-        "products, benchmarks/results/peers_qwen2.5-coder-1.5b.md), peak RSS 2.2 GB, WikiText-2 "
-        "ppl 157.0 = 12.8x FP",
-        method_settings=(("s_param", "log"), ("lr_s", 1e-2)),
-    ),
-    "demo": Preset(
-        16,
-        256,
-        2,
-        "what `make demo` runs: about a minute of quantization on 2 CPU cores; signs and codes with GPTQ error "
-        "feedback (smollm2-135m, first 4 WikiText-2 test windows: 358.0; 884.5 with --binary-init independent)",
-        method_settings=(("init", "gptq"),),
-    ),
-    "smoke": Preset(4, 64, 1, "seconds, for tests"),
-}
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called ``name`` or a clear error."""
-    if name not in PRESETS:
-        raise PTQ161Error(f"unknown preset '{name}'; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]

@@ -20,17 +20,18 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["ppl", "x", "--max-windows", "abc"], "--max-windows"),
         (["ppl", "x", "--datasets", "bogus"], "unknown dataset"),
         (["nosuchcommand"], "invalid choice"),
-        (["quantize", "x", "--ratio", "1.2"], "--ratio"),
-        (["quantize", "x", "--ratio", "0"], "--ratio"),
-        (["quantize", "x", "--nsamples", "0"], "--nsamples"),
-        (["quantize", "x", "--method", "nosuch"], "unknown method"),
-        (["quantize", "x", "--preset", "huge"], "--preset"),
+        (["quantize", "x", "--salient-ratio", "1.2"], "--salient-ratio"),
+        (["quantize", "x", "--ratio", "0"], "--ratio"),  # the earlier spelling, checked the same way
+        (["quantize", "x", "--calib-nsamples", "0"], "--calib-nsamples"),
+        (["quantize", "x", "--method", "nosuch"], "--method"),
+        (["quantize", "x", "--recipe", "huge"], "recipe 'huge' is neither a shipped recipe"),
+        (["quantize", "x", "--epoch", "3"], "--epoch"),
         (["info", "/no/such/dir"], "not a ptq161 output"),
         (["quantize", "x", "--max-memory", "lots"], "--max-memory"),
         (["quantize", "x", "--device", "tpu9"], "--device"),
         (["quantize", "qwen2.5-coder-1.5b", "--dtype", "int4"], "--dtype"),
         (["quantize", "x", "--method", "rtn", "--e2e-kl", "topk"], "--e2e-kl"),  # no end-to-end stage: not ignored
-        (["quantize", "x", "--e2e-steps", "0", "--e2e-windows", "64", "--train-signs"], "--e2e-windows, --train-signs"),
+        (["quantize", "x", "--e2e-steps", "0", "--e2e-windows", "64", "--e2e-train-signs"], "--e2e-windows"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(args, needle):
@@ -75,14 +76,14 @@ def test_quantize_cli_bad_output_and_context(tiny_model_dir: Path, text_file: Pa
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("x")
-    p = run_cli("quantize", str(tiny_model_dir), "--calib", f"text:{text_file}", "--output", str(other))
+    p = run_cli("quantize", str(tiny_model_dir), "--calib-dataset", f"text:{text_file}", "--output", str(other))
     assert p.returncode == 2 and "holds something else" in p.stderr and "Traceback" not in p.stderr
     assert sorted(x.name for x in other.iterdir()) == ["keep.txt"]
     out = tmp_path / "q"
     p = run_cli(
         "quantize",
         str(tiny_model_dir),
-        "--calib",
+        "--calib-dataset",
         f"text:{text_file}",
         "--calib-seqlen",
         "100000",
@@ -97,7 +98,16 @@ def test_quantize_then_info_and_ppl(tiny_model_dir: Path, text_file: Path, tmp_p
     out = tmp_path / "q"
     assert (
         main(
-            ["quantize", str(tiny_model_dir), "--preset", "smoke", "--calib", f"text:{text_file}", "--output", str(out)]
+            [
+                "quantize",
+                str(tiny_model_dir),
+                "--recipe",
+                "smoke",
+                "--calib-dataset",
+                f"text:{text_file}",
+                "--output",
+                str(out),
+            ]
         )
         == 0
     )

@@ -5,39 +5,45 @@ import pytest
 import torch
 
 from ptq161.cli import build_parser
-from ptq161.cli.common import method_config, method_flags
+from ptq161.cli.common import method_flags
+from ptq161.cli.quantize import cli_overrides
 from ptq161.errors import PTQ161Error
 from ptq161.methods import METHODS
+from ptq161.pipeline.recipe import resolve_recipe
 
 
-def test_every_flag_sets_a_real_config_field_and_every_option_field_has_a_flag():
+def cli_recipe(*argv: str):
+    """The recipe ``ptq161 quantize m ARGV`` runs (the same resolution the command calls)."""
+    args = build_parser().parse_args(["quantize", "m", *argv])
+    return resolve_recipe(args.recipe, **cli_overrides(args))
+
+
+def test_every_flag_sets_a_real_config_field_named_like_it_and_every_option_field_has_a_flag():
     flags = method_flags()
     for mf in flags:
-        for method, field in mf.fields.items():
-            assert field in {f.name for f in dataclasses.fields(METHODS[method].config_class)}
+        assert mf.flag == "--" + mf.dest.replace("_", "-")  # the flag is the setting's name
+        for method in mf.helps:
+            assert mf.dest in {f.name for f in dataclasses.fields(METHODS[method].config_class)}
     declared = {
         (name, f.name)
         for name, cls in METHODS.items()
         for f in dataclasses.fields(cls.config_class)
         if "cli" in f.metadata
     }
-    assert declared == {(m, f) for mf in flags for m, f in mf.fields.items()}
+    assert declared == {(m, mf.dest) for mf in flags for m in mf.helps}
     by_flag = {mf.flag: mf for mf in flags}
-    assert set(by_flag["--ratio"].fields) == {"ptq161", "pbllm"}  # one flag, two methods, same parsing
-    assert set(by_flag["--bits"].fields) == {"rtn", "gptq", "awq", "omniquant"}
+    assert set(by_flag["--salient-ratio"].helps) == {"ptq161", "pbllm"}  # one flag, two methods, same parsing
+    assert set(by_flag["--bits"].helps) == {"rtn", "gptq", "awq", "omniquant"}
+    assert "mask" not in by_flag["--epochs"].helps["omniquant"]
 
 
-def test_method_config_takes_the_methods_own_flags_and_refuses_others():
-    parser = build_parser()
-    args = parser.parse_args(["quantize", "m", "--method", "rtn", "--bits", "3", "--group-size", "16"])
-    cfg = method_config(args, METHODS["rtn"], {"epochs": 5})  # epochs: not an rtn field, ignored
-    assert (cfg.bits, cfg.group_size) == (3, 16)
-    args = parser.parse_args(["quantize", "m", "--ratio", "0.3"])
-    cfg = method_config(args, METHODS["ptq161"], {"epochs": 5})
-    assert (cfg.salient_ratio, cfg.epochs) == (0.3, 5)
-    args = parser.parse_args(["quantize", "m", "--method", "billm", "--bits", "3"])
-    with pytest.raises(PTQ161Error, match="method 'billm' does not take --bits"):
-        method_config(args, METHODS["billm"], {})
+def test_flags_take_the_methods_own_settings_and_refuse_others():
+    r = cli_recipe("--method", "rtn", "--bits", "3", "--group-size", "16")  # cpu's epochs: not an rtn field
+    assert (r.method_config.bits, r.method_config.group_size, r.e2e.steps, r.head) == (3, 16, 0, "fp32")
+    r = cli_recipe("--ratio", "0.3")  # the earlier spelling of --salient-ratio, still accepted
+    assert (r.method_config.salient_ratio, r.method_config.epochs) == (0.3, 10)
+    with pytest.raises(PTQ161Error, match="method 'billm' has no setting bits"):
+        cli_recipe("--method", "billm", "--bits", "3")
 
 
 def _options(command: str) -> set[str]:
@@ -59,46 +65,43 @@ def test_device_and_dtype_are_offered_where_honoured_and_checked():
             parser.parse_args(["quantize", "m", "--device", "cuda"])
 
 
-def test_cpu_preset_settings_and_the_paper_one_flag_away():
-    from ptq161.cli.quantize import settings
-
-    parser = build_parser()
-    cfg, calib, e2e = settings(parser.parse_args(["quantize", "m"]))
-    assert (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
+def test_cpu_recipe_settings_and_the_paper_one_flag_away():
+    r = cli_recipe()
+    cfg, calib, e2e = r.method_config, r.calib, r.e2e
+    assert r.name == "cpu" and (calib.nsamples, calib.seqlen, cfg.epochs) == (64, 256, 10)
     assert (cfg.s_param, cfg.lr_s, e2e.steps, e2e.windows, e2e.generated) == ("log", 1e-2, 600, 256, 0)
-    assert (cfg.compile, e2e.compile) == ("auto", "auto")  # compiled where the machine has a compiler
-    assert cfg.init == "gptq"  # signs and codes with GPTQ error feedback
-    assert settings(parser.parse_args(["quantize", "m", "--binary-init", "independent"]))[0].init == "independent"
-    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-compile", "off", "--e2e-compile", "on"]))
-    assert (cfg.compile, e2e.compile) == ("off", "on")
-    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--s-param", "linear", "--e2e-steps", "0"]))
-    assert (cfg.s_param, e2e.steps) == ("linear", 0)
-    _, _, e2e = settings(parser.parse_args(["quantize", "m", "--e2e-windows", "64", "--e2e-generated", "192"]))
-    assert (e2e.steps, e2e.windows, e2e.generated) == (600, 64, 192)  # flags override the preset's settings
-    cfg, _, e2e = settings(parser.parse_args(["quantize", "m", "--method", "rtn"]))  # no end-to-end stage
-    assert e2e.steps == 0 and not hasattr(cfg, "s_param")
-    for off in (["--method", "rtn"], ["--e2e-steps", "0"], ["--preset", "paper"]):  # the stage is off: refused
-        with pytest.raises(PTQ161Error, match="--e2e-generated: end-to-end setting"):
-            settings(parser.parse_args(["quantize", "m", *off, "--e2e-generated", "8"]))
-    _, _, e2e = settings(
-        parser.parse_args(["quantize", "m", "--preset", "paper", "--e2e-steps", "5", "--e2e-kl", "topk"])
-    )
-    assert (e2e.steps, e2e.kl) == (5, "topk")
-    cfg, calib, e2e = settings(parser.parse_args(["quantize", "m", "--preset", "paper"]))
+    assert (cfg.train_compile, e2e.compile) == ("auto", "auto")  # compiled where the machine has a compiler
+    assert cfg.binary_init == "gptq"  # signs and codes with GPTQ error feedback
+    assert cli_recipe("--binary-init", "independent").method_config.binary_init == "independent"
+    r = cli_recipe("--train-compile", "off", "--e2e-compile", "on")
+    assert (r.method_config.train_compile, r.e2e.compile) == ("off", "on")
+    r = cli_recipe("--s-param", "linear", "--e2e-steps", "0")
+    assert (r.method_config.s_param, r.e2e.steps) == ("linear", 0)
+    r = cli_recipe("--e2e-windows", "64", "--e2e-generated", "192")
+    assert (r.e2e.steps, r.e2e.windows, r.e2e.generated) == (600, 64, 192)  # flags override the recipe's settings
+    r = cli_recipe("--method", "rtn")  # no end-to-end stage
+    assert r.e2e.steps == 0 and not hasattr(r.method_config, "s_param")
+    for off in (["--method", "rtn"], ["--e2e-steps", "0"], ["--recipe", "paper"]):  # the stage is off: refused
+        with pytest.raises(
+            PTQ161Error, match=r"e2e_generated \(--e2e-generated\): end-to-end settings while the stage is off"
+        ):
+            cli_recipe(*off, "--e2e-generated", "8")
+    r = cli_recipe("--recipe", "paper", "--e2e-steps", "5", "--e2e-kl", "topk")
+    assert (r.e2e.steps, r.e2e.kl) == (5, "topk")
+    r = cli_recipe("--preset", "paper")  # the earlier name of --recipe
+    cfg, calib, e2e = r.method_config, r.calib, r.e2e
     assert (calib.nsamples, calib.seqlen, cfg.epochs, cfg.s_param, e2e.steps) == (128, 2048, 20, "linear", 0)
-    assert cfg.init == "independent"  # the paper's
-    assert (cfg.compile, e2e.compile) == ("off", "off")
+    assert cfg.binary_init == "independent"  # the paper's
+    assert (cfg.train_compile, e2e.compile) == ("off", "off")
 
 
 def test_train_signs_is_a_switch_and_sign_lr_is_bounded():
-    from ptq161.cli.quantize import settings
-
-    parser = build_parser()
-    assert settings(parser.parse_args(["quantize", "m"]))[2].train_signs is False
-    _, _, e2e = settings(parser.parse_args(["quantize", "m", "--train-signs", "--sign-lr", "0.05"]))
+    assert cli_recipe().e2e.train_signs is False
+    e2e = cli_recipe("--e2e-train-signs", "--e2e-sign-lr", "0.05").e2e
     assert (e2e.train_signs, e2e.sign_lr) == (True, 0.05)
+    assert cli_recipe("--train-signs").e2e.train_signs is True  # the earlier spelling
     with pytest.raises(SystemExit) as exc:
-        parser.parse_args(["quantize", "m", "--sign-lr", "0"])
+        build_parser().parse_args(["quantize", "m", "--e2e-sign-lr", "0"])
     assert exc.value.code == 2
 
 

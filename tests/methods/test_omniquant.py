@@ -1,8 +1,8 @@
 import pytest
 import torch
-from tests.helpers import hessian_layer
+from tests.helpers import hessian_layer, quantize_with
 
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.errors import PTQ161Error
 from ptq161.methods.omniquant import OmniQuant, OmniQuantConfig, lwc_fake_quant, lwc_stored
 from ptq161.primitives.quant import rtn_grouped, rtn_stored_bits
@@ -28,7 +28,7 @@ def test_clipping_parameters_get_gradients_through_the_rounding():
 def test_training_lowers_the_block_output_error_and_the_stored_bits_are_rtns(tiny_model_dir, text_file, tmp_path):
     def run(epochs):
         cfg = OmniQuantConfig(bits=2, group_size=32, epochs=epochs, lr=0.1)
-        return quantize(
+        return quantize_with(
             str(tiny_model_dir),
             "omniquant",
             method_config=cfg,

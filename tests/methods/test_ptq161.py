@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import assert_parts_close, quantize_tiny, tiny_llama
+from tests.helpers import assert_parts_close, quantize_tiny, quantize_with, tiny_llama
 
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.calibration.capture import capture_block_inputs, run_block
 from ptq161.calibration.stats import record_input_stats
 from ptq161.errors import PTQ161Error
@@ -19,7 +19,7 @@ from ptq161.methods import ptq161_math as pm
 from ptq161.methods.ptq161 import PTQ161, LearnableBinaryLinear, PTQ161Config
 from ptq161.models import get_adapter
 from ptq161.pipeline.output_dir import read_parts, verify_parts
-from ptq161.primitives.kernels import can_compile
+from ptq161.primitives.device import can_compile
 
 
 def block_context(model, n=4, seqlen=32, seed=0):
@@ -97,11 +97,11 @@ def test_salient_columns_are_the_high_activation_channels(statistic):
         dict(epochs=-1),
         dict(statistic="median"),
         dict(batch_size=0),
-        dict(loss="huber"),
+        dict(block_loss="huber"),
         dict(s_param="exp"),
-        dict(schedule="step"),
-        dict(holdout=-1),
-        dict(init="obq"),
+        dict(block_schedule="step"),
+        dict(block_holdout=-1),
+        dict(binary_init="obq"),
     ],
 )
 def test_bad_settings_are_rejected(bad):
@@ -117,14 +117,14 @@ def test_quantize_api_writes_a_faithful_artifact(tiny_model_dir, text_file, tmp_
     assert len(meta["block_logs"]) == 2 and not (out / ".ptq161-state").exists()
     assert verify_parts(PTQ161(PTQ161Config()), res.model, read_parts(out)) == 0.0
     with pytest.raises(PTQ161Error, match="already holds a finished result"):
-        quantize(str(tiny_model_dir), output=out)
+        quantize_with(str(tiny_model_dir), output=out)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(PTQ161Error, match="holds something else"):
-        quantize(str(tiny_model_dir), output=other)
+        quantize_with(str(tiny_model_dir), output=other)
     with pytest.raises(PTQ161Error, match="exceeds the model's context"):
-        quantize(str(tiny_model_dir), calib=CalibConfig(dataset=f"text:{text_file}", nsamples=1, seqlen=4096))
+        quantize_with(str(tiny_model_dir), calib=CalibConfig(dataset=f"text:{text_file}", nsamples=1, seqlen=4096))
 
 
 def _cli(*args):
@@ -139,15 +139,15 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
         (model_dir / f.name).write_bytes(f.read_bytes())
     args = [
         str(model_dir),
-        "--calib",
+        "--calib-dataset",
         f"text:{text_file}",
-        "--nsamples",
+        "--calib-nsamples",
         "8",
         "--calib-seqlen",
         "64",
         "--epochs",
         "40",
-        "--preset",
+        "--recipe",
         "smoke",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -178,12 +178,12 @@ def test_killed_run_resumes_to_identical_result(tiny_model_dir, text_file, tmp_p
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(loss="delta"),
-        dict(loss="normalized"),
+        dict(block_loss="delta"),
+        dict(block_loss="normalized"),
         dict(s_param="log", lr_s=1e-2),
-        dict(schedule="cosine"),
+        dict(block_schedule="cosine"),
         dict(statistic="bound"),
-        dict(init="gptq"),
+        dict(binary_init="gptq"),
     ],
 )
 def test_block_stage_variants_train_and_store_faithful_parts(settings):
@@ -214,7 +214,7 @@ def test_log_parameterised_s_moves_by_a_share_and_stays_positive():
 def test_holdout_keeps_the_epoch_with_the_lowest_held_out_loss():
     model = tiny_llama()
     ctx = block_context(model, n=6)
-    res = PTQ161(PTQ161Config(epochs=5, holdout=2)).quantize_block(ctx)
+    res = PTQ161(PTQ161Config(epochs=5, block_holdout=2)).quantize_block(ctx)
     held = res.log["heldout_by_epoch"]
     assert len(held) == 5 and res.log["best_epoch"] == 1 + held.index(min(held))
 
@@ -273,7 +273,7 @@ def test_bfloat16_products_stay_close_to_float32_and_round_only_the_activations(
 
 def test_matmul_setting_resolves_per_device_and_is_logged():
     from ptq161.methods.ptq161 import resolve_matmul_dtype
-    from ptq161.primitives.kernels import native_bfloat16
+    from ptq161.primitives.device import native_bfloat16
 
     cpu = torch.device("cpu")
     assert resolve_matmul_dtype("float32", cpu) == torch.float32
@@ -281,10 +281,10 @@ def test_matmul_setting_resolves_per_device_and_is_logged():
     assert resolve_matmul_dtype("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else torch.float32)
     assert resolve_matmul_dtype("auto", torch.device("meta")) == torch.float32
     with pytest.raises(PTQ161Error):
-        PTQ161Config(matmul="float16")
+        PTQ161Config(train_matmul="float16")
     model = tiny_llama()
     ctx = block_context(model, n=2)
-    res = PTQ161(PTQ161Config(epochs=1, matmul="bfloat16")).quantize_block(ctx)
+    res = PTQ161(PTQ161Config(epochs=1, train_matmul="bfloat16")).quantize_block(ctx)
     assert res.log["matmul_dtype"] == "bfloat16"
 
 
@@ -298,11 +298,11 @@ def test_compiled_block_training_equals_eager_and_compiles_once_for_all_blocks(t
 
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=32)
     make = PTQ161Config if method == "ptq161" else OmniQuantConfig
-    eager = quantize(str(tiny_model_dir), method, method_config=make(epochs=2), calib=calib, progress=False)
+    eager = quantize_with(str(tiny_model_dir), method, method_config=make(epochs=2), calib=calib, progress=False)
     torch._dynamo.reset()
     counters.clear()
-    comp = quantize(
-        str(tiny_model_dir), method, method_config=make(epochs=2, compile="on"), calib=calib, progress=False
+    comp = quantize_with(
+        str(tiny_model_dir), method, method_config=make(epochs=2, train_compile="on"), calib=calib, progress=False
     )
     assert counters["stats"]["unique_graphs"] == 1  # both blocks, all steps: one compiled graph
     assert_parts_close(comp.parts, eager.parts)
@@ -332,9 +332,9 @@ def test_compile_auto_follows_the_compiler_and_bad_settings_are_errors(monkeypat
     (tmp_path / "g++").write_text("#!/bin/sh\n")
     (tmp_path / "g++").chmod(0o755)
     assert resolve_compile("auto", cpu) and not resolve_compile("auto", torch.device("meta"))
-    for make in (PTQ161Config, E2EConfig):
+    for make, field in ((PTQ161Config, "train_compile"), (E2EConfig, "compile")):
         with pytest.raises(PTQ161Error, match="compile must be off, auto or on"):
-            make(compile=True)
+            make(**{field: True})
 
 
 def test_training_adamw_is_fused_on_cpu_and_equals_the_per_tensor_loop():

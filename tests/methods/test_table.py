@@ -1,6 +1,7 @@
 import pytest
+from tests.helpers import quantize_with
 
-from ptq161 import CalibConfig, evaluate_perplexity, quantize
+from ptq161 import CalibConfig, evaluate_perplexity
 from ptq161.errors import PTQ161Error
 from ptq161.methods import METHODS, get_method
 from ptq161.pipeline.output_dir import read_meta, read_parts, verify_parts
@@ -55,7 +56,7 @@ def test_unsupported_options_are_rejected(name, bad):
 def test_every_method_runs_on_the_shared_driver(tiny_model_dir, text_file, tmp_path, method, opts):
     impl = get_method(method)(get_method(method).config_class(**opts))
     out = tmp_path / method
-    res = quantize(
+    res = quantize_with(
         str(tiny_model_dir),
         method,
         method_config=impl.config,

@@ -39,7 +39,10 @@ def test_a_generically_discovered_model_works_in_every_command(arch, text_file, 
     fp = _ppl(capsys, str(src), *text)
     assert math.isclose(_ppl(capsys, str(src), *text, "--max-memory", "1KB"), fp, rel_tol=1e-6)  # onloaded: same
     out = tmp_path / "q"
-    assert main(["quantize", str(src), "--preset", "smoke", "--calib", f"text:{text_file}", "--output", str(out)]) == 0
+    assert (
+        main(["quantize", str(src), "--recipe", "smoke", "--calib-dataset", f"text:{text_file}", "--output", str(out)])
+        == 0
+    )
     q = _ppl(capsys, str(out), *text)
     assert math.isfinite(q) and math.isclose(_ppl(capsys, str(out), *text, "--max-memory", "1KB"), q, rel_tol=1e-6)
     assert main(["info", str(out)]) == 0

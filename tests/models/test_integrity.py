@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import quantize_with
 
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.cli import main
 from ptq161.errors import PTQ161Error
 from ptq161.models.integrity import (
@@ -62,7 +63,7 @@ def test_manifest_records_sizes_and_hashes_and_names_the_damaged_file(tmp_path):
 def test_output_dir_records_every_file_and_load_refuses_a_damaged_one(method, tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "q"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
-    quantize(str(tiny_model_dir), method, calib=calib, output=out, progress=False)
+    quantize_with(str(tiny_model_dir), method, calib=calib, output=out, progress=False)
     files = read_meta(out)["files"]
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {META}
     assert set(files) == on_disk and "config.json" in files  # every file but ptq161.json itself
@@ -77,7 +78,7 @@ def test_output_dir_records_every_file_and_load_refuses_a_damaged_one(method, ti
 
 def test_cli_names_the_damaged_file_in_one_line(tiny_model_dir, text_file, tmp_path, capsys):
     out = tmp_path / "q"
-    args = ["--preset", "smoke", "--calib", f"text:{text_file}"]
+    args = ["--recipe", "smoke", "--calib-dataset", f"text:{text_file}"]
     assert main(["quantize", str(tiny_model_dir), *args, "--output", str(out)]) == 0
     _flip_byte(out / "model.safetensors")
     capsys.readouterr()
@@ -89,7 +90,7 @@ def test_cli_names_the_damaged_file_in_one_line(tiny_model_dir, text_file, tmp_p
 
 def test_old_outputs_without_a_manifest_still_load(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "q"
-    quantize(str(tiny_model_dir), "rtn", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
+    quantize_with(str(tiny_model_dir), "rtn", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
              output=out, progress=False)  # fmt: skip
     meta = json.loads((out / META).read_text())
     del meta["files"]
@@ -133,7 +134,7 @@ def test_packed_indices_out_of_range_never_reach_a_kernel(lazy, tiny_model_dir, 
     from ptq161.models.loading import load_model_lazy
 
     out = tmp_path / "q"
-    quantize(str(tiny_model_dir), "ptq161", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
+    quantize_with(str(tiny_model_dir), "ptq161", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64),
              output=out, progress=False)  # fmt: skip
     tensors = load_file(str(out / "model.safetensors"))
     key = "model.layers.0.mlp.down_proj.sal_idx"
@@ -218,7 +219,7 @@ def test_quantization_stops_at_the_first_non_finite_block_and_saves_nothing_of_i
     out = tmp_path / "q"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
     with pytest.raises(NonFiniteError, match=needle):
-        quantize(str(tiny_model_dir), method, calib=calib, output=out, progress=False)
+        quantize_with(str(tiny_model_dir), method, calib=calib, output=out, progress=False)
     saved = sorted(p.name for p in (out / STATE_DIR).iterdir())
     assert "block_0000.safetensors" in saved and "block_0001.safetensors" not in saved
     assert not (out / META).exists()

@@ -91,3 +91,17 @@ def test_int8_modules_refuse_non_finite_scales(cls):
     mod.scale[3] = float("inf")
     with pytest.raises(PTQ161Error, match="int8 module 'head': scale holds NaN, infinite"):
         mod.validate("head")
+
+
+def test_parts_record_round_trips_and_refuses_a_missing_field():
+    from ptq161.errors import PTQ161Error
+    from ptq161.nn import PTQ161Parts
+
+    d = random_parts(12, 33, 7)
+    p = PTQ161Parts.from_dict(d)
+    assert p.as_dict().keys() == d.keys() and all(p.as_dict()[k] is d[k] for k in d)
+    assert p.n_salient == 7
+    a, b = PackedPTQ161Linear.from_parts(p), PackedPTQ161Linear.from_parts(d)
+    assert torch.equal(a.dequantize(), b.dequantize())
+    with pytest.raises(PTQ161Error, match=r"PTQ1\.61 parts need"):
+        PTQ161Parts.from_dict({k: v for k, v in d.items() if k != "r2"})

@@ -36,7 +36,7 @@ def _tensors(path, part: str = "") -> dict:
 
 def _quantize_argv(model_dir, text_file) -> list[str]:
     """``ptq161 quantize`` of a tiny model on a text file, one epoch, no end-to-end stage; --output comes next."""
-    argv = ["quantize", str(model_dir), "--calib", f"text:{text_file}", "--nsamples", "2"]
+    argv = ["quantize", str(model_dir), "--calib-dataset", f"text:{text_file}", "--calib-nsamples", "2"]
     return [*argv, "--calib-seqlen", "64", "--epochs", "1", "--e2e-steps", "0", "--output"]
 
 

@@ -3,10 +3,10 @@
 
 import pytest
 import torch
-from tests.helpers import quantize_tiny
+from tests.helpers import quantize_tiny, quantize_with
 
 import ptq161
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig, Recipe
 from ptq161.methods.rtn import RTNConfig
 from ptq161.nn import Int8Embedding, Int8Linear, PackedPTQ161Linear
 from ptq161.pipeline.convert import dequantize_model_in_place
@@ -60,12 +60,12 @@ def test_quantize_honours_device_and_dtype(tiny_model_dir, text_file, tmp_path, 
     out = tmp_path / f"{method}-{dtype}"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
     kw = dict(method_config=cfg, calib=calib, output=out, progress=False, device=device, head="fp32")
-    res = quantize(str(tiny_model_dir), method, dtype=dtype, **kw)
+    res = quantize_with(str(tiny_model_dir), method, dtype=dtype, **kw)
     params = list(res.model.parameters()) + list(res.model.buffers())
     assert {p.device.type for p in params} == {torch.device(device).type}  # packed modules moved too
     assert res.model.model.embed_tokens.weight.dtype == dtype
     assert res.meta["dtype"] == str(dtype).removeprefix("torch.") and res.meta["device"] == device
-    ref = quantize(str(tiny_model_dir), method, **{**kw, "output": tmp_path / "fp32", "device": "cpu"})
+    ref = quantize_with(str(tiny_model_dir), method, **{**kw, "output": tmp_path / "fp32", "device": "cpu"})
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got, want = res.model(ids.to(device)).logits.cpu(), ref.model(ids).logits
@@ -81,9 +81,7 @@ def test_preprocess_honours_device_and_dtype(tiny_model_dir, text_file, tmp_path
     res = preprocess(
         str(tiny_model_dir),
         tmp_path / "pre",
-        method="rtn",
-        method_config=RTNConfig(bits=4),
-        calib=calib,
+        recipe=Recipe("rtn", RTNConfig(bits=4), calib),
         lora=lora,
         progress=False,
         device=device,

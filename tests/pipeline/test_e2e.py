@@ -3,15 +3,15 @@ import dataclasses
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import assert_parts_close, random_parts, save_model_dir, tiny_llama, tiny_qwen2
+from tests.helpers import assert_parts_close, quantize_with, random_parts, save_model_dir, tiny_llama, tiny_qwen2
 
 import ptq161.pipeline.e2e as e2e
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161, FoldedBinaryLinear, PTQ161Config
 from ptq161.pipeline.e2e import E2EConfig, topk_kl
 from ptq161.pipeline.output_dir import read_meta, read_parts
-from ptq161.primitives.kernels import can_compile
+from ptq161.primitives.device import can_compile
 from ptq161.primitives.quant import assemble, binary_dequantize, rtn_dequantize
 
 
@@ -101,7 +101,7 @@ def test_tail_kl_closed_form_gradient_equals_autograd():
 
 def _run(tiny_model_dir, text_file, out, e2e: E2EConfig | None = None, **kw):
     """The tiny model quantized with one epoch; with ``e2e`` the end-to-end stage follows."""
-    return quantize(
+    return quantize_with(
         str(tiny_model_dir),
         method_config=PTQ161Config(epochs=1),
         calib=CalibConfig(dataset=f"text:{text_file}", nsamples=6, seqlen=64),
@@ -166,7 +166,7 @@ def test_bad_e2e_settings_are_one_line_errors(tiny_model_dir, text_file, tmp_pat
     with pytest.raises(PTQ161Error, match="kl"):
         E2EConfig(kl="full")
     with pytest.raises(PTQ161Error, match="no end-to-end stage"):
-        quantize(str(tiny_model_dir), "rtn", e2e=E2EConfig(steps=2), progress=False)
+        quantize_with(str(tiny_model_dir), "rtn", e2e=E2EConfig(steps=2), progress=False)
 
 
 def test_folded_linear_gradients_equal_autograd_through_the_weight():

@@ -62,7 +62,16 @@ def test_cli_refuses_a_locked_output_in_one_line(tiny_model_dir, text_file, tmp_
     try:
         (out / LOCK_NAME).write_text(f"{holder.pid}\n")
         rc = main(
-            ["quantize", str(tiny_model_dir), "--preset", "smoke", "--calib", f"text:{text_file}", "--output", str(out)]
+            [
+                "quantize",
+                str(tiny_model_dir),
+                "--recipe",
+                "smoke",
+                "--calib-dataset",
+                f"text:{text_file}",
+                "--output",
+                str(out),
+            ]
         )
     finally:
         holder.kill()
@@ -74,7 +83,16 @@ def test_cli_refuses_a_locked_output_in_one_line(tiny_model_dir, text_file, tmp_
 def test_a_full_disk_mid_run_is_one_line_leaves_no_result_and_resume_reaches_the_same_bytes(
     tiny_model_dir, text_file, tmp_path, monkeypatch, capsys
 ):
-    args = ["quantize", str(tiny_model_dir), "--preset", "smoke", "--calib", f"text:{text_file}", "--method", "rtn"]
+    args = [
+        "quantize",
+        str(tiny_model_dir),
+        "--recipe",
+        "smoke",
+        "--calib-dataset",
+        f"text:{text_file}",
+        "--method",
+        "rtn",
+    ]
     ref = tmp_path / "ref"
     assert main([*args, "--output", str(ref)]) == 0
     real_save = state_mod.atomic_save_file

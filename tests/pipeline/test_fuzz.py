@@ -18,8 +18,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from tests.helpers import quantize_with
 
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.cli import main
 
 CASES = 300
@@ -30,7 +31,7 @@ FILES = ("model.safetensors", "model.safetensors", "model.safetensors", "config.
 def packed(request, tmp_path_factory, tiny_model_dir_module, text_module) -> Path:
     out = tmp_path_factory.mktemp("fuzz") / "packed"
     calib = CalibConfig(dataset=f"text:{text_module}", nsamples=2, seqlen=64)
-    quantize(str(tiny_model_dir_module), "ptq161", calib=calib, output=out, progress=False, head=request.param)
+    quantize_with(str(tiny_model_dir_module), "ptq161", calib=calib, output=out, progress=False, head=request.param)
     return out
 
 

@@ -83,7 +83,7 @@ def reference(tmp_path_factory) -> tuple[list[str], Path]:
     model = save_model_dir(tiny_llama(num_hidden_layers=3), root / "tiny3")
     text = root / "text.txt"
     text.write_text(SAMPLE_TEXT)
-    args = ["quantize", str(model), "--preset", "smoke", "--calib", f"text:{text}", "--nsamples", "4"]
+    args = ["quantize", str(model), "--recipe", "smoke", "--calib-dataset", f"text:{text}", "--calib-nsamples", "4"]
     ref = root / "ref"
     assert _run([*args, "--output", str(ref)]).returncode == 0
     return args, ref

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import save_model_dir, tiny_llama, tiny_qwen2
+from tests.helpers import quantize_with, save_model_dir, tiny_llama, tiny_qwen2
 
 import ptq161
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.errors import PTQ161Error
 from ptq161.eval.perplexity import perplexity
 from ptq161.methods import METHODS
@@ -76,8 +76,8 @@ def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tm
         cfg = type(cfg)(epochs=1)
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
     kw = dict(method_config=cfg, calib=calib, progress=False, head=head)
-    whole = quantize(str(model_dir), method, output=tmp_path / "whole", **kw)
-    lazy = quantize(str(model_dir), method, output=tmp_path / "lazy", max_memory=TINY_BUDGET, **kw)
+    whole = quantize_with(str(model_dir), method, output=tmp_path / "whole", **kw)
+    lazy = quantize_with(str(model_dir), method, output=tmp_path / "lazy", max_memory=TINY_BUDGET, **kw)
     assert read_meta(tmp_path / "lazy")["block_onloading"] and not read_meta(tmp_path / "whole")["block_onloading"]
     for name, parts in whole.parts.items():
         for k, v in parts.items():
@@ -100,20 +100,36 @@ def test_onloaded_quantization_equals_the_in_memory_one(model_dir, text_file, tm
 def test_onloading_refuses_what_needs_the_whole_model(model_dir, text_file, tmp_path):
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
     with pytest.raises(PTQ161Error, match="end-to-end stage needs it whole"):
-        quantize(str(model_dir), calib=calib, output=tmp_path / "o", max_memory=TINY_BUDGET, e2e=E2EConfig(steps=2))
+        quantize_with(
+            str(model_dir), calib=calib, output=tmp_path / "o", max_memory=TINY_BUDGET, e2e=E2EConfig(steps=2)
+        )
     with pytest.raises(PTQ161Error, match="give an output directory"):
-        quantize(str(model_dir), calib=calib, max_memory=TINY_BUDGET, progress=False)
+        quantize_with(str(model_dir), calib=calib, max_memory=TINY_BUDGET, progress=False)
 
 
-def test_cli_onloads_over_the_budget_and_drops_the_preset_end_to_end_stage(model_dir, text_file, tmp_path, capsys):
+def test_cli_onloads_over_the_budget_and_drops_the_recipe_end_to_end_stage(
+    model_dir, text_file, tmp_path, capsys, caplog
+):
     from ptq161.cli import main
 
     out = tmp_path / "cli"
-    args = ["quantize", str(model_dir), "--output", str(out), "--nsamples", "4", "--epochs", "1", "--max-memory", "1KB"]
-    assert main([*args, "--calib", f"text:{text_file}", "--calib-seqlen", "64"]) == 0  # the cpu preset: e2e 300
-    assert "block onloading" in capsys.readouterr().out
+    args = [
+        "quantize",
+        str(model_dir),
+        "--output",
+        str(out),
+        "--calib-nsamples",
+        "4",
+        "--epochs",
+        "1",
+        "--max-memory",
+        "1KB",
+    ]
+    assert main([*args, "--calib-dataset", f"text:{text_file}", "--calib-seqlen", "64"]) == 0  # the cpu recipe: e2e
+    assert "block onloading, without the recipe's end-to-end stage" in caplog.text
     meta = read_meta(out)
-    assert meta["block_onloading"] and "e2e" not in meta
+    assert meta["block_onloading"] and "e2e" not in meta and meta["recipe"]["e2e"]["steps"] == 0
+    assert "End-to-end stage dropped" in meta["recipe"]["description"]
     ppl = ["ppl", str(model_dir), "--datasets", f"text:{text_file}", "--seqlen", "64"]
     assert main([*ppl, "--max-memory", "1KB"]) == 0
     assert "block by block" in capsys.readouterr().out

@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from tests.helpers import quantize_with
 
 import ptq161.pipeline.preprocess as prep
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig, Recipe
 from ptq161.cli import main
 from ptq161.errors import PTQ161Error
 from ptq161.methods.ptq161 import PTQ161Config
@@ -24,8 +25,9 @@ def _run(tiny_model_dir, text_file, out, **kw):
     return preprocess(
         str(tiny_model_dir),
         out,
-        method_config=PTQ161Config(epochs=1),
-        calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=32),
+        recipe=Recipe(
+            "ptq161", PTQ161Config(epochs=1), CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=32)
+        ),
         lora=_lora(text_file),
         progress=False,
         **kw,
@@ -59,13 +61,15 @@ def test_saved_directory_loads_and_quantizes(tiny_model_dir, text_file, tmp_path
     out = tmp_path / "pre"
     res = _run(tiny_model_dir, text_file, out)
     meta = json.loads((out / prep.PREPROCESS_META).read_text())
-    assert meta["lora"]["steps"] == 4 and len(meta["losses"]) == 4 and meta["method"] == "ptq161"
+    assert meta["lora"]["steps"] == 4 and len(meta["losses"]) == 4 and meta["recipe"]["method"] == "ptq161"
     assert not (out / STATE_DIR).exists() and not (out / "ptq161.json").exists()
     loaded, _ = load_model(str(out))
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, res.model(ids).logits, atol=1e-5)
-    q = quantize(str(out), "rtn", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=32), progress=False)
+    q = quantize_with(
+        str(out), "rtn", calib=CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=32), progress=False
+    )
     assert q.meta["bits"]["stored_bits_per_weight"] > 1
     with pytest.raises(PTQ161Error, match="finished result"):
         _run(tiny_model_dir, text_file, out)
@@ -116,7 +120,7 @@ def test_cli_preprocess_smoke(tiny_model_dir, text_file, tmp_path, capsys):
             str(out),
             "--preset",
             "smoke",
-            "--calib",
+            "--calib-dataset",
             f"text:{text_file}",
             "--data",
             f"text:{text_file}",

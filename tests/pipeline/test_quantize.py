@@ -2,27 +2,18 @@
 
 import pytest
 import torch
+from benchmarks.known_answers import demo_check, known_answer, smoke_check
 
 import ptq161
-from ptq161 import CalibConfig, evaluate_perplexity, quantize
-from ptq161.config import PRESETS
-from ptq161.methods.ptq161 import PTQ161Config
+from ptq161 import evaluate_perplexity
 from ptq161.nn import PackedPTQ161Linear
 from ptq161.pipeline.output_dir import file_bits_per_weight, read_meta
 from ptq161.runtime import greedy_generate
 
 
-def _quantize_smollm2(preset: str, out, text_file=None, data_dir=None):
-    p = PRESETS[preset]
-    calib = CalibConfig(dataset=f"text:{text_file}" if text_file else None, nsamples=p.nsamples, seqlen=p.seqlen)
-    return quantize(
-        "smollm2-135m",
-        method_config=PTQ161Config(**p.method_defaults()),
-        calib=calib,
-        output=out,
-        data_dir=data_dir,
-        progress=False,
-    )
+def _quantize_smollm2(recipe: str, out, text_file=None, data_dir=None):
+    calib = {"calib_dataset": f"text:{text_file}"} if text_file else {}
+    return ptq161.quantize("smollm2-135m", recipe, output=out, data_dir=data_dir, progress=False, **calib)
 
 
 @pytest.mark.realmodel
@@ -46,12 +37,23 @@ def test_real_model_smoke_quantize_packs_loads_and_generates(text_file, tmp_path
     assert 1 < r.ppl < 49152  # finite, better than uniform over the vocabulary
 
 
+def _assert_known_answer(check: str, result: dict) -> None:
+    """``result`` (a check of benchmarks/known_answers.py) within the band measured for its code path."""
+    answer = known_answer(check, result["code_paths"])
+    assert answer is not None, f"no known answer of {check} for {result['code_paths']}: run benchmarks.known_answers"
+    assert result["ppl"] == pytest.approx(answer["ppl"], rel=answer["rel_band"])
+
+
+@pytest.mark.realmodel
+def test_real_model_smoke_recipe_known_answer(shared_data):
+    """The default run's real-model quality check: the smoke recipe's WikiText-2 perplexity on fixed windows
+    equals the known answer of its code path within the band measured across code paths
+    (benchmarks/results/known_answers.md); about 20 s on 2 cores once the model is cached."""
+    _assert_known_answer("smoke", smoke_check(shared_data))
+
+
 @pytest.mark.slow
 @pytest.mark.realmodel
-def test_real_model_demo_preset_known_answer(shared_data, tmp_path):
-    """`make demo`'s run: WikiText-2 perplexity (first 4 windows) 358.03 at 1.699 stored bits (2 threads; 885.37
-    before the demo preset chose signs and codes with GPTQ error feedback)."""
-    res = _quantize_smollm2("demo", tmp_path / "demo", data_dir=shared_data)
-    r = evaluate_perplexity(res.model, res.tokenizer, ["wikitext2"], max_windows=4, data_dir=shared_data)[0]
-    assert res.meta["bits"]["stored_bits_per_weight"] == pytest.approx(1.699, abs=5e-4)
-    assert r.ppl == pytest.approx(358.03, rel=0.02)  # thread count moves it slightly (summation order)
+def test_real_model_demo_recipe_known_answer(shared_data):
+    """`make demo`'s run (the demo recipe) gives the known answer of its code path."""
+    _assert_known_answer("demo", demo_check(shared_data))

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import save_model_dir, tiny_qwen2
+from tests.helpers import quantize_with, save_model_dir, tiny_qwen2
 from transformers import AutoModelForCausalLM
 
 import ptq161
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.methods import METHODS
 from ptq161.nn import Int8Linear, PackedPTQ161Linear
 from ptq161.pipeline.output_dir import read_parts
@@ -25,7 +25,7 @@ def _quantize(model_dir: Path, method: str, text_file: Path, out: Path, **kw):
     if method == "ptq161":
         cfg = type(cfg)(epochs=1)
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=4, seqlen=64)
-    return quantize(str(model_dir), method, method_config=cfg, calib=calib, output=out, progress=False, **kw)
+    return quantize_with(str(model_dir), method, method_config=cfg, calib=calib, output=out, progress=False, **kw)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -1,9 +1,9 @@
 import base64
 
 import pytest
-from tests.helpers import quantize_tiny
+from tests.helpers import quantize_tiny, quantize_with
 
-from ptq161 import CalibConfig, quantize
+from ptq161 import CalibConfig
 from ptq161.cli import main
 from ptq161.errors import PTQ161Error
 from ptq161.eval.plots import pareto_front
@@ -31,7 +31,7 @@ def two_outputs(tiny_model_dir, text_file, tmp_path):
     quantize_tiny(tiny_model_dir, text_file, ptq, epochs=2, nsamples=2)
     rtn = tmp_path / "rtn"
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
-    quantize(str(tiny_model_dir), "rtn", calib=calib, output=rtn, progress=False)
+    quantize_with(str(tiny_model_dir), "rtn", calib=calib, output=rtn, progress=False)
     return ptq, rtn
 
 

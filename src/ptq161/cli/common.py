@@ -10,14 +10,19 @@ from collections.abc import Callable
 from typing import Any, Literal, NoReturn
 
 from ..errors import PTQ161Error
-from ..methods import METHODS, Method, MethodConfig
+from ..methods import METHODS, Method
 
 EXIT_USAGE = 2
 EXIT_OS = 4  # the system refused a read or write (disk full, permissions)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+    """argparse with one-line errors (no usage dump) and exit code 2; no abbreviated flags (``--epoch`` is
+    refused, not read as ``--epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -57,7 +62,7 @@ def csv_list(text: str) -> list[str]:
     return items
 
 
-def add_data_dir(p: argparse.ArgumentParser) -> None:
+def add_data_dir(p: argparse._ActionsContainer) -> None:
     """``--data-dir``."""
     p.add_argument("--data-dir", help="data directory laid out like shared/data (default: $PTQ161_DATA)")
 
@@ -79,7 +84,7 @@ def device_name(name: str) -> str:
     return name
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
+def add_device(p: argparse._ActionsContainer) -> None:
     """``--device``."""
     p.add_argument("--device", default="cpu", type=device_name, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
@@ -94,7 +99,7 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_max_memory(p: argparse.ArgumentParser) -> None:
+def add_max_memory(p: argparse._ActionsContainer) -> None:
     """``--max-memory``."""
     p.add_argument(
         "--max-memory",
@@ -107,13 +112,13 @@ def add_max_memory(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_load_options(p: argparse.ArgumentParser) -> None:
+def add_load_options(p: argparse._ActionsContainer) -> None:
     """``--no-verify`` and ``--trust-remote-code``."""
     p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip checking the model's files against the sha256 recorded when they were written (ptq161 "
-        "outputs, the model cache); saves about a second per GB read",
+        "outputs, the model cache); saves reading every file once more",
     )
     p.add_argument(
         "--trust-remote-code",
@@ -128,14 +133,14 @@ def load_options(args: argparse.Namespace) -> dict[str, bool]:
     return {"verify": not args.no_verify, "trust_remote_code": args.trust_remote_code}
 
 
-def add_dtype(p: argparse.ArgumentParser) -> None:
+def add_dtype(p: argparse._ActionsContainer) -> None:
     """``--dtype``."""
     p.add_argument(
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16"],
-        help="dtype of the model's dense weights and activations (default: float32; on a CPU float32 is the "
-        "fastest, bfloat16 about 3x slower); packed layers keep their stored fp16 factors",
+        help="dtype of the model's dense weights and activations (default: float32, the fastest on CPUs without "
+        "native bfloat16); packed layers keep their stored fp16 factors",
     )
 
 
@@ -147,18 +152,15 @@ def torch_dtype(name: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodFlag:
-    """One command-line flag and the config fields (of one or more methods) it sets."""
+class SettingFlag:
+    """One command-line flag and the setting it sets (for method settings: of one or more methods)."""
 
     flag: str
+    dest: str  # the setting's flat name (``ptq161.pipeline.recipe``)
     kwargs: dict[str, Any]
     signature: tuple  # how the flag parses: identical for every method that declares it
-    fields: dict[str, str]  # method name -> config field name
-    helps: dict[str, str]  # method name -> help text
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+    helps: dict[str, str]  # method name (or "" outside the method settings) -> help text
+    aliases: tuple[str, ...] = ()
 
 
 def _flag_kwargs(f: dataclasses.Field, hint: Any) -> tuple[dict[str, Any], tuple]:
@@ -167,81 +169,77 @@ def _flag_kwargs(f: dataclasses.Field, hint: Any) -> tuple[dict[str, Any], tuple
     if typing.get_origin(hint) is Literal:
         choices = list(typing.get_args(hint))
         return {"choices": choices}, ("choices", *choices)
-    if hint is bool:  # a switch: given = True, absent = None (the config's default applies)
+    if hint is bool:  # a switch: given = True, absent = None (the recipe's value applies)
         return {"action": "store_const", "const": True}, ("switch",)
     if hint in (int, float):
         bounds = (meta["minimum"], meta["maximum"], meta["exclusive"])
         return {"type": bounded(hint, *bounds)}, (hint.__name__, *bounds)
+    if hint is str or str in typing.get_args(hint):
+        return {"type": str}, ("str",)
     raise TypeError(f"config field {f.name}: no command-line type for {hint}")
 
 
-def config_flags(config_cls: type) -> list[tuple[str, str, dict[str, Any], tuple, str]]:
-    """(flag, field name, argparse kwargs, parse signature, help) of every ``option`` field of a config dataclass."""
+def config_flags(config_cls: type, prefix: str = "", owner: str = "") -> list[SettingFlag]:
+    """The flags of every ``option`` field of a config dataclass: ``--PREFIX-FIELD-NAME`` sets ``PREFIX_FIELD_NAME``."""
     hints = typing.get_type_hints(config_cls)
     out = []
     for f in dataclasses.fields(config_cls):
         if "cli" in f.metadata:
             meta = f.metadata["cli"]
             kwargs, signature = _flag_kwargs(f, hints[f.name])
-            out.append((meta["flag"] or "--" + f.name.replace("_", "-"), f.name, kwargs, signature, meta["help"]))
+            dest = prefix + f.name
+            flag = "--" + dest.replace("_", "-")
+            out.append(SettingFlag(flag, dest, kwargs, signature, {owner: meta["help"]}, meta["aliases"]))
     return out
 
 
-def method_flags(methods: dict[str, type[Method]] = METHODS) -> list[MethodFlag]:
+def method_flags(methods: dict[str, type[Method]] = METHODS) -> list[SettingFlag]:
     """Every flag the methods' configs declare, merged by flag name (the same flag must parse the same way)."""
-    merged: dict[str, MethodFlag] = {}
+    merged: dict[str, SettingFlag] = {}
     for name, cls in methods.items():
-        for flag, field_name, kwargs, signature, help_text in config_flags(cls.config_class):
-            if flag not in merged:
-                merged[flag] = MethodFlag(flag, kwargs, signature, {}, {})
-            elif merged[flag].signature != signature:
-                raise TypeError(f"{flag} is declared with different types or bounds by several methods")
-            merged[flag].fields[name], merged[flag].helps[name] = field_name, help_text
+        for sf in config_flags(cls.config_class, owner=name):
+            if sf.flag not in merged:
+                merged[sf.flag] = dataclasses.replace(sf, helps={})
+            elif merged[sf.flag].signature != sf.signature:
+                raise TypeError(f"{sf.flag} is declared with different types or bounds by several methods")
+            merged[sf.flag].helps[name] = sf.helps[name]
+            if sf.aliases and not merged[sf.flag].aliases:
+                merged[sf.flag] = dataclasses.replace(merged[sf.flag], aliases=sf.aliases)
     return list(merged.values())
 
 
-def add_config_options(p: argparse.ArgumentParser, config_cls: type, title: str) -> None:
-    """The flags of one config dataclass's ``option`` fields, as an argument group."""
-    g = p.add_argument_group(title)
-    for flag, field_name, kwargs, _sig, help_text in config_flags(config_cls):
-        default = next(f.default for f in dataclasses.fields(config_cls) if f.name == field_name)
-        help_text = f"{help_text} (default: {default})".replace("%", "%%")  # argparse formats help
-        g.add_argument(flag, dest=field_name, help=help_text, **kwargs)
+def _add_flags(g: argparse._ArgumentGroup, flags: list[SettingFlag]) -> None:
+    """Each flag with its help (per method where several declare it), and its aliases hidden."""
+    for sf in flags:
+        helps = [f"{m}: {h}" if m else h for m, h in sf.helps.items()]
+        g.add_argument(sf.flag, dest=sf.dest, help="; ".join(helps).replace("%", "%%"), **sf.kwargs)
+        for alias in sf.aliases:
+            g.add_argument(alias, dest=sf.dest, help=argparse.SUPPRESS, **sf.kwargs)
 
 
-def config_from_args(args: argparse.Namespace, config_cls: type, defaults: dict[str, Any]) -> Any:
-    """A config from the flags given over ``defaults`` over the dataclass defaults."""
-    values = dict(defaults)
-    for _flag, field_name, *_ in config_flags(config_cls):
-        if getattr(args, field_name, None) is not None:
-            values[field_name] = getattr(args, field_name)
-    return config_cls(**values)
+def add_setting_options(p: argparse.ArgumentParser, *, e2e: bool = True) -> list[SettingFlag]:
+    """The recipe's settings as flags, grouped: calibration, method, end-to-end stage (``e2e``), output.
 
+    Every flag left out keeps the recipe's value. Returns the flags (``overrides_from_args`` reads them).
+    """
+    from ..pipeline.recipe import SECTIONS
 
-def add_method_options(p: argparse.ArgumentParser) -> None:
-    """The flags of every method's config; each method accepts only its own (checked in ``method_config``)."""
-    g = p.add_argument_group("method options (generated from each method's config)")
-    for mf in method_flags():
-        help_text = "; ".join(f"{m}: {h}" for m, h in mf.helps.items()).replace("%", "%%")  # argparse formats help
-        g.add_argument(mf.flag, dest=mf.dest, help=help_text, **mf.kwargs)
-
-
-def options_of(method: str) -> str:
-    """The flags that ``method`` accepts, for help texts and errors."""
-    return ", ".join(mf.flag for mf in method_flags() if method in mf.fields) or "no options"
-
-
-def method_config(args: argparse.Namespace, method_cls: type[Method], defaults: dict[str, Any]) -> MethodConfig:
-    """The method's config from the flags given (refusing flags it does not take) over ``defaults``."""
-    names = {f.name for f in dataclasses.fields(method_cls.config_class)}
-    values = {k: v for k, v in defaults.items() if k in names}
-    for mf in method_flags():
-        value = getattr(args, mf.dest, None)
-        if value is None:
+    flags = []
+    for title, section in (("calibration", "calibration"), ("method settings", None), ("end-to-end stage", "e2e")):
+        if section == "e2e" and not e2e:
             continue
-        if method_cls.name not in mf.fields:
-            raise PTQ161Error(
-                f"method '{method_cls.name}' does not take {mf.flag} (it takes: {options_of(method_cls.name)})"
-            )
-        values[mf.fields[method_cls.name]] = value
-    return method_cls.config_class(**values)
+        if section is None:
+            group_flags = method_flags()
+            desc = "a method takes only its own; unset: the recipe's value"
+        else:
+            config_cls, prefix = SECTIONS[section]
+            group_flags = config_flags(config_cls, prefix)
+            desc = "unset: the recipe's value" + ("; beyond the paper, PTQ1.61 only" if section == "e2e" else "")
+        _add_flags(p.add_argument_group(title, desc), group_flags)
+        flags += group_flags
+    return flags
+
+
+def overrides_from_args(args: argparse.Namespace, flags: list[SettingFlag]) -> dict[str, Any]:
+    """The settings given on the command line, by flat name (``ptq161.pipeline.recipe.resolve_recipe``)."""
+    return {sf.dest: getattr(args, sf.dest) for sf in flags if getattr(args, sf.dest, None) is not None}

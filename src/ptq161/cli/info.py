@@ -36,12 +36,24 @@ def run(args: argparse.Namespace) -> int:
     if meta.get("weights_format") == "packed":
         disk = file_bits_per_weight(args.dir, bits["layers"])
         print(f"decoder linears, from the bytes of their tensors on disk: {disk:.4f} bits/weight")
+    if "recipe" in meta:
+        r = meta["recipe"]
+        print(f"recipe {r['name']} (repeat it: ptq161 quantize MODEL --recipe {Path(args.dir) / META})")
+    if "machine" in meta:
+        m = meta["machine"]
+        paths = ", ".join(f"{k}={v}" for k, v in m.get("code_paths", {}).items()) or "-"
+        print(
+            f"made on {m['cpu_model']} ({m.get('cpu_id', '?')}; features {', '.join(m.get('cpu_features', []))}), "
+            f"torch kernels {m['torch_cpu_capability']}, {m['torch_threads']} threads; code paths: {paths}"
+        )
     if args.json:
         atomic_write_json(
             args.json,
             {
                 "method": meta["method"],
                 "config": meta["config"],
+                "recipe": meta.get("recipe"),
+                "machine": meta.get("machine"),
                 "stored_bits_per_weight": bits["stored_bits_per_weight"],
                 "paper_bits_per_weight": bits["paper_bits_per_weight"],
                 "disk_bits_per_weight": disk,

@@ -6,17 +6,18 @@ import argparse
 import dataclasses
 
 from ..api import preprocess
-from ..methods import get_method
+from ..methods import METHODS
 from ..pipeline.preprocess import PREPROCESS_PRESETS, preset_settings
+from ..pipeline.recipe import resolve_recipe
 from .common import (
     add_data_dir,
     add_device,
     add_dtype,
     add_load_options,
-    add_method_options,
+    add_setting_options,
     load_options,
-    method_config,
     non_negative_int,
+    overrides_from_args,
     positive_int,
     torch_dtype,
 )
@@ -36,17 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "plain model directory that `ptq161 quantize` accepts. Defaults: the reference recipe (r 64, alpha 16, "
         "dropout 0.1, q/k/v/gate/up/down, AdamW lr 1e-4, cosine, warm-up). Presets: "
         + "; ".join(
-            f"{k}: first pass '{v.quant_preset}', {v.steps} steps x {v.seqlen} tokens ({v.why})"
+            f"{k}: first pass recipe '{v.recipe}', {v.steps} steps x {v.seqlen} tokens ({v.why})"
             for k, v in PREPROCESS_PRESETS.items()
         ),
     )
     p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
     p.add_argument("--output", required=True, help="output directory (a plain Hugging Face model directory)")
-    p.add_argument("--method", default="ptq161", help="first-pass quantization method (default: ptq161)")
     p.add_argument("--preset", default="cpu", choices=list(PREPROCESS_PRESETS), help="budget preset (default: cpu)")
+    p.add_argument("--recipe", help="recipe of the first quantization pass (default: the preset's; see ptq161 recipes)")
+    p.add_argument("--method", choices=sorted(METHODS), help="first-pass method (default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
-    p.add_argument("--calib", help="first-pass calibration corpus, as quantize's --calib (default: wikitext2)")
-    p.add_argument("--seed", type=int, default=2, help="first-pass calibration seed (default: 2)")
     g = p.add_argument_group("LoRA options")
     g.add_argument("--steps", type=positive_int, help="optimizer steps (default: from the preset)")
     g.add_argument("--lora-seqlen", type=positive_int, help="tokens per training sequence (default: preset)")
@@ -59,29 +59,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", help="training text: c4 (C4 train sample, default), wikitext2:valid, text:PATH")
     g.add_argument("--lora-seed", type=int, help="seed of the LoRA init, dropout and data order (default 0)")
     g.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 50)")
-    add_method_options(p)
+    flags = add_setting_options(p, e2e=False)
     add_data_dir(p)
     add_device(p)
     add_dtype(p)
     add_load_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, setting_flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
     """Preprocess and print a summary."""
-    calib, epochs, lora = preset_settings(args.preset)
-    calib = dataclasses.replace(calib, dataset=args.calib, seed=args.seed)
+    recipe_name, lora = preset_settings(args.preset)
+    settings = overrides_from_args(args, args.setting_flags)
+    recipe = resolve_recipe(args.recipe or recipe_name, method=args.method, **settings)
     overrides = {_LORA_FIELDS.get(k, k): getattr(args, k) for k in _LORA_FLAGS if getattr(args, k) is not None}
     if "steps" in overrides:
         lora = lora.with_steps(overrides.pop("steps"))
     lora = dataclasses.replace(lora, **overrides)
-    cfg = method_config(args, get_method(args.method), {"epochs": epochs})
     res = preprocess(
         args.model,
         args.output,
-        method=args.method,
-        method_config=cfg,
-        calib=calib,
+        recipe=recipe,
         lora=lora,
         resume=args.resume,
         data_dir=args.data_dir,
@@ -93,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     k = max(1, len(losses) // 10)
     print(f"saved {res.output} (a plain model directory: quantize it like any model)")
     print(
-        f"first pass {args.method} ({calib.nsamples} x {calib.seqlen} tokens); LoRA r={lora.rank} alpha={lora.alpha} "
-        f"on {res.meta['lora_data_source']}: {lora.steps} steps x {lora.batch_size} x {lora.seqlen} tokens"
+        f"first pass {recipe.method} ({recipe.calib.nsamples} x {recipe.calib.seqlen} tokens); "
+        f"LoRA r={lora.rank} alpha={lora.alpha} on {res.meta['lora_data_source']}: "
+        f"{lora.steps} steps x {lora.batch_size} x {lora.seqlen} tokens"
     )
     print(f"loss: first {k} steps {sum(losses[:k]) / k:.3f} -> last {k} steps {sum(losses[-k:]) / k:.3f}")
     print(f"time {res.meta['seconds']:.1f} s, peak RSS {res.meta['peak_rss_mb']:.0f} MiB")

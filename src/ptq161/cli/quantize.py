@@ -1,31 +1,24 @@
-"""``ptq161 quantize``: quantize a model block by block and save the result."""
+"""``ptq161 quantize``: quantize a model with a recipe and save the result."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+from pathlib import Path
+from typing import Any
 
 from ..api import quantize
-from ..config import PRESETS, CalibConfig, get_preset
-from ..errors import PTQ161Error
-from ..methods import METHODS, MethodConfig, get_method
-from ..models import onloads
+from ..methods import METHODS
 from ..nn import HEAD_FORMATS
-from ..pipeline.e2e import E2EConfig
+from ..pipeline.recipe import DEFAULT_RECIPE, recipe_names, resolve_recipe
 from .common import (
-    add_config_options,
     add_data_dir,
     add_device,
     add_dtype,
     add_load_options,
     add_max_memory,
-    add_method_options,
-    config_flags,
-    config_from_args,
+    add_setting_options,
     load_options,
-    method_config,
-    options_of,
-    positive_int,
+    overrides_from_args,
     torch_dtype,
 )
 
@@ -34,104 +27,73 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     p = sub.add_parser(
         "quantize",
-        epilog="methods and their options: " + "; ".join(f"{name}: {options_of(name)}" for name in sorted(METHODS)),
-        help="quantize a model block by block (PTQ1.61 by default)",
-        description="Quantize MODEL block by block and save a model directory that `ptq161 ppl` and "
-        "`ptq161 info` read. Presets: " + "; ".join(f"{k}: {v.describe()}" for k, v in PRESETS.items()),
+        help="quantize a model with a recipe (PTQ1.61 by default)",
+        description="Quantize MODEL with a recipe and save a model directory that `ptq161 ppl`, `ptq161 generate` "
+        "and transformers read. The recipe (`ptq161 recipes`) sets every setting; a flag overrides one. "
+        "ptq161.json in the output records the resolved recipe: `--recipe OUT/ptq161.json` repeats the run.",
     )
-    p.add_argument("model", help="smollm2-135m, a local model directory or a hub id")
-    p.add_argument("--method", default="ptq161", help="quantization method (default: ptq161); see the list below")
-    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="budget preset (default: cpu)")
-    p.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-PRESET)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
-    head = p.add_mutually_exclusive_group()
-    head.add_argument(
+    p.add_argument("model", help="smollm2-135m, qwen2.5-coder-0.5b / -1.5b, a local model directory or a hub id")
+    p.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        help=f"a shipped recipe ({', '.join(recipe_names())}; default {DEFAULT_RECIPE}), a recipe TOML file, or an "
+        "earlier output's ptq161.json (or its directory) to repeat that run",
+    )
+    p.add_argument("--preset", dest="recipe", help=argparse.SUPPRESS)  # the earlier name
+    p.add_argument("--method", choices=sorted(METHODS), help="quantization method (default: the recipe's)")
+    flags = add_setting_options(p)
+    out = p.add_argument_group("output")
+    out.add_argument(
         "--head",
         choices=HEAD_FORMATS,
-        help="format of the embedding and lm_head of a packed result: int8 (per-row; the default for packed "
-        "methods: smaller, decodes faster, +0.15%% WikiText-2 perplexity on the cpu-preset smollm2-135m), int4 "
-        "(groups of 64, 4.5 bits; smaller still, see benchmarks/results/heads.md for its cost) or fp32",
+        help="format of a packed result's embedding and lm_head: int8 (per row), int4 (groups of 64, 4.5 bits) or "
+        "fp32 (default: int8 when the method packs, else fp32; cost in benchmarks/results/heads.md)",
     )
-    head.add_argument("--int8-head", dest="head", action="store_const", const="int8", help="same as --head int8")
-    head.add_argument("--fp32-head", dest="head", action="store_const", const="fp32", help="same as --head fp32")
-    p.add_argument(
-        "--calib",
-        help="calibration corpus: wikitext2, c4, wiki-sample, text:PATH, or a mix taking windows from each in turn, "
-        "e.g. wikitext2+c4 (default: wikitext2)",
-    )
-    p.add_argument("--nsamples", type=positive_int, help="calibration windows (default: from the preset)")
-    p.add_argument("--calib-seqlen", type=positive_int, help="tokens per calibration window (default: preset)")
-    p.add_argument("--seed", type=int, default=2, help="calibration sampling seed (default: 2, as the paper)")
-    add_method_options(p)
-    add_config_options(p, E2EConfig, "end-to-end stage (ptq161; beyond the paper)")
-    add_data_dir(p)
-    add_device(p)
-    add_dtype(p)
-    add_max_memory(p)
-    add_load_options(p)
-    p.set_defaults(func=run)
+    out.add_argument("--int8-head", dest="head", action="store_const", const="int8", help=argparse.SUPPRESS)
+    out.add_argument("--fp32-head", dest="head", action="store_const", const="fp32", help=argparse.SUPPRESS)
+    out.add_argument("--output", help="output directory (default: ptq161-out/MODEL-METHOD-RECIPE)")
+    out.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    machine = p.add_argument_group("model, data and machine")
+    add_data_dir(machine)
+    add_device(machine)
+    add_dtype(machine)
+    add_max_memory(machine)
+    add_load_options(machine)
+    p.set_defaults(func=run, setting_flags=flags)
 
 
-def settings(args: argparse.Namespace) -> tuple[MethodConfig, CalibConfig, E2EConfig]:
-    """(method config, calibration, end-to-end settings) from the preset, overridden by the flags given.
-
-    The preset's end-to-end steps apply only to methods that have the stage.
-    """
-    preset = get_preset(args.preset)
-    method_cls = get_method(args.method)
-    cfg = method_config(args, method_cls, preset.method_defaults())
-    has_stage = method_cls(cfg).trains_end_to_end
-    e2e_default = preset.e2e_steps if has_stage else 0
-    calib = CalibConfig(
-        dataset=args.calib,
-        nsamples=args.nsamples or preset.nsamples,
-        seqlen=args.calib_seqlen or preset.seqlen,
-        seed=args.seed,
-    )
-    e2e = config_from_args(args, E2EConfig, {**dict(preset.e2e_settings), "steps": e2e_default})
-    if not e2e.steps:  # an end-to-end setting without the stage would be silently ignored
-        given = [
-            flag
-            for flag, name, *_ in config_flags(E2EConfig)
-            if name != "steps" and getattr(args, name, None) is not None
-        ]
-        if given:
-            why = "0 steps; --e2e-steps N turns it on" if has_stage else f"method '{args.method}' has no such stage"
-            raise PTQ161Error(f"{', '.join(given)}: end-to-end setting(s) while the end-to-end stage is off ({why})")
-    return cfg, calib, e2e
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, by flat name: what ``ptq161.quantize`` takes as ``**overrides``."""
+    overrides = overrides_from_args(args, args.setting_flags)
+    overrides.update({k: getattr(args, k) for k in ("method", "head") if getattr(args, k) is not None})
+    return overrides
 
 
 def run(args: argparse.Namespace) -> int:
     """Quantize, save, print a summary."""
-    cfg, calib, e2e = settings(args)
-    preset_e2e = e2e.steps and getattr(args, "steps", None) is None  # not asked for with --e2e-steps
-    if preset_e2e and onloads(args.model, torch_dtype(args.dtype), args.max_memory):
-        e2e = dataclasses.replace(e2e, steps=0)
-        print(
-            f"{args.model} is over half the memory budget: block onloading, without the preset's end-to-end stage "
-            "(it needs the whole model; --max-memory to raise the budget)"
-        )
-    output = args.output or f"ptq161-out/{args.model.rstrip('/').replace('/', '_')}-{args.method}-{args.preset}"
+    overrides = cli_overrides(args)
+    if args.output is None:
+        method = resolve_recipe(args.recipe, **overrides).method
+        name = Path(args.recipe.rstrip("/")).stem
+        args.output = f"ptq161-out/{Path(args.model.rstrip('/')).name}-{method}-{name}"
+    output = args.output
     res = quantize(
         args.model,
-        args.method,
-        method_config=cfg,
-        calib=calib,
+        args.recipe,
         output=output,
         resume=args.resume,
         data_dir=args.data_dir,
         device=args.device,
         dtype=torch_dtype(args.dtype),
         max_memory=args.max_memory,
-        head=args.head,
-        e2e=e2e,
         **load_options(args),
+        **overrides,
     )
-    bits = res.meta["bits"]
+    recipe, bits, calib = res.meta["recipe"], res.meta["bits"], res.meta["calibration"]
     print(f"saved {output}")
     print(
-        f"method {args.method}, preset {args.preset}: {calib.nsamples} x {calib.seqlen} tokens from "
-        f"{res.meta['calibration_source']}, seed {calib.seed}"
+        f"recipe {recipe['name']}, method {recipe['method']}: {calib['nsamples']} x {calib['seqlen']} tokens from "
+        f"{res.meta['calibration_source']}, seed {calib['seed']}, end-to-end steps {recipe['e2e']['steps']}"
     )
     print(
         f"bits/weight (decoder linears): stored {bits['stored_bits_per_weight']:.4f}, "

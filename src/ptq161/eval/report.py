@@ -38,12 +38,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_id() -> str:
+    """Vendor, family, model and stepping (Linux /proc/cpuinfo): virtual machines often report a bare model
+    name ("AMD EPYC") for CPUs of different generations; these numbers tell them apart."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return "unknown"
+    return " ".join(f"{k} {v}" for k, v in fields.items()) or "unknown"
+
+
 def run_metadata(**settings: Any) -> dict[str, Any]:
     """Date, machine, library versions and the given settings, for JSON outputs."""
     import torch
     import transformers
 
     from .._version import __version__
+    from ..primitives.device import path_features
 
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -54,7 +73,9 @@ def run_metadata(**settings: Any) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cpu_model": cpu_model(),
+            "cpu_id": cpu_id(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch dispatches to
+            "cpu_features": path_features(),  # those that choose a code path here (ptq161.primitives.device)
         },
         "versions": {
             "ptq161": __version__,

@@ -32,8 +32,8 @@ from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 class AWQConfig(MethodConfig):
     """bits 2..8 in groups of ``group_size`` (0 = per row); ``grid`` points for both searches."""
 
-    bits: int = option(4, "weight bits 2-8 (default 4)", minimum=1)
-    group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
+    bits: int = option(4, "weight bits 2-8", minimum=1)
+    group_size: int = option(128, "quantization group (0 = per row)", minimum=0)
     grid: int = 20
     max_shrink: float = 0.5
     no_clip: str = "q_proj,k_proj"  # comma-separated name endings: AWQ leaves the query / key ranges alone

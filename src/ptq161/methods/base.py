@@ -18,7 +18,12 @@ Parts = dict[str, torch.Tensor]  # the stored pieces of one quantized linear lay
 
 @dataclass
 class MethodConfig:
-    """Base of the typed per-method configs; subclasses validate in ``__post_init__``."""
+    """Base of the typed per-method configs; subclasses validate in ``__post_init__``.
+
+    ``renamed``: earlier names of settings (old name -> field), still read by ``from_dict`` so that
+    outputs written before a rename load and resume."""
+
+    renamed: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of all settings."""
@@ -28,6 +33,7 @@ class MethodConfig:
     def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
         """Rebuild from ``to_dict`` output, rejecting unknown keys."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {cls.renamed.get(k, k): v for k, v in d.items()}
         unknown = set(d) - names
         if unknown:
             raise PTQ161Error(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
@@ -103,6 +109,11 @@ class Method:
     def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
         """The packed module that replaces a linear with ``parts`` (and ``bias`` [m]); only when ``packs``."""
         raise NotImplementedError(f"method '{self.name}' has no packed format")
+
+    def code_paths(self, device: torch.device) -> dict[str, str]:
+        """The machine-dependent choices this method's settings resolve to on ``device`` (e.g. the dtype of
+        its training products), recorded with every output: results may differ between them."""
+        return {}
 
     @property
     def trains_end_to_end(self) -> bool:

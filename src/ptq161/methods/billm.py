@@ -25,10 +25,9 @@ class BiLLMConfig(MethodConfig):
 
     ``search="saliency"`` runs both searches on the saliency matrix S = W^2 / diag(Hinv)^2
     as the authors' code does (so the magnitude split is scaled per column by the Hessian);
-    ``"weight"`` runs them on W itself, the literal reading of the paper. Measured on
-    smollm2-135m (benchmarks/results/compare.md, 64 x 256 calibration, WikiText-2 first 8
-    windows): saliency 1452, weight 54293 — the weight reading loses the model's massive
-    activation in block 2. ``compensation="none"`` is the authors' ``disable_gptq`` switch.
+    ``"weight"`` runs them on W itself, the literal reading of the paper; on smollm2-135m the
+    weight reading loses the model's massive activation in block 2 and is far worse
+    (benchmarks/results/compare.md). ``compensation="none"`` is the authors' ``disable_gptq`` switch.
     """
 
     blocksize: int = 128

@@ -24,7 +24,7 @@ from ..calibration import run_block
 from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error, check_finite
-from ..primitives.kernels import can_compile
+from ..primitives.device import can_compile
 from . import ptq161_math as pm
 from .base import BlockContext
 
@@ -55,8 +55,7 @@ def compile_option() -> CompileSetting:
         "off",
         "run each block's training forward and loss through torch.compile, one graph for every block: on, off, "
         "or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results equal "
-        "eager ones within float rounding; the cpu preset uses auto",
-        flag="--train-compile",
+        "eager ones within float rounding",
     )
 
 

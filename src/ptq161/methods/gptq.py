@@ -18,8 +18,8 @@ from .layerwise import LayerwiseMethod, grouped_rtn_bits
 class GPTQConfig(MethodConfig):
     """bits 2..8, group_size 0 (per row, parameters once on the whole W) or 128; damp 0.01; blocks of 128."""
 
-    bits: int = option(2, "weight bits 2-8 (default 2)", minimum=1)
-    group_size: int = option(0, "quantization group: 0 (per row, default) or 128", minimum=0)
+    bits: int = option(2, "weight bits 2-8", minimum=1)
+    group_size: int = option(0, "quantization group (0 = per row)", minimum=0)
     damp: float = 0.01
     blocksize: int = 128
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,14 @@ from ..config import option
 from ..errors import PTQ161Error
 from ..primitives.quant import STORAGE_DTYPE
 from .base import BlockContext, BlockResult, MethodConfig, Parts
-from .block_training import TrainSettings, check_compile_setting, compile_option, swapped_in, train_block
+from .block_training import (
+    TrainSettings,
+    check_compile_setting,
+    compile_option,
+    resolve_compile,
+    swapped_in,
+    train_block,
+)
 from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 
 
@@ -32,11 +39,13 @@ from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
 class OmniQuantConfig(MethodConfig):
     """bits 2..8 in groups of ``group_size`` (0 = per row); LWC trained ``epochs`` per block at ``lr``."""
 
-    bits: int = option(2, "weight bits 2-8 (default 2)", minimum=1)
-    group_size: int = option(128, "quantization group (default 128; 0 = per row)", minimum=0)
-    epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
-    batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
-    compile: Literal["off", "auto", "on"] = compile_option()
+    renamed: ClassVar[dict[str, str]] = {"compile": "train_compile"}
+
+    bits: int = option(2, "weight bits 2-8", minimum=1)
+    group_size: int = option(128, "quantization group (0 = per row)", minimum=0)
+    epochs: int = option(20, "training epochs per block (0 = min-max RTN ranges)", minimum=0)
+    batch_size: int = option(1, "calibration samples per optimizer step", minimum=1)
+    train_compile: Literal["off", "auto", "on"] = compile_option()
     lr: float = 1e-2  # OmniQuant's lwc_lr
     init: float = 4.0
 
@@ -45,7 +54,7 @@ class OmniQuantConfig(MethodConfig):
             raise PTQ161Error(f"omniquant supports --bits 2..8, got {self.bits}")
         if self.group_size < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise PTQ161Error("omniquant needs group_size >= 0, epochs >= 0, batch_size >= 1 and lr > 0")
-        check_compile_setting(self.compile)
+        check_compile_setting(self.train_compile)
 
 
 def round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -129,6 +138,10 @@ class OmniQuant(LayerwiseMethod):
     config_class = OmniQuantConfig
     config: OmniQuantConfig
 
+    def code_paths(self, device: torch.device) -> dict[str, str]:
+        """Whether the block training runs compiled on ``device``."""
+        return {"train_compile": str(resolve_compile(self.config.train_compile, device))}
+
     def quantize_block(self, ctx: BlockContext) -> BlockResult:
         """Train the clipping of every linear of the block together, then write the stored weights."""
         cfg = self.config
@@ -137,7 +150,7 @@ class OmniQuant(LayerwiseMethod):
         if cfg.epochs > 0:
             params = [p for m in modules.values() for p in (m.gamma, m.beta)]
 
-            settings = TrainSettings(cfg.epochs, cfg.batch_size, compile=cfg.compile)
+            settings = TrainSettings(cfg.epochs, cfg.batch_size, compile=cfg.train_compile)
             with swapped_in(ctx.block, modules, ctx.linears):
                 log = train_block(
                     ctx, [{"params": params, "lr": cfg.lr}], mse_loss, lambda sl: (ctx.y_fp[sl],), settings

@@ -20,7 +20,7 @@ class PBLLMConfig(MethodConfig):
     """salient_ratio of the weights (by Hessian saliency w^2 / Hinv_jj^2) kept at salient_bits."""
 
     salient_ratio: float = option(
-        0.1, "share of the weights kept at 8 bits (default 0.1)", flag="--ratio", minimum=0, maximum=1, exclusive=True
+        0.1, "share of the weights kept at 8 bits", aliases=("--ratio",), minimum=0, maximum=1, exclusive=True
     )
     salient_bits: int = 8
     damp: float = 0.01

@@ -4,7 +4,7 @@ Per linear: the top ``salient_ratio`` input channels by activation statistic are
 at 4 bits (per-row asymmetric RTN); the other columns are binarized as
 r1 r2^T o (s * sign(W - mu) + mu) with s, r1, r2 trained per block against the FP
 block's outputs on both input streams (MSE + negative log cosine). With ``init="gptq"`` (beyond
-the paper; the cpu preset's) the signs and 4-bit codes are chosen with GPTQ error feedback
+the paper; the cpu recipe's) the signs and 4-bit codes are chosen with GPTQ error feedback
 (``ptq161_math.compensated_init``) instead of column by column. The algorithm, and where
 paper and reference code differ, is described in the README ("Where this implementation
 differs from the reference code").
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -24,9 +24,9 @@ from ..calibration import ChannelStats, record_hessians, run_block
 from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error
-from ..nn import PackedPTQ161Linear
+from ..nn import PackedPTQ161Linear, PTQ161Parts
 from ..primitives.bits import pack_bits, pack_nibbles, unpack_bits, unpack_nibbles
-from ..primitives.kernels import native_bfloat16
+from ..primitives.device import native_bfloat16
 from ..primitives.quant import (
     STORAGE_DTYPE,
     assemble,
@@ -36,7 +36,14 @@ from ..primitives.quant import (
 )
 from . import ptq161_math as pm
 from .base import BlockContext, BlockResult, LayerBits, Method, MethodConfig, Parts
-from .block_training import TrainSettings, check_compile_setting, compile_option, swapped_in, train_block
+from .block_training import (
+    TrainSettings,
+    check_compile_setting,
+    compile_option,
+    resolve_compile,
+    swapped_in,
+    train_block,
+)
 
 
 @dataclass
@@ -45,91 +52,98 @@ class PTQ161Config(MethodConfig):
 
     statistic: "mean" (the paper's pseudocode: mean |x| per input channel; measured better
     here, benchmarks/results/ptq161_runs.md) or "max" (the reference code's max |x|).
-    salient_range: "salient" (min/max over the salient columns only; measured better here at
-    the ablation budget and at the cpu budget, benchmarks/results/quality.md: 272.0 vs 285.5)
-    or "row" (the reference code: the whole row). s_init: "uncentred" (code: mean |W|) or
+    salient_range: "salient" (min/max over the salient columns only; measured better here,
+    benchmarks/results/quality.md) or "row" (the reference code: the whole row). s_init: "uncentred" (code: mean |W|) or
     "centred" (mean |W - mu|, the closed-form optimum). epochs = 0 gives "mask only".
     use_mask = False binarizes every column (XNOR everywhere).
     """
 
+    renamed: ClassVar[dict[str, str]] = {
+        "init": "binary_init",
+        "loss": "block_loss",
+        "schedule": "block_schedule",
+        "holdout": "block_holdout",
+        "matmul": "train_matmul",
+        "compile": "train_compile",
+    }
+
     salient_ratio: float = option(
         0.2,
-        "share of input channels kept at 4 bits (default 0.2)",
-        flag="--ratio",
+        "share of input channels kept at 4 bits",
+        aliases=("--ratio",),
         minimum=0,
         maximum=1,
         exclusive=True,
     )
     statistic: Literal["max", "mean", "bound"] = option(
         "mean",
-        "salient-channel criterion: mean |x| (default, the paper's pseudocode), max |x| (the reference code's), "
+        "salient-channel criterion: mean |x| (the paper's pseudocode), max |x| (the reference code's), "
         "bound (mean |x_j| times the binarization error of column j, the paper's derivation)",
     )
     salient_bits: int = 4
-    salient_range: Literal["salient", "row"] = option("salient", "4-bit min/max over (default salient)")
-    s_init: Literal["uncentred", "centred"] = option("uncentred", "init of the scale s (default uncentred)")
-    init: Literal["independent", "gptq"] = option(
+    salient_range: Literal["salient", "row"] = option(
+        "salient", "columns the 4-bit min/max is taken over: salient (only those) or row (the reference code's)"
+    )
+    s_init: Literal["uncentred", "centred"] = option(
+        "uncentred", "init of the scale s: uncentred (mean |W|, the reference code) or centred (mean |W - mu|)"
+    )
+    binary_init: Literal["independent", "gptq"] = option(
         "independent",
         "how signs and 4-bit codes are chosen before training: independent (the paper: sign(W - mu), per-row "
         "RTN) or gptq (beyond the paper: binary columns first, then the salient ones, each with GPTQ error "
         "feedback from the block's input Hessian on the quantized stream; same bits)",
-        flag="--binary-init",
     )
     use_mask: bool = True
     use_cosine: bool = True
-    epochs: int = option(20, "training epochs per block (0 = mask only; default: from the preset)", minimum=0)
-    batch_size: int = option(1, "calibration samples per optimizer step (default 1)", minimum=1)
+    epochs: int = option(20, "training epochs per block (0 = the mask and init only)", minimum=0)
+    batch_size: int = option(1, "calibration samples per optimizer step", minimum=1)
     lr_s: float = 5e-4
     lr_r: float = 1e-3
-    loss: Literal["paper", "delta", "normalized"] = option(
+    block_loss: Literal["paper", "delta", "normalized"] = option(
         "paper",
         "block loss: paper (MSE to both targets + cosine), delta (the FP-input term on the block's own change, "
         "so error inherited from earlier blocks drops out), normalized (MSE per output channel over the FP "
         "target's mean square)",
-        flag="--block-loss",
     )
     s_param: Literal["linear", "log"] = option(
         "linear",
         "parameterisation of s: linear (the paper's; lr is absolute) or log (s = s0 exp(theta): lr is relative)",
     )
-    schedule: Literal["constant", "cosine"] = option(
+    block_schedule: Literal["constant", "cosine"] = option(
         "constant",
         "learning-rate schedule of the block stage: constant (the paper's) or cosine with 10 % warm-up",
-        flag="--block-schedule",
     )
-    holdout: int = option(
+    block_holdout: int = option(
         0,
         "calibration windows held out for early stopping (keep the epoch with the lowest held-out loss)",
         minimum=0,
-        flag="--block-holdout",
     )
-    matmul: Literal["auto", "float32", "bfloat16"] = option(
+    train_matmul: Literal["auto", "float32", "bfloat16"] = option(
         "auto",
         "dtype of the training products (block and end-to-end stages): bfloat16 (signs and 4-bit codes are "
-        "exact in it; activations rounded), float32, or auto (default: bfloat16 where the device multiplies it "
-        "natively: CPUs with AVX-512 BF16 / AMX, CUDA GPUs that support it; else float32). The dtype used is logged",
-        flag="--train-matmul",
+        "exact in it; activations rounded), float32, or auto (bfloat16 where the device multiplies it natively: "
+        "CPUs with AVX-512 BF16 / AMX, CUDA GPUs that support it; else float32). The dtype used is logged",
     )
-    compile: Literal["off", "auto", "on"] = compile_option()
+    train_compile: Literal["off", "auto", "on"] = compile_option()
 
     def __post_init__(self) -> None:
         if not 0 < self.salient_ratio < 1:
             raise PTQ161Error(f"salient ratio must be in (0, 1), got {self.salient_ratio}")
         if self.statistic not in ("max", "mean", "bound"):
             raise PTQ161Error(f"statistic must be max, mean or bound, got '{self.statistic}'")
-        if self.loss not in ("paper", "delta", "normalized"):
-            raise PTQ161Error(f"loss must be paper, delta or normalized, got '{self.loss}'")
-        if self.s_param not in ("linear", "log") or self.schedule not in ("constant", "cosine"):
-            raise PTQ161Error("s_param must be linear or log and schedule constant or cosine")
-        if self.holdout < 0:
-            raise PTQ161Error(f"holdout must be >= 0, got {self.holdout}")
-        check_compile_setting(self.compile)
-        if self.matmul not in ("auto", "float32", "bfloat16"):
-            raise PTQ161Error(f"matmul must be auto, float32 or bfloat16, got '{self.matmul}'")
+        if self.block_loss not in ("paper", "delta", "normalized"):
+            raise PTQ161Error(f"block loss must be paper, delta or normalized, got '{self.block_loss}'")
+        if self.s_param not in ("linear", "log") or self.block_schedule not in ("constant", "cosine"):
+            raise PTQ161Error("s_param must be linear or log and block_schedule constant or cosine")
+        if self.block_holdout < 0:
+            raise PTQ161Error(f"block holdout must be >= 0, got {self.block_holdout}")
+        check_compile_setting(self.train_compile)
+        if self.train_matmul not in ("auto", "float32", "bfloat16"):
+            raise PTQ161Error(f"train matmul must be auto, float32 or bfloat16, got '{self.train_matmul}'")
         if self.salient_range not in ("salient", "row"):
             raise PTQ161Error(f"salient range must be salient or row, got '{self.salient_range}'")
-        if self.init not in ("independent", "gptq"):
-            raise PTQ161Error(f"binary init must be independent or gptq, got '{self.init}'")
+        if self.binary_init not in ("independent", "gptq"):
+            raise PTQ161Error(f"binary init must be independent or gptq, got '{self.binary_init}'")
         if self.s_init not in ("uncentred", "centred"):
             raise PTQ161Error(f"s init must be uncentred or centred, got '{self.s_init}'")
         if not 2 <= self.salient_bits <= 8:
@@ -200,9 +214,8 @@ class LearnableBinaryLinear(nn.Module):
 
         y = (x_bin r2) sign^T (r1 s) + sum(x_bin r2) (r1 mu) + x_sal W_sal^T. The signs are a
         constant, so the backward pass needs one product (for x and r2) instead of two (x and W)
-        and no [m, n] weight is rebuilt per step: 1.6x (896x896) to 3.1x (8960 -> 1536) faster per
-        training step on 2 CPU cores. Equal to the weight() form up to float summation order in
-        float32 (tested).
+        and no [m, n] weight is rebuilt per step (speed: benchmarks/results/quantizer_speed.md). Equal
+        to the weight() form up to float summation order in float32 (tested).
         """
         cols = (self.salient_cols, self.binary_cols)
         a, b = self.r1 * self.s, self.r1 * self.mu
@@ -347,19 +360,20 @@ class FoldedBinaryLinear(nn.Module):
         matmul_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        mask = parts["mask"].bool()
+        p = PTQ161Parts.from_dict(parts)
+        mask = p.mask.bool()
         n_s, n = int(mask.sum()), mask.numel()
         self.register_buffer("mask", mask)
         _register_columns(self, mask)
-        self.register_buffer("sign", (unpack_bits(parts["sign"], n - n_s).to(torch.int8) * 2 - 1))
+        self.register_buffer("sign", (unpack_bits(p.sign, n - n_s).to(torch.int8) * 2 - 1))
         self.latent = nn.Parameter(self.sign.float()) if train_signs else None
-        self.register_buffer("codes", unpack_nibbles(parts["codes"], n_s))
-        self.register_buffer("zero", parts["zero"].clone())
+        self.register_buffer("codes", unpack_nibbles(p.codes, n_s))
+        self.register_buffer("zero", p.zero.clone())
         self.register_buffer("q_sal", rtn_offsets(self.codes, self.zero).to(matmul_dtype), persistent=False)
         self.matmul_dtype = matmul_dtype
         for k in ("scale", "a", "b", "r2"):
-            self.register_buffer(f"{k}0", parts[k].float().clone())
-            self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(parts[k], dtype=torch.float32)))
+            self.register_buffer(f"{k}0", getattr(p, k).float().clone())
+            self.register_parameter(f"g_{k}", nn.Parameter(torch.ones_like(getattr(p, k), dtype=torch.float32)))
         self.bias = None if bias is None else bias.detach().clone()
 
     def factor(self, k: str) -> torch.Tensor:
@@ -388,14 +402,12 @@ class FoldedBinaryLinear(nn.Module):
     def parts(self) -> Parts:
         """The stored parts with the trained factors rounded to the storage dtype (and the current signs)."""
         with torch.no_grad():
-            out = {
-                "mask": self.mask.cpu(),
-                "sign": pack_bits(self.signs().cpu() > 0),
-                "codes": pack_nibbles(self.codes.cpu()),
-                "zero": self.zero.cpu(),
-            }
-            out.update({k: self.factor(k).to(STORAGE_DTYPE).cpu() for k in ("scale", "a", "b", "r2")})
-        return out
+            scale, a, b, r2 = (self.factor(k).to(STORAGE_DTYPE).cpu() for k in ("scale", "a", "b", "r2"))
+            out = PTQ161Parts(
+                self.mask.cpu(), pack_bits(self.signs().cpu() > 0), pack_nibbles(self.codes.cpu()), scale,
+                self.zero.cpu(), a, b, r2,
+            )  # fmt: skip
+        return out.as_dict()
 
 
 class PTQ161(Method):
@@ -439,13 +451,13 @@ class PTQ161(Method):
         params_s = [m.s_parameter() for m in modules.values()]
         params_r = [p for m in modules.values() for p in (m.r1, m.r2)]
         groups = [{"params": params_s, "lr": cfg.lr_s}, {"params": params_r, "lr": cfg.lr_r}]
-        norm = pm.channel_norm(ctx.y_fp) if cfg.loss == "normalized" else None
+        norm = pm.channel_norm(ctx.y_fp) if cfg.block_loss == "normalized" else None
         settings = TrainSettings(
-            cfg.epochs, cfg.batch_size, cfg.schedule, cfg.holdout, ("loss", "t1", "t2"), cfg.compile
+            cfg.epochs, cfg.batch_size, cfg.block_schedule, cfg.block_holdout, ("loss", "t1", "t2"), cfg.train_compile
         )
 
         def targets(sl: slice) -> tuple:
-            return ctx.y_fp[sl], t2[sl], ctx.x_fp[sl], ctx.x_q[sl], norm, cfg.loss, cfg.use_cosine
+            return ctx.y_fp[sl], t2[sl], ctx.x_fp[sl], ctx.x_q[sl], norm, cfg.block_loss, cfg.use_cosine
 
         return train_block(ctx, groups, pm.block_loss_terms, targets, settings)
 
@@ -453,11 +465,11 @@ class PTQ161(Method):
         """Initialise every linear, train s, r1, r2 on the block, write the stored weights back."""
         cfg = self.config
         # with init="gptq" the linears' input Hessians on the quantized stream (as GPTQ's), from the same pass
-        recording = record_hessians(ctx.linears) if cfg.init == "gptq" else nullcontext({})
+        recording = record_hessians(ctx.linears) if cfg.binary_init == "gptq" else nullcontext({})
         with torch.no_grad(), recording as acc:
             t2 = run_block(ctx.block, ctx.x_q, ctx.call)  # original block on the quantized stream
         hessians = {name: acc[name].get() if name in acc else None for name in ctx.linears}
-        dt = resolve_matmul_dtype(cfg.matmul, module_device(ctx.block))
+        dt = resolve_matmul_dtype(cfg.train_matmul, module_device(ctx.block))
         modules = {
             name: self._init_layer(lin, ctx.stats[name], dt, hessians[name]) for name, lin in ctx.linears.items()
         }
@@ -469,16 +481,12 @@ class PTQ161(Method):
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():
             a, b, r2 = mod.folded_parts()
-            parts[name] = {
-                "mask": mod.mask.cpu(),
-                "sign": pack_bits(mod.sign.cpu() > 0),
-                "codes": pack_nibbles(mod.codes.cpu()) if self.config.salient_bits == 4 else mod.codes.cpu(),
-                "scale": mod.scale.cpu(),
-                "zero": mod.zero.cpu(),
-                "a": a.cpu(),
-                "b": b.cpu(),
-                "r2": r2.cpu(),
-            }
+            codes = pack_nibbles(mod.codes.cpu()) if self.config.salient_bits == 4 else mod.codes.cpu()
+            record = PTQ161Parts(
+                mod.mask.cpu(), pack_bits(mod.sign.cpu() > 0), codes, mod.scale.cpu(), mod.zero.cpu(),
+                a.cpu(), b.cpu(), r2.cpu(),
+            )  # fmt: skip
+            parts[name] = record.as_dict()
             lin = ctx.linears[name]
             with torch.no_grad():
                 lin.weight.copy_(self.dequantize(parts[name]).to(lin.weight.device, lin.weight.dtype))
@@ -486,21 +494,28 @@ class PTQ161(Method):
 
     def dequantize(self, parts: Parts) -> torch.Tensor:
         """W_hat [m, n] float32 from the stored parts."""
-        mask = parts["mask"]
-        n_sal = int(mask.sum())
-        codes = parts["codes"] if self.config.salient_bits != 4 else unpack_nibbles(parts["codes"], n_sal)
-        sign = unpack_bits(parts["sign"], mask.numel() - n_sal)
-        w_sal = rtn_dequantize(codes, parts["scale"], parts["zero"])
-        w_bin = binary_dequantize(sign, parts["a"], parts["b"], parts["r2"])
-        return assemble(parts["mask"], w_sal, w_bin)
+        p = PTQ161Parts.from_dict(parts)
+        n_sal = p.n_salient
+        codes = p.codes if self.config.salient_bits != 4 else unpack_nibbles(p.codes, n_sal)
+        sign = unpack_bits(p.sign, p.mask.numel() - n_sal)
+        w_sal = rtn_dequantize(codes, p.scale, p.zero)
+        w_bin = binary_dequantize(sign, p.a, p.b, p.r2)
+        return assemble(p.mask, w_sal, w_bin)
 
     def layer_bits(self, parts: Parts) -> LayerBits:
         """Paper count and stored bits of one layer."""
-        m = parts["a"].numel()
-        n = parts["mask"].numel()
-        n_sal = int(parts["mask"].sum())
+        p = PTQ161Parts.from_dict(parts)
+        m, n, n_sal = p.a.numel(), p.mask.numel(), p.n_salient
         bits = self.config.salient_bits
         return LayerBits(m * n, pm.paper_bits_per_weight(m, n, n_sal, bits), pm.stored_bits(m, n, n_sal, bits))
+
+    def code_paths(self, device: torch.device) -> dict[str, str]:
+        """The dtype of the training products and whether the block stage runs compiled, on ``device``."""
+        dt = resolve_matmul_dtype(self.config.train_matmul, device)
+        return {
+            "train_matmul": str(dt).removeprefix("torch."),
+            "train_compile": str(resolve_compile(self.config.train_compile, device)),
+        }
 
     @property
     def packs(self) -> bool:
@@ -509,7 +524,7 @@ class PTQ161(Method):
 
     def packed_module(self, parts: Parts, bias: torch.Tensor | None) -> nn.Module:
         """A ``PackedPTQ161Linear`` holding ``parts`` (and ``bias`` [m])."""
-        return PackedPTQ161Linear.from_parts(parts, bias)
+        return PackedPTQ161Linear.from_parts(PTQ161Parts.from_dict(parts), bias)
 
     @property
     def trains_end_to_end(self) -> bool:
@@ -522,7 +537,7 @@ class PTQ161(Method):
         """``FoldedBinaryLinear`` of the parts (4-bit salient codes only), its products in the ``matmul`` dtype."""
         if not self.packs:
             return None
-        dt = resolve_matmul_dtype(self.config.matmul, device or torch.device("cpu"))
+        dt = resolve_matmul_dtype(self.config.train_matmul, device or torch.device("cpu"))
         return FoldedBinaryLinear(parts, bias, train_signs, dt)
 
 

@@ -17,8 +17,8 @@ from .layerwise import LayerwiseMethod
 class RTNConfig(MethodConfig):
     """bits 2..8: asymmetric min-max per row (group_size 0) or per group; bits 1: alpha sign(w - mu) + mu."""
 
-    bits: int = option(4, "weight bits 1-8 (1 = XNOR binarization; default 4)", minimum=1)
-    group_size: int = option(0, "quantization group, any size (default 0 = per row)", minimum=0)
+    bits: int = option(4, "weight bits 1-8 (1 = XNOR binarization)", minimum=1)
+    group_size: int = option(0, "quantization group, any size (0 = per row)", minimum=0)
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:

@@ -91,9 +91,8 @@ def bound_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
 
     By default glibc raises its mmap threshold each time a mapped chunk is freed (up to 32 MB):
     from then on activations and weight tiles of a few MB come from the heap, and the freed
-    ones stay in the process's RSS. Measured on a packed qwen2.5-coder-1.5b (int8 head), one
-    2048-token perplexity window loaded whole: peak RSS 3391 MiB with the default, 1864 MiB
-    with a fixed 1 MiB threshold. Process-wide, so only the command line calls it, when a
+    ones stay in the process's RSS (on a packed 1.5B model the peak of one perplexity window
+    nearly doubled; benchmarks/results/large_model.md). Process-wide, so only the command line calls it, when a
     memory budget is given (``--max-memory``): every large allocation then costs a mapping.
     """
     try:
@@ -108,8 +107,7 @@ def return_freed_memory() -> None:
 
     Onloading frees a block's tensors and allocates the next one's; glibc keeps freed chunks
     under its dynamic mmap threshold (up to 32 MB) in the heap, so without this the process's
-    RSS grows by about 15-20 MB per block (measured on qwen2.5-coder-1.5b: 576 -> 924 MB
-    after 12 blocks; flat at 572 MB with it).
+    RSS grows with every block onloaded; with it, it stays flat.
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

@@ -16,6 +16,7 @@ rebuilds the weight with the same pure functions the quantizer used.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ..primitives.bits import unpack_bits, unpack_nibbles
 from ..primitives.kernels import (
     PERMUTE_SIGNS,
     SIGN_PATTERNS,
+    KernelBuffers,
     dequantize_rows_grouped,
     kernel_threads,
     packed_matmul,
@@ -40,6 +42,38 @@ ROW_TILE = 256  # weight rows rebuilt at a time on the BLAS path (at least) ...
 TILE_FLOATS = 1 << 21  # ... or as many as fit 8 MiB of float32: a small layer is one tile, one BLAS call
 PACKED_BUFFERS = ("sal_idx", "bin_idx", "sign", "codes", "scale", "zero", "a", "b", "r2")
 FACTORS = ("scale", "a", "b", "r2")  # stored fp16 whatever the model's dtype
+
+
+@dataclass(frozen=True)
+class PTQ161Parts:
+    """What PTQ1.61 stores of one linear (m rows, n columns, n_s salient, n_b = n - n_s binary): the record the
+    quantizer produces, the end-to-end stage trains and ``PackedPTQ161Linear`` packs. Outside the method it
+    travels as ``as_dict()`` (the generic ``Parts`` of every method: saved state, parts files)."""
+
+    mask: torch.Tensor  # bool [n]: the salient columns
+    sign: torch.Tensor  # uint8 [m, ceil(n_b / 8)]: sign bits of the binary columns, LSB first
+    codes: torch.Tensor  # uint8 [m, ceil(n_s / 2)]: 4-bit codes, low nibble first (other widths: [m, n_s])
+    scale: torch.Tensor  # fp16 [m]: 4-bit dequantization (code - zero) * scale
+    zero: torch.Tensor  # uint8 [m]
+    a: torch.Tensor  # fp16 [m]: W_bin = r2 * (a * sign + b), r1 folded in
+    b: torch.Tensor  # fp16 [m]
+    r2: torch.Tensor  # fp16 [n_b]
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The fields by name (the tensors themselves, not copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> PTQ161Parts:
+        """From ``as_dict`` output; a missing or unknown field is a ``PTQ161Error``."""
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            raise PTQ161Error(f"PTQ1.61 parts need {sorted(names)}, got {sorted(d)}")
+        return cls(**d)
+
+    @property
+    def n_salient(self) -> int:
+        return int(self.mask.sum())
 
 
 class PackedPTQ161Linear(nn.Module):
@@ -60,21 +94,23 @@ class PackedPTQ161Linear(nn.Module):
         self.register_buffer("b", torch.zeros(m, dtype=torch.float16))
         self.register_buffer("r2", torch.ones(n_b, dtype=torch.float16))
         self.bias = nn.Parameter(torch.zeros(m)) if bias else None
-        self._cpu_cache: dict[bool, tuple] | None = None
+        self._cpu_cache: dict[bool, KernelBuffers] | None = None
         self._order: torch.Tensor | None = None
 
     @classmethod
-    def from_parts(cls, parts: dict[str, torch.Tensor], bias: torch.Tensor | None = None) -> PackedPTQ161Linear:
-        """Build from PTQ1.61 parts (mask bool [n], packed sign, packed codes, factors) and an optional bias [m]."""
-        mask = parts["mask"].bool()
-        n, n_s, m = mask.numel(), int(mask.sum()), parts["a"].numel()
+    def from_parts(
+        cls, parts: PTQ161Parts | dict[str, torch.Tensor], bias: torch.Tensor | None = None
+    ) -> PackedPTQ161Linear:
+        """Build from PTQ1.61 parts (4-bit codes; the record or its ``as_dict()``) and an optional bias [m]."""
+        if not isinstance(parts, PTQ161Parts):
+            parts = PTQ161Parts.from_dict(parts)
+        mask = parts.mask.bool()
+        n, n_s, m = mask.numel(), int(mask.sum()), parts.a.numel()
         mod = cls(n, m, n_s, bias=bias is not None)
         mod.sal_idx.copy_(torch.nonzero(mask)[:, 0])
         mod.bin_idx.copy_(torch.nonzero(~mask)[:, 0])
-        mod.sign.copy_(parts["sign"])
-        mod.codes.copy_(parts["codes"])
-        for k in ("scale", "zero", "a", "b", "r2"):
-            getattr(mod, k).copy_(parts[k])
+        for k in ("sign", "codes", "scale", "zero", "a", "b", "r2"):
+            getattr(mod, k).copy_(getattr(parts, k))
         if bias is not None:
             mod.bias.data.copy_(bias)
         return mod
@@ -144,14 +180,14 @@ class PackedPTQ161Linear(nn.Module):
         lo, hi, _ = rows.indices(self.out_features)
         out = np.empty((max(hi - lo, 0), self.in_features), dtype=np.float32)
         if hi > lo:
-            _, _, r2, sign, codes, a, b, scale, zero, _, _ = self.kernel_buffers()  # codes padded or not
-            dequantize_rows_grouped(lo, hi, self.n_salient, r2, sign, codes, a, b, scale, zero, SIGN_PATTERNS, out)
+            w = self.kernel_buffers()  # codes padded or not
+            dequantize_rows_grouped(
+                lo, hi, self.n_salient, w.r2, w.sign, w.codes, w.a, w.b, w.scale, w.zero, SIGN_PATTERNS, out
+            )
         return torch.from_numpy(out)
 
-    def kernel_buffers(self, permute: bool = PERMUTE_SIGNS) -> tuple:
-        """Numpy views of the buffers for the CPU kernels, float32 factors (made once per kernel, cached):
-        (sal_idx [n_s], bin_idx [n_b], r2 [n_b], sign [m, G], codes [m, P'], a, b, scale, zero [m],
-        sign_t [m // 16, G, 16], codes_t [m // 16, P, 16]).
+    def kernel_buffers(self, permute: bool = PERMUTE_SIGNS) -> KernelBuffers:
+        """Numpy views of the buffers for the CPU kernels, float32 factors (made once per kernel, cached).
 
         For the byte-table kernel the code rows are copied padded with zero bytes to P' (a multiple
         of 32) for its vectorized loop, and sign_t, codes_t are empty. With ``permute`` (the
@@ -162,20 +198,17 @@ class PackedPTQ161Linear(nn.Module):
             self._cpu_cache = {}
         if permute not in self._cpu_cache:
             sign, codes = self.sign.numpy(), self.codes.numpy()
-            factors = tuple(t.float().numpy() for t in (self.a, self.b, self.scale, self.zero))
+            a, b, scale, zero = (t.float().numpy() for t in (self.a, self.b, self.scale, self.zero))
             if permute:
-                tail = (codes, *factors, row_blocked(sign), row_blocked(codes))
+                sign_t, codes_t = row_blocked(sign), row_blocked(codes)
             else:
-                g = sign.shape[1]
-                empty = (np.zeros((0, g, 16), np.uint8), np.zeros((0, codes.shape[1], 16), np.uint8))
-                tail = (padded_codes(codes), *factors, *empty)
-            self._cpu_cache[permute] = (
-                self.sal_idx.numpy(),
-                self.bin_idx.numpy(),
-                self.r2.float().numpy(),
-                sign,
-                *tail,
-            )
+                sign_t = np.zeros((0, sign.shape[1], 16), np.uint8)
+                codes_t = np.zeros((0, codes.shape[1], 16), np.uint8)
+                codes = padded_codes(codes)
+            self._cpu_cache[permute] = KernelBuffers(
+                self.sal_idx.numpy(), self.bin_idx.numpy(), self.r2.float().numpy(), sign, codes,
+                a, b, scale, zero, sign_t, codes_t,
+            )  # fmt: skip
         return self._cpu_cache[permute]
 
     def _apply(self, fn, recurse: bool = True):
@@ -216,4 +249,4 @@ def validate_lowbit_modules(model: nn.Module, prefix: str = "") -> int:
     return count
 
 
-__all__ = ["LUT_MAX_TOKENS", "PACKED_BUFFERS", "PackedPTQ161Linear", "validate_lowbit_modules"]
+__all__ = ["LUT_MAX_TOKENS", "PACKED_BUFFERS", "PTQ161Parts", "PackedPTQ161Linear", "validate_lowbit_modules"]

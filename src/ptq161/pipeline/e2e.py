@@ -4,9 +4,8 @@ FP model's output distribution (beyond the paper).
 The teacher's logits on the calibration windows are computed once, before the block stage
 changes the model, and kept as the top-k per token (values and indices) plus the logsumexp of the
 other logits, so the KL is over k + 1 categories (``kl="tail"``): a top-k KL alone would teach the
-student to put no mass on the rest of the vocabulary, where the teacher puts 10-13 % of it on
-average and where 11-19 % of the real next tokens of WikiText-2 / C4 fall, carrying 34-46 % of the
-FP negative log-likelihood (k = 64, benchmarks/results/teacher_tail.md). Every quantized
+student to put no mass on the rest of the vocabulary, where the teacher does put some, and where
+some of the real next tokens fall (how much: benchmarks/results/teacher_tail.md). Every quantized
 linear is swapped for the method's trainable module (``Method.trainable_module``: for
 PTQ1.61 the fp16 factors a, b, r2 and the 4-bit scales, each times a trainable multiplier;
 signs, codes, zero points and masks stay, so the bits do not change), and the student is
@@ -48,55 +47,49 @@ GENERATED_PREFIX = 8  # tokens of a calibration window each generated window con
 class E2EConfig:
     """Settings of the end-to-end stage; ``steps = 0`` turns it off (the paper has no such stage)."""
 
-    steps: int = option(
-        0, "end-to-end distillation steps after the block stage (0 = off, the paper)", flag="--e2e-steps", minimum=0
-    )
+    steps: int = option(0, "end-to-end distillation steps after the block stage (0 = off, the paper)", minimum=0)
     lr: float = option(
         1e-3,
         "end-to-end learning rate (relative: factors move by this share)",
-        flag="--e2e-lr",
         minimum=0,
         exclusive=True,
     )
-    topk: int = option(64, "teacher logits kept per token (top-k)", flag="--e2e-topk", minimum=1)
+    topk: int = option(64, "teacher logits kept per token (top-k)", minimum=1)
     windows: int = option(
         0,
         "calibration windows the end-to-end stage trains on (0 = the block stage's; more draws further windows "
         "from the same source and seed, so the block stage's are the first of them)",
-        flag="--e2e-windows",
         minimum=0,
     )
     generated: int = option(
         0,
         "windows of text sampled from the FP model itself (temperature 1, each continuing the first "
         f"{GENERATED_PREFIX} tokens of a calibration window) added to the end-to-end stage's training windows: "
-        "distillation on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus; "
-        "measured on qwen2.5-coder-0.5b, 192 of them in place of 192 WikiText-2 windows: WikiText-2 / C4 121.1 / 265.1 "
-        "against 92.0 / 258.1 (compare_qwen2.5-coder-0.5b.md)",
-        flag="--e2e-generated",
+        "distillation on the model's own distribution (as LLM-QAT) rather than on more of the calibration corpus",
         minimum=0,
     )
     kl: Literal["tail", "topk"] = option(
         "tail",
         "the distillation target: 'tail' = the teacher's top-k plus one category holding the rest of its "
-        "probability; 'topk' = the top-k renormalised (the student learns to drop the rest of the vocabulary; "
-        "the default before 2026-12-02: 148.4 against 144.2 WikiText-2 on the cpu preset, quality.md)",
-        flag="--e2e-kl",
+        "probability; 'topk' = the top-k renormalised (the student learns to drop the rest of the vocabulary)",
     )
     train_signs: bool = option(
         False,
         "let the binary signs flip too (straight-through estimator on latent weights; bits unchanged)",
-        flag="--train-signs",
+        aliases=("--train-signs",),
     )
     sign_lr: float = option(
-        5e-2, "learning rate of the latent sign weights (start at +-1)", flag="--sign-lr", minimum=0, exclusive=True
+        5e-2,
+        "learning rate of the latent sign weights (start at +-1)",
+        aliases=("--sign-lr",),
+        minimum=0,
+        exclusive=True,
     )
     compile: Literal["off", "auto", "on"] = option(
         "off",
         "run the end-to-end stage's decoder layers through one torch.compile graph (the layer is its argument): "
         "on, off, or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results "
-        "equal eager ones within float rounding; the cpu preset uses auto",
-        flag="--e2e-compile",
+        "equal eager ones within float rounding",
     )
     heldout: int = 4
     warmup: float = 0.1
@@ -230,7 +223,7 @@ class _TopkKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         logits, p, idx = ctx.saved_tensors
-        grad = torch.softmax(logits, dim=-1)  # [T, V] (one fused kernel: 1.6x exp(logits - lse) here)
+        grad = torch.softmax(logits, dim=-1)  # [T, V] (one fused kernel, faster than exp(logits - lse))
         grad.scatter_add_(-1, idx, -p)
         return grad.mul_(g / logits.shape[0]), None, None
 

@@ -23,7 +23,7 @@ from ..methods import Method, Parts
 from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
 from ..nn import check_head_format, head_twin
-from ..nn.packed import PACKED_BUFFERS
+from ..nn.packed import PACKED_BUFFERS, PTQ161Parts
 from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, os_errors, read_json
 from .convert import pack_linears_in_place, pack_model_in_place, record_head_layout, record_packed_layout
 from .driver import flatten_parts, unflatten_parts
@@ -270,7 +270,8 @@ def _packed_parts(path: Path, meta: dict[str, Any]) -> dict[str, Parts]:
         sal = t[f"{layer}.sal_idx"].long()
         mask = torch.zeros(sal.numel() + t[f"{layer}.bin_idx"].numel(), dtype=torch.bool)
         mask[sal] = True
-        parts[layer] = {"mask": mask, **{k: t[f"{layer}.{k}"] for k in PACKED_BUFFERS[2:]}}  # after the indices
+        record = PTQ161Parts(mask, **{k: t[f"{layer}.{k}"] for k in PACKED_BUFFERS[2:]})  # after the indices
+        parts[layer] = record.as_dict()
     return parts
 
 

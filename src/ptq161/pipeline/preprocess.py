@@ -26,15 +26,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import CalibConfig, get_preset
 from ..data import calibration_windows
 from ..errors import PTQ161Error
-from ..methods import MethodConfig, get_method
 from ..models import get_adapter, load_model
 from ..models.integrity import PREPROCESS_META, manifest
 from ..utils import LOCK_NAME, atomic_write_json, os_errors, output_lock, peak_rss_mb
 from .output_dir import check_output_dir, remove_leftovers
 from .quantize import quantize
+from .recipe import Recipe, resolve_recipe
 from .state import STATE_DIR, RunState, load_training, save_training
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")  # not o_proj, as the reference
@@ -90,9 +89,9 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class PreprocessPreset:
-    """A budget: the quantization preset of the first pass and the LoRA steps/length."""
+    """A budget: the recipe of the first quantization pass and the LoRA steps/length."""
 
-    quant_preset: str
+    recipe: str
     steps: int
     seqlen: int
     warmup: int
@@ -102,7 +101,7 @@ class PreprocessPreset:
 PREPROCESS_PRESETS: dict[str, PreprocessPreset] = {
     "paper": PreprocessPreset("paper", 20000, 2048, 1000, "the reference recipe: 20k sequences of 2048 tokens (GPU)"),
     "cpu": PreprocessPreset(
-        "demo", 400, 256, 40, "smollm2-135m: 886 s measured on 1 of 2 busy cores (benchmarks/results/preprocess.md)"
+        "demo", 400, 256, 40, "a CPU budget: minutes for a 135M model (benchmarks/results/preprocess.md)"
     ),
     "smoke": PreprocessPreset("smoke", 4, 64, 1, "seconds, for tests"),
 }
@@ -207,9 +206,7 @@ def preprocess(
     model_spec: str,
     output: str | Path,
     *,
-    method: str = "ptq161",
-    method_config: MethodConfig | None = None,
-    calib: CalibConfig | None = None,
+    recipe: str | Path | Recipe | None = None,
     lora: LoRAConfig | None = None,
     resume: bool = False,
     data_dir: str | Path | None = None,
@@ -221,25 +218,21 @@ def preprocess(
 ) -> PreprocessResult:
     """Quantize ``model_spec``, train a restorative LoRA on it, merge and save a plain model directory.
 
-    ``method``/``method_config``/``calib`` configure the first quantization pass (as in
-    ``ptq161.quantize``); ``lora`` the adapter and its training. With ``resume=True`` an
+    ``recipe`` is the first quantization pass (default: the ``demo`` recipe, as the ``cpu`` preset
+    of this command); ``lora`` the adapter and its training. With ``resume=True`` an
     interrupted run in ``output`` continues from its last checkpoint. ``device`` / ``dtype``: where
     and in which dtype the model is quantized, trained and merged (the saved model keeps ``dtype``).
     ``verify`` checks the model's files against their recorded sha256 before reading them.
     ``trust_remote_code`` lets a model directory's own Python code run (refused otherwise).
     """
     lora = lora or LoRAConfig()
-    calib = calib or CalibConfig()
-    method_cls = get_method(method)
-    method_config = method_config or method_cls.config_class()
+    recipe = resolve_recipe(recipe or "demo")
     out = Path(output)
     with output_lock(out):  # one run at a time per output directory
         check_output_dir(out, resume, meta=PREPROCESS_META)
         settings = {
             "model": model_spec,
-            "method": method,
-            "method_config": method_config.to_dict(),
-            "calibration": calib.to_dict(),
+            "recipe": {k: v for k, v in recipe.to_dict().items() if k not in ("name", "description")},
             "lora": lora.to_dict(),
             "dtype": str(dtype).removeprefix("torch."),
         }
@@ -254,9 +247,7 @@ def preprocess(
         else:
             res = quantize(
                 model_spec,
-                method,
-                method_config=method_config,
-                calib=calib,
+                recipe,
                 data_dir=data_dir,
                 progress=progress,
                 device=device,
@@ -302,14 +293,9 @@ def preprocess(
         return PreprocessResult(merged, tok, out, meta)
 
 
-def preset_settings(name: str) -> tuple[CalibConfig, int, LoRAConfig]:
-    """(calibration, PTQ1.61 epochs, LoRA config) of a preprocessing preset."""
+def preset_settings(name: str) -> tuple[str, LoRAConfig]:
+    """(the first pass's recipe name, LoRA config) of a preprocessing preset."""
     if name not in PREPROCESS_PRESETS:
         raise PTQ161Error(f"unknown preprocess preset '{name}'; choose from {', '.join(PREPROCESS_PRESETS)}")
     p = PREPROCESS_PRESETS[name]
-    q = get_preset(p.quant_preset)
-    return (
-        CalibConfig(nsamples=q.nsamples, seqlen=q.seqlen),
-        q.epochs,
-        LoRAConfig(steps=p.steps, seqlen=p.seqlen, warmup=p.warmup),
-    )
+    return p.recipe, LoRAConfig(steps=p.steps, seqlen=p.seqlen, warmup=p.warmup)

@@ -11,16 +11,18 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from ..config import CalibConfig
+from ..calibration.capture import module_device
 from ..data import calibration_windows
 from ..errors import PTQ161Error
-from ..methods import MethodConfig, get_method
+from ..eval.report import run_metadata
+from ..methods import Method, get_method
+from ..methods.block_training import resolve_compile
 from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
-from ..nn import check_head_format
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
 from .e2e import E2EConfig, e2e_targets, train_end_to_end
+from .recipe import Recipe
 from .state import RunState
 
 
@@ -37,61 +39,51 @@ class QuantizeResult:
 
 
 def quantize(
-    model_spec: str,
-    method: str = "ptq161",
+    model: str | Path | nn.Module,
+    recipe: Recipe,
     *,
-    method_config: MethodConfig | None = None,
-    calib: CalibConfig | None = None,
+    tokenizer: Tokenizer | None = None,
     output: str | Path | None = None,
     resume: bool = False,
     data_dir: str | Path | None = None,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
-    head: str | None = None,
-    e2e: E2EConfig | None = None,
     max_memory: int | None = None,
     verify: bool = True,
     trust_remote_code: bool = False,
 ) -> QuantizeResult:
-    """Quantize ``model_spec`` with a method from ``ptq161.methods.METHODS`` on the block-wise driver.
+    """Run ``recipe`` on ``model`` (a model spec, a model directory, or an ``nn.Module`` with its ``tokenizer``).
 
+    The block-wise driver runs the recipe's method; with an end-to-end stage, the FP model's
+    outputs on the calibration windows are recorded first and the stage runs after the block stage.
     With ``output``, progress is saved after every block and ``resume=True`` continues
     an interrupted run to a result identical to an uninterrupted one. Methods with a packed
-    format (PTQ1.61) are saved packed, and the returned model is then the packed one;
-    ``head`` is the format of a packed model's embedding and lm_head: "int8" (per-row, the default,
-    None, when the method packs; measured on the cpu-preset smollm2-135m: WikiText-2 148.36 -> 148.58,
-    +0.15 %, and on qwen2.5-coder-1.5b decode 3.50x -> 6.06x dense fp32; README, large_model.md),
-    "int4" (grouped, ``ptq161.nn.int4``; results/heads.md) or "fp32". ``device`` and ``dtype``
-    are where and in which dtype the model and the calibration streams live (the methods'
-    own arithmetic is float32); the returned model is on ``device``. ``e2e`` (steps > 0) adds the
-    end-to-end stage after the block stage (``ptq161.pipeline.e2e``).
+    format (PTQ1.61) are saved packed, and the returned model is then the packed one, with the
+    embedding and lm_head in ``recipe.head``. ``device`` and ``dtype`` are where and in which dtype
+    a loaded model and the calibration streams live (the methods' own arithmetic is float32); an
+    ``nn.Module`` is quantized in place where it is. ``verify`` checks the model's files against
+    their recorded sha256; ``trust_remote_code`` lets a model directory's own Python code run.
 
-    A model whose weights take more than half of ``max_memory`` bytes (default: the RAM
+    A model spec whose weights take more than half of ``max_memory`` bytes (default: the RAM
     available now) is block-onloaded (``ptq161.models.lazy``): one decoder block in memory at a
-    time, written to ``output`` (required then) as it is finished. The end-to-end stage needs
-    the whole model and is refused then. The returned model is then a ``LazyModel`` of the
-    output directory (``ptq161.evaluate_perplexity`` takes it). ``verify`` checks the model's
-    files against their recorded sha256 before reading them. ``trust_remote_code``
-    lets a model directory's own Python code run (refused otherwise).
+    time, written to ``output`` (required then) as it is finished; an end-to-end stage is
+    refused then (it needs the whole model). The returned model is then a ``LazyModel`` of the
+    output directory (``ptq161.evaluate_perplexity`` takes it).
     """
-    method_cls = get_method(method)
-    cfg = method_config or method_cls.config_class()
-    impl = method_cls(cfg)
-    if head is None:
-        head = "int8" if impl.packs else "fp32"
-    if check_head_format(head) != "fp32" and not impl.packs:
-        raise PTQ161Error(f"--head {head} needs a packed format; method '{method}' with these settings has none")
-    calib = calib or CalibConfig()
-    e2e = e2e or E2EConfig()
-    if e2e.steps and not impl.trains_end_to_end:
-        raise PTQ161Error(f"method '{method}' with these settings has no end-to-end stage (--e2e-steps)")
+    impl = get_method(recipe.method)(recipe.method_config)
+    head, calib, e2e = recipe.head, recipe.calib, recipe.e2e
+    if isinstance(model, nn.Module) and tokenizer is None:
+        raise PTQ161Error("quantizing an nn.Module needs its tokenizer (tokenizer=...)")
+    model_spec = str(model) if not isinstance(model, nn.Module) else module_name(model)
     out = Path(output) if output is not None else None
     with output_lock(out):  # one run at a time per output directory
         if out is not None:
             output_dir.check_output_dir(out, resume)
         lazy = None
-        if onloads(model_spec, dtype, max_memory):
+        if isinstance(model, nn.Module):
+            tok, device = tokenizer, str(module_device(model))
+        elif onloads(model_spec, dtype, max_memory):
             if e2e.steps:
                 raise PTQ161Error(
                     "the model does not fit the memory budget (block onloading), and the end-to-end stage needs it "
@@ -120,7 +112,13 @@ def quantize(
             data_dir=data_dir,
         )
         e2e_windows, windows = windows[:n_e2e], windows[: calib.nsamples]
-        settings = {"model": model_spec, "method": method, "config": cfg.to_dict(), "calibration": calib.to_dict()}
+        cfg = recipe.method_config
+        settings = {
+            "model": model_spec,
+            "method": recipe.method,
+            "config": cfg.to_dict(),
+            "calibration": calib.to_dict(),
+        }
         settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
         if e2e.steps:
             settings["e2e"] = e2e.to_dict()
@@ -143,6 +141,8 @@ def quantize(
             )
         meta = {
             **settings,
+            "recipe": recipe.to_dict(),
+            "machine": machine_record(device, impl, e2e),
             "device": str(device),
             "streams_device": str(streams),
             "calibration_source": calib_source,
@@ -162,6 +162,23 @@ def quantize(
             )[0]
             return QuantizeResult(lazy_out, tok, out, meta, res.parts)
         if out is not None:
+            where = module_device(model)
             output_dir.write_output(out, model, tok, impl, res.parts, meta, head)
-            model.to(device)  # the packed modules are built on the CPU
+            model.to(where)  # the packed modules are built on the CPU
         return QuantizeResult(model, tok, out, meta, res.parts)
+
+
+def machine_record(device: str, impl: Method, e2e: E2EConfig) -> dict[str, Any]:
+    """The machine, library versions and the code paths the run took on it (results can differ between them)."""
+    md = run_metadata()
+    dev = torch.device(device)
+    paths = impl.code_paths(dev)
+    if e2e.steps:
+        paths["e2e_compile"] = str(resolve_compile(e2e.compile, dev))
+    return {**md["machine"], "versions": md["versions"], "device": str(dev), "code_paths": paths}
+
+
+def module_name(model: nn.Module) -> str:
+    """What a quantized ``nn.Module`` is recorded as: the name or path it was loaded from, else its class."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", "") or type(model).__name__

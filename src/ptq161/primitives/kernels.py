@@ -32,50 +32,44 @@ sharing one: reading tables another core has just written costs more than buildi
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
+from typing import NamedTuple
 
 import numba
 import numpy as np
-import torch
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .device import host_has_feature
+
+
+class KernelBuffers(NamedTuple):
+    """What the kernels read of one packed linear (m rows, n_s salient and n_b binary columns), as numpy
+    arrays: the stored buffers with float32 factors, and for the nibble-table kernel a row-blocked copy.
+    ``PackedPTQ161Linear.kernel_buffers`` makes them; numba passes the record as one value."""
+
+    sal_idx: np.ndarray  # int16 / int32 [n_s]: salient column indices
+    bin_idx: np.ndarray  # int16 / int32 [n_b]: binary column indices
+    r2: np.ndarray  # float32 [n_b]: per-column factor of the binary part
+    sign: np.ndarray  # uint8 [m, G]: sign bits, LSB first (G = ceil(n_b / 8))
+    codes: np.ndarray  # uint8 [m, P]: 4-bit codes, low nibble first (byte tables: padded to P' = CODE_PAD k)
+    a: np.ndarray  # float32 [m]: W_bin = r2 * (a * sign + b)
+    b: np.ndarray  # float32 [m]
+    scale: np.ndarray  # float32 [m]: 4-bit dequantization (code - zero) * scale
+    zero: np.ndarray  # float32 [m]
+    sign_t: np.ndarray  # uint8 [m // 16, G, 16]: row-blocked signs (nibble tables; else [0, G, 16])
+    codes_t: np.ndarray  # uint8 [m // 16, P, 16]: row-blocked codes (nibble tables; else [0, P, 16])
+
+
+# the kernels index a KernelBuffers (or the plain tuple of its fields, which numba's parallel loops take) by
+# these: numba reads a module-level int as a constant, so ``w[SIGN]`` is a typed field access
+SAL_IDX, BIN_IDX, R2, SIGN, CODES, A, B, SCALE, ZERO, SIGN_T, CODES_T = range(len(KernelBuffers._fields))
+
+
 BLOCK = 16  # rows per block of the row-blocked layout: one float32 lane per row in a 512-bit register
 CODE_PAD = 32  # code rows padded to a multiple of this many bytes: the 4-bit loop vectorizes without a tail
 ROW_ALIGN = 16  # chunk boundaries on multiples of 16 rows (one cache line of float32 outputs, one block)
-
-
-def host_has_feature(name: str) -> bool:
-    """Whether the CPU numba compiles for has the LLVM feature ``name`` (e.g. "avx512f"):
-    ``NUMBA_CPU_FEATURES`` when it is set (numba then compiles for those features), else LLVM's
-    view of this machine."""
-    features = numba.config.CPU_FEATURES
-    if features:
-        return f"+{name}" in features.split(",")
-    return bool(llvm_binding.get_host_cpu_features().get(name, False))
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (CPU: AVX-512 BF16 or AMX-BF16; CUDA: as
-    torch reports it), so that a bfloat16 product is faster than a float32 one, not an emulation."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = llvm_binding.get_host_cpu_features()  # this CPU (torch does not compile for NUMBA_CPU_FEATURES)
-    return device.type == "cpu" and bool(cpu.get("avx512bf16", False) or cpu.get("amx-bf16", False))
-
-
-def can_compile(device: torch.device) -> bool:
-    """Whether ``torch.compile``'s default backend has what it needs on ``device``: a C++ compiler
-    for CPUs (``$CXX``, g++, c++ or clang++ on the PATH), triton for CUDA."""
-    if device.type == "cuda":
-        return importlib.util.find_spec("triton") is not None
-    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    return device.type == "cpu" and any(n and shutil.which(n) for n in names)
 
 
 def host_has_avx512() -> bool:
@@ -454,21 +448,22 @@ def _chunk_bounds(c, n_chunks, m):
 
 
 def _linear_chunk(c, n_chunks, x, w, out, lut_b, xp, xe, xo, permute):
-    """Chunk c of n_chunks of out [m] = packed linear w (tuple of kernel buffers) applied to x [n];
+    """Chunk c of n_chunks of out [m] = packed linear w (``KernelBuffers``) applied to x [n];
     ``permute``: the nibble-table kernel (w must carry the row-blocked layouts), else byte tables."""
-    sal, bidx, r2, sign, codes, a, b, scale, zero, sign_t, codes_t = w
     lo, hi = _chunk_bounds_jit(c, n_chunks, out.shape[0])
     if lo >= hi:
         return
-    total_b, total_s = _prepare_jit(x, sal, bidx, r2, codes.shape[1], lut_b, xp, xe, xo, permute)
-    _rows_jit(lo, hi, sign, codes, sign_t, codes_t, a, b, scale, zero, lut_b, xe, xo, total_b, total_s, out, permute)
+    total_b, total_s = _prepare_jit(x, w[SAL_IDX], w[BIN_IDX], w[R2], w[CODES].shape[1], lut_b, xp, xe, xo, permute)
+    _rows_jit(
+        lo, hi, w[SIGN], w[CODES], w[SIGN_T], w[CODES_T], w[A], w[B], w[SCALE], w[ZERO], lut_b, xe, xo, total_b,
+        total_s, out, permute,
+    )  # fmt: skip
 
 
 def _packed_matvec(x, w, out, n_chunks, permute):
     """out [T, m] = x [T, n] @ W_hat^T for the packed layer w (float32 throughout; w from kernel_buffers);
     ``permute`` picks the sign-sum kernel (``PERMUTE_SIGNS`` on this CPU)."""
-    sign, codes = w[3], w[4]
-    groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
+    groups, width = max(w[SIGN].shape[1], 1), max(w[CODES].shape[1], 1)
     for c in numba.prange(n_chunks):
         lut_b = np.empty((groups, 32 if permute else 256), dtype=np.float32)
         xp = np.empty(8 * groups, dtype=np.float32)
@@ -489,7 +484,8 @@ def _packed_matmul(x, w, out, n_chunks):
     block's sign and code bytes are loaded and split once for 4 tokens and a token's tables once
     for 4 blocks (``_permuted_block_tokens`` for the blocks past the last group of 4); the other
     tokens and the rows past the last block go through the one-token paths."""
-    sal, bidx, r2, sign, codes, a, b, scale, zero, sign_t, codes_t = w
+    sal, bidx, r2, sign, codes, a, b = w[SAL_IDX], w[BIN_IDX], w[R2], w[SIGN], w[CODES], w[A], w[B]
+    scale, zero, sign_t, codes_t = w[SCALE], w[ZERO], w[SIGN_T], w[CODES_T]
     tokens, m = x.shape[0], out.shape[1]
     groups, width = max(sign.shape[1], 1), max(codes.shape[1], 1)
     luts = np.empty((PREFILL_TILE, groups, 32), dtype=np.float32)

@@ -13,8 +13,8 @@ float kernel); the final norm is the engine's RMSNorm, as in the layers; the emb
 is read with numpy for fp32 and int8 tables (the same values as the module's; other
 embeddings are called), the prompt is prefilled by the model's own forward, and the rotary
 table comes from the model's rotary module, so rope variants are the model's, not
-re-implemented. (A torch call costs ~0.1 ms on this scale: the module calls for the
-embedding and the final norm took 0.26 of a 5.7 ms step.)
+re-implemented. (At this scale a torch call's overhead is a visible share of a step: the module
+calls for the embedding and the final norm were a quarter of it.)
 
 It serves models whose layers follow the adapter's LLaMA layout exactly: every decoder
 linear a ``PackedPTQ161Linear`` (with or without bias, as Qwen2's q/k/v), SiLU MLP, no sliding window, no dynamic
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -36,9 +37,27 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
 from ..nn import Int8Embedding, PackedPTQ161Linear
-from ..primitives.kernels import PERMUTE_SIGNS, chunk_bounds, kernel_threads, linear_chunk
+from ..primitives.kernels import CODES, PERMUTE_SIGNS, SIGN, chunk_bounds, kernel_threads, linear_chunk
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
+
+
+class Scratch(NamedTuple):
+    """The engine's work arrays for one token (float32; d hidden, I intermediate, C row chunks = threads,
+    G sign bytes and P code bytes of the widest layer), reused every step."""
+
+    xn: np.ndarray  # [d]: the normed hidden state
+    q: np.ndarray  # [heads * head_dim]
+    k: np.ndarray  # [kv_heads * head_dim]
+    v: np.ndarray  # [kv_heads * head_dim]
+    att: np.ndarray  # [heads * head_dim]: attention output
+    o: np.ndarray  # [d]: o_proj / down_proj output
+    g: np.ndarray  # [I]: gate (then SiLU(gate) * up)
+    u: np.ndarray  # [I]: up
+    lut_b: np.ndarray  # [C, G, 32 or 256]: each chunk's sign-sum tables (nibble or byte)
+    xp: np.ndarray  # [C, 8 G]: each chunk's r2-scaled binary inputs
+    xe: np.ndarray  # [C, P]: even salient inputs
+    xo: np.ndarray  # [C, P]: odd salient inputs
 
 
 def _rms_norm(x, weight, eps, out):
@@ -117,15 +136,15 @@ def _layer(
     norm_post,
     ws,
     bs,
-    scratch,
+    xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo,
     permute,
-):
+):  # fmt: skip
     """One decoder layer for one token, in place on h [d]; writes K/V of position ``pos``.
-    ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none);
+    ws: the seven linears' kernel buffers; bs: their biases (empty arrays for none); xn ... xo: the
+    ``Scratch`` arrays (numba's parallel lowering cannot follow a record's fields into its loops);
     permute: the sign-sum kernel (nibble tables in registers, or byte tables; see ``primitives.kernels``)."""
     q_w, k_w, v_w, o_w, g_w, u_w, d_w = ws
     q_b, k_b, v_b, o_b, g_b, u_b, d_b = bs
-    xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo = scratch
     nc = lut_b.shape[0]  # row chunks (one per thread), each with its own tables
     _rms_norm_jit(h, norm_in, eps, xn)
     for c in numba.prange(nc):
@@ -174,11 +193,12 @@ def _layers(h, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, no
     """Every decoder layer for one token, in place on h [d]: one call per step instead of one per
     layer (a call unboxes each of its arrays; numba typed lists pass the layers' ~90 arrays each
     as one object). norms, weights, biases: typed lists with one entry per layer."""
+    s = scratch
     for i in range(len(weights)):
         norm_in, norm_post = norms[i]
         _layer_jit(
             h, i, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post,
-            weights[i], biases[i], scratch, permute,
+            weights[i], biases[i], s.xn, s.q, s.k, s.v, s.att, s.o, s.g, s.u, s.lut_b, s.xp, s.xe, s.xo, permute,
         )  # fmt: skip
 
 
@@ -194,8 +214,8 @@ def last_logits_only(model: nn.Module) -> dict[str, int]:
 
 def _greedy(logits: torch.Tensor) -> int:
     """The index of the largest logit [vocab] (the first on ties, as ``torch.argmax``), by numpy on
-    one thread: torch's argmax over smollm2's 49k vocabulary goes to its thread pool and took
-    0.11 ms a step against 0.03-0.05 ms for numpy's (measured side by side on 2 cores)."""
+    one thread: torch's argmax over a 49k vocabulary goes to its thread pool, slower than numpy's
+    single-threaded one at this size."""
     return int(np.argmax(logits.detach().float().numpy()))
 
 
@@ -242,9 +262,10 @@ class DecodeEngine:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = np.float32(cfg.rms_norm_eps)
-        # typed lists: the single numba call of a step receives every layer's buffers as three objects
+        # typed lists: the single numba call of a step receives every layer's buffers as three objects;
+        # each linear's KernelBuffers as the plain tuple of its fields (numba's parallel loops take no records)
         self.weights = typed.List(
-            [tuple(layer.get_submodule(k).kernel_buffers(self.permute) for k in KINDS) for layer in self.layers]
+            [tuple(tuple(layer.get_submodule(k).kernel_buffers(self.permute)) for k in KINDS) for layer in self.layers]
         )
         self.biases = typed.List([tuple(_bias(layer.get_submodule(k)) for k in KINDS) for layer in self.layers])
         self.norms = typed.List(
@@ -296,19 +317,19 @@ class DecodeEngine:
             return "model is not on the CPU"
         return None
 
-    def _scratch(self) -> tuple[np.ndarray, ...]:
+    def _scratch(self) -> Scratch:
         d = self.layers[0].input_layernorm.weight.shape[0]
         first = self.layers[0]
         inter = first.get_submodule("mlp.gate_proj").out_features
         f = np.float32
 
         bufs = [w for layer in self.weights for w in layer]
-        groups = max(max(w[3].shape[1] for w in bufs), 1)
-        width = max(max(w[4].shape[1] for w in bufs), 1)
+        groups = max(max(w[SIGN].shape[1] for w in bufs), 1)
+        width = max(max(w[CODES].shape[1] for w in bufs), 1)
         nc = kernel_threads()
         q_out = self.n_heads * self.head_dim
         kv_out = self.n_kv * self.head_dim
-        return (
+        return Scratch(
             np.empty(d, f),
             np.empty(q_out, f),
             np.empty(kv_out, f),
