@@ -308,6 +308,7 @@ def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifa
         "e2e_log": meta.get("e2e_log"),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
+        **({"machine": meta["machine"]} if "machine" in meta else {}),  # CPU, features, code paths of the run
         **({"artifact": str(artifact.relative_to(RESULTS.parents[1]))} if artifact is not None else {}),
     }
 
