@@ -103,6 +103,8 @@ def test_overrides_change_one_setting_and_bad_ones_are_one_line_errors(tmp_path)
     assert r.method_config.binary_init == "gptq"  # the rest is the recipe's
     r = resolve_recipe("cpu", method="omniquant", bits=3)  # epochs carried over, PTQ1.61's settings dropped
     assert (r.method, r.method_config.epochs, r.method_config.bits, r.e2e.steps) == ("omniquant", 10, 3, 0)
+    assert r.method_config.train_compile == "auto"  # chosen by the recipe, shared by both methods
+    assert resolve_recipe("cpu", method="pbllm").method_config.salient_ratio == 0.1  # PTQ1.61's default stays
     for bad, msg in [
         ({"epoch": 3}, r"unknown setting epoch \(--epoch\)"),
         ({"method": "nope"}, "unknown method 'nope'"),

@@ -172,7 +172,8 @@ def _parse_toml(text: str, where: str) -> dict[str, Any]:
 def resolve_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) -> Recipe:
     """The recipe ``recipe`` (default ``DEFAULT_RECIPE``) with ``overrides`` (flat names) applied.
 
-    Changing ``method`` keeps the recipe's method settings the new method also has (e.g. ``epochs``),
+    Changing ``method`` keeps the settings the recipe chose for its method (those that differ from that
+    method's defaults) that the new method also has (e.g. ``epochs``),
     and its end-to-end stage only if the new method has one. An end-to-end setting given while the
     stage ends up off is refused, as is a setting no section has.
     """
@@ -182,9 +183,11 @@ def resolve_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) 
     given = dict(overrides)
     method = overrides.pop("method", d["method"])
     cls = get_method(method)
-    if method != d["method"]:
+    if method != d["method"]:  # carry the settings the recipe chose (not its method's defaults) that the new one has
         names = {f.name for f in dataclasses.fields(cls.config_class)}
-        d["method_settings"] = {k: v for k, v in d["method_settings"].items() if k in names}
+        old_defaults = get_method(d["method"]).config_class().to_dict()
+        chosen = {k: v for k, v in d["method_settings"].items() if v != old_defaults.get(k)}
+        d["method_settings"] = {k: v for k, v in chosen.items() if k in names}
         if not cls(cls.config_class(**d["method_settings"])).trains_end_to_end:
             d["e2e"]["steps"] = 0
         d["output"]["head"] = None  # back to the new method's default
