@@ -82,6 +82,7 @@ def main() -> None:
         from benchmarks.common import run_child
 
         store["rows"]["fp"] = run_child("benchmarks.general_calibration", "fp", ["--model", args.model])
+        render(store, args)  # stored before the long rows start
     rows = [r for r in wanted if r in ROWS]
     run_ppl_rows(
         "benchmarks.general_calibration", store, "rows", rows, args, render, ["--model", args.model], results=name
