@@ -218,7 +218,7 @@ def _add_flags(g: argparse._ArgumentGroup, flags: list[SettingFlag]) -> None:
 
 
 def add_setting_options(p: argparse.ArgumentParser, *, e2e: bool = True) -> list[SettingFlag]:
-    """The recipe's settings as flags, grouped: calibration, method, end-to-end stage (``e2e``), output.
+    """The recipe's settings as flags, grouped: calibration, method settings, end-to-end stage (``e2e``).
 
     Every flag left out keeps the recipe's value. Returns the flags (``overrides_from_args`` reads them).
     """

@@ -11,8 +11,10 @@ from typing import Any
 from ..api import evaluate_perplexity, load_model, quantize
 from ..data import default_eval_corpus
 from ..eval.report import markdown_table
+from ..pipeline.recipe import DEFAULT_RECIPE
 from ..utils import atomic_write_json
 from .common import add_data_dir, positive_int
+from .quantize import default_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +64,8 @@ def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, recipe: st
         f"\nmachine: {machine['cpu_model']} ({', '.join(machine['cpu_features'])}), torch threads "
         f"{machine['torch_threads']}; code paths: {', '.join(f'{k}={v}' for k, v in machine['code_paths'].items())}"
     )
-    print("the default recipe (ptq161 recipes cpu): ptq161 quantize smollm2-135m && ptq161 ppl ptq161-out/...")
+    out = default_output("smollm2-135m", DEFAULT_RECIPE, {})
+    print(f"the default recipe (ptq161 recipes {DEFAULT_RECIPE}): ptq161 quantize smollm2-135m && ptq161 ppl {out}")
     return {
         "model": "smollm2-135m",
         "dataset": dataset,

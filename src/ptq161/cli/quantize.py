@@ -69,14 +69,16 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def default_output(model: str, recipe: str, overrides: dict[str, Any]) -> str:
+    """Where ``ptq161 quantize MODEL`` writes without ``--output``: ptq161-out/MODEL-METHOD-RECIPE."""
+    method = resolve_recipe(recipe, **overrides).method
+    return f"ptq161-out/{Path(model.rstrip('/')).name}-{method}-{Path(recipe.rstrip('/')).stem}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Quantize, save, print a summary."""
     overrides = cli_overrides(args)
-    if args.output is None:
-        method = resolve_recipe(args.recipe, **overrides).method
-        name = Path(args.recipe.rstrip("/")).stem
-        args.output = f"ptq161-out/{Path(args.model.rstrip('/')).name}-{method}-{name}"
-    output = args.output
+    output = args.output or default_output(args.model, args.recipe, overrides)
     res = quantize(
         args.model,
         args.recipe,

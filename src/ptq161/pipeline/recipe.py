@@ -113,9 +113,10 @@ class Recipe:
 
     def settings(self) -> dict[str, Any]:
         """Every setting by its flat name (the keywords ``resolve_recipe`` takes as overrides)."""
-        flat = {"method": self.method, "head": self.head, **self.to_dict()["method_settings"]}
+        d = self.to_dict()
+        flat = {"method": self.method, "head": self.head, **d["method_settings"]}
         for section, (_cls, prefix) in SECTIONS.items():
-            flat.update({prefix + k: v for k, v in self.to_dict()[section].items()})
+            flat.update({prefix + k: v for k, v in d[section].items()})
         return flat
 
 

@@ -47,7 +47,8 @@ from .device import host_has_feature
 class KernelBuffers(NamedTuple):
     """What the kernels read of one packed linear (m rows, n_s salient and n_b binary columns), as numpy
     arrays: the stored buffers with float32 factors, and for the nibble-table kernel a row-blocked copy.
-    ``PackedPTQ161Linear.kernel_buffers`` makes them; numba passes the record as one value."""
+    ``PackedPTQ161Linear.kernel_buffers`` makes them; the kernels read a record, or the plain tuple of its
+    fields, through the index constants below."""
 
     sal_idx: np.ndarray  # int16 / int32 [n_s]: salient column indices
     bin_idx: np.ndarray  # int16 / int32 [n_b]: binary column indices
