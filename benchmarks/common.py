@@ -354,7 +354,8 @@ def block_zero(model: Any, windows: int = 8, seqlen: int = 256) -> tuple[Any, ..
     adapter = get_adapter(model)
     ids = torch.randint(100, 40000, (windows, seqlen), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        x, call = capture_block_inputs(model, adapter, ids)
+        x, calls = capture_block_inputs(model, adapter, ids)
+    call = calls[0]
     block = adapter.decoder_layers(model)[0]
     linears = adapter.block_linears(block)
     with torch.no_grad(), record_input_stats(linears) as stats:

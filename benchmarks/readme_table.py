@@ -1,9 +1,10 @@
-"""The README's results table, generated from the results JSON (never typed by hand).
+"""The README's tables, generated from the results JSON (never typed by hand): the results table and
+the table of model families.
 
-    .venv/bin/python -m benchmarks.readme_table           # rewrite the table in README.md
-    .venv/bin/python -m benchmarks.readme_table --check   # exit 1 if README.md's table differs
+    .venv/bin/python -m benchmarks.readme_table           # rewrite the tables in README.md
+    .venv/bin/python -m benchmarks.readme_table --check   # exit 1 if a table in README.md differs
 
-tests/test_readme.py checks that README.md holds exactly this table.
+tests/test_readme.py checks that README.md holds exactly these tables.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results-table: begin (benchmarks/readme_table.py) -->", "<!-- results-table: end -->"
+FAMILIES_BEGIN = "<!-- families-table: begin (benchmarks/readme_table.py) -->"
+FAMILIES_END = "<!-- families-table: end -->"
 
 # (results file, row name, label); the row "fp" is the file's full-precision reference
 COMPARE_ROWS = [
@@ -74,11 +77,35 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
-    """The part of ``text`` between the markers (without them), or an error when they are missing."""
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+def families_table() -> str:
+    """One line per model family of results/families.json: do the perplexity paths agree, which methods
+    quantize it, does the fused engine serve it (else the first of its reasons)."""
+    d = _load("families")
+    lines = [
+        "| family | transformers class | in memory = onloaded = transformers | methods | fused engine |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        spread = max(r["fp_spread"], r["ptq161_spread"] or 0.0)
+        agree = f"yes (within {spread:.0e})" if spread < 1e-4 else f"**no** ({spread:.1e})"
+        refused = [m for m, v in r["methods"].items() if v != "ok"]
+        methods = "all" if not refused else f"all but {', '.join(refused)} (refused)"
+        engine = (
+            "yes" if r["engine"] == "same tokens" else "no: " + r["engine"].removeprefix("refused: ").split(" (")[0]
+        )
+        lines.append(f"| {r['family']} | `{r['class']}` | {agree} | {methods} | {engine} |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"results": (BEGIN, END, table), "families": (FAMILIES_BEGIN, FAMILIES_END, families_table)}
+
+
+def readme_block(text: str, block: str = "results") -> str:
+    """The part of ``text`` between a block's markers (without them), or an error when they are missing."""
+    begin, end, _ = BLOCKS[block]
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no {begin} ... {end} block")
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
 
 
 def main() -> None:
@@ -86,12 +113,14 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md's table is not the generated one")
     args = ap.parse_args()
     text = README.read_text()
-    want = table()
     if args.check:
-        sys.exit(0 if readme_block(text) == want else 1)
-    head, rest = text.split(BEGIN, 1)
-    README.write_text(f"{head}{BEGIN}\n{want}\n{END}{rest.split(END, 1)[1]}")
-    print(want)
+        sys.exit(0 if all(readme_block(text, b) == make() for b, (_, _, make) in BLOCKS.items()) else 1)
+    for block, (begin, end, make) in BLOCKS.items():
+        readme_block(text, block)  # both markers present
+        head, rest = text.split(begin, 1)
+        text = f"{head}{begin}\n{make()}\n{end}{rest.split(end, 1)[1]}"
+    README.write_text(text)
+    print(text.split(FAMILIES_BEGIN, 1)[1].split(FAMILIES_END, 1)[0])
 
 
 if __name__ == "__main__":

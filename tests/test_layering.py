@@ -24,8 +24,9 @@ LAYERS: dict[str, int] = {
     "pipeline": 8,
     "api": 9,
     "__init__": 10,
-    "cli": 10,
-    "__main__": 11,
+    "serve": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 
 

@@ -2,13 +2,15 @@
 
 from pathlib import Path
 
-from benchmarks.readme_table import readme_block, table
+from benchmarks.readme_table import families_table, readme_block, table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_table_is_the_one_generated_from_the_results():
-    assert readme_block(README.read_text()) == table()  # rerun: python -m benchmarks.readme_table
+def test_readme_tables_are_the_ones_generated_from_the_results():
+    text = README.read_text()
+    assert readme_block(text) == table()  # rerun: python -m benchmarks.readme_table
+    assert readme_block(text, "families") == families_table()
 
 
 def test_readme_opens_with_the_two_commands_and_stays_short():

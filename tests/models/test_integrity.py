@@ -111,6 +111,7 @@ def test_cache_manifest_detects_damage(tmp_path):
         verify_cache(tmp_path)
 
 
+@pytest.mark.slow  # converts the real GGUF again; the cache checks above stay in the default run
 def test_damaged_cache_entry_is_rebuilt_from_its_package(tmp_path, monkeypatch, caplog):
     real = builtin_dir("smollm2-135m")
     monkeypatch.setenv("PTQ161_CACHE", str(tmp_path))

@@ -1,6 +1,6 @@
-"""Calibration: capture the inputs of the first decoder block, replay blocks, record input statistics."""
+"""Calibration: capture what every decoder layer receives, replay layers, record input statistics."""
 
-from .capture import BlockCall, capture_block_inputs, run_block
+from .capture import BlockCall, capture_block_inputs, record_layer_calls, run_block
 from .stats import ChannelStats, HessianAccumulator, record_hessians, record_input_stats
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "capture_block_inputs",
     "record_hessians",
     "record_input_stats",
+    "record_layer_calls",
     "run_block",
 ]

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import PTQ161Error
-from . import bench, convert, demo, generate, info, ppl, preprocess, quantize, recipes, report
+from . import bench, chat, convert, demo, generate, info, ppl, preprocess, quantize, recipes, report, serve
 from . import eval as eval_cmd
 from .common import EXIT_OS, EXIT_USAGE, Parser
 
-SUBCOMMANDS = (quantize, recipes, ppl, preprocess, convert, info, report, generate, eval_cmd, bench, demo)
+SUBCOMMANDS = (quantize, recipes, ppl, preprocess, convert, info, report, generate, chat, serve, eval_cmd, bench, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

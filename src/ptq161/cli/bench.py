@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..api import load
 from ..eval.report import markdown_table
 from ..runtime import measure_speed
+from ..runtime.generate import decode_path
 from ..utils import atomic_write_json, peak_rss_mb
 from .common import add_device, add_load_options, load_options, positive_int
 from .generate import add_engine_option
@@ -35,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         model, tok = load(spec, device=args.device, **load_options(args))
         ids = tok(PROMPT_TEXT, return_tensors="pt").input_ids[:, : args.prompt_tokens].to(args.device)
         r = measure_speed(model, ids, args.new_tokens, engine=args.engine)
-        results[spec] = r.to_dict()
+        path = decode_path(model, args.engine, ids.shape[1] + args.new_tokens)
+        results[spec] = {**r.to_dict(), "decode_path": path}
+        print(f"{spec}: decoded through {path}", file=sys.stderr)
         rows.append(
             (
                 spec,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from ..calibration import capture_block_inputs, run_block
 from ..errors import DataError, check_finite
 from ..models.adapters import LLAMA_LIKE, Adapter, get_adapter
+from ..models.architecture import logits_transform
 from ..models.lazy import HEAD_CHUNK, LARGE_LOGITS, LazyModel
 
 LAZY_GROUP = 8  # windows that go through the layers together in the block-wise loop
@@ -70,16 +72,24 @@ def windows_of(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None
     return tokens[0, : n * seqlen].reshape(n, seqlen)
 
 
-def head_nll(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, chunk: int = HEAD_CHUNK) -> float:
+def head_nll(
+    head: nn.Module,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    chunk: int = HEAD_CHUNK,
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
     """Mean next-token cross-entropy of one window from its final hidden states, chunk by chunk.
 
     hidden: [seqlen, d] after the final norm; ids: int64 [seqlen]. Equals the cross-entropy of
-    ``head(hidden)[:-1]`` against ``ids[1:]`` without the [seqlen, vocab] logits at once.
+    ``post(head(hidden))[:-1]`` against ``ids[1:]`` without the [seqlen, vocab] logits at once;
+    ``post``: what the model's forward does to its logits (``models.architecture.logits_transform``).
     """
     total = 0.0
     n = hidden.shape[0] - 1
     for c in range(0, n, chunk):
-        logits = head(hidden[c : min(c + chunk, n)]).float()
+        logits = head(hidden[c : min(c + chunk, n)])
+        logits = (post(logits) if post is not None else logits).float()
         total += F.cross_entropy(logits, ids[c + 1 : min(c + chunk, n) + 1], reduction="sum").item()
     return total / n
 
@@ -104,7 +114,7 @@ def window_nll(model: nn.Module, window: torch.Tensor) -> float:
     if adapter is not None:
         base = model.get_submodule(adapter.layers.rsplit(".", 1)[0])  # the decoder stack, final norm included
         hidden = base(input_ids=ids, use_cache=False).last_hidden_state[0]
-        return head_nll(model.get_submodule(adapter.lm_head), hidden, ids[0])
+        return head_nll(model.get_submodule(adapter.lm_head), hidden, ids[0], post=logits_transform(model.config))
     logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
     return F.cross_entropy(logits, ids[0, 1:], reduction="mean").item()
 
@@ -115,22 +125,23 @@ def blockwise_nlls(lazy: LazyModel, wins: torch.Tensor, progress: bool = False, 
     then layer 1, ... (each loaded from disk and released), then the final norm and the chunked head."""
     model, adapter = lazy.model, lazy.adapter
     norm = model.get_submodule(adapter.final_norm)
+    post = logits_transform(model.config)
     nlls: list[float] = []
     bar = tqdm(total=wins.shape[0] * lazy.num_blocks, desc="ppl blocks", unit="win-block", disable=not progress)
     with bar:  # closed (its line ended) also when an error stops the loop
         for g in range(0, wins.shape[0], group):
             ids = wins[g : g + group].to(lazy.device)
             lazy.load_module(adapter.embed)  # the embedding and the head are never in memory together
-            x, call = capture_block_inputs(model, adapter, ids)
+            x, calls = capture_block_inputs(model, adapter, ids)
             lazy.release_module(adapter.embed)
             for i in range(lazy.num_blocks):
-                x = run_block(lazy.load_block(i), x, call)
+                x = run_block(lazy.load_block(i), x, calls[i])
                 lazy.release_block(i)
                 check_finite(x, f"the output of block {i} (windows {g}..{g + ids.shape[0] - 1})")
                 bar.update(ids.shape[0])
             head = lazy.load_module(adapter.lm_head)
             for k in range(ids.shape[0]):
-                nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k]))
+                nlls.append(head_nll(head, norm(x[k : k + 1])[0], ids[k], post=post))
             lazy.release_module(adapter.lm_head)
     return nlls
 

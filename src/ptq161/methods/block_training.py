@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..calibration import run_block
+from ..calibration import BlockCall, run_block
 from ..calibration.capture import module_device
 from ..config import option
 from ..errors import PTQ161Error, check_finite
@@ -80,9 +80,9 @@ def resolve_compile(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and can_compile(device))
 
 
-def _forward_loss(block: nn.Module, x: torch.Tensor, kwargs: dict, loss_fn: LossFn, targets: tuple) -> tuple:
+def _forward_loss(block: nn.Module, x: torch.Tensor, call: BlockCall, loss_fn: LossFn, targets: tuple) -> tuple:
     """``loss_fn`` of the block's output on x [b, seq, d] (the graph ``TrainSettings.compile`` compiles)."""
-    out = block(x, **kwargs)
+    out = block(x, *call.args, **call.kwargs)
     return loss_fn(out[0] if isinstance(out, tuple) else out, *targets)
 
 
@@ -205,5 +205,5 @@ def _compiled_step(ctx: BlockContext, loss_fn: LossFn, targets: TargetFn) -> Cal
     """samples sl -> the loss terms, through ``torch.compile`` of ``_forward_loss`` on the block's device."""
     graph = checked_compile(_forward_loss, "--train-compile")
     device = module_device(ctx.block)
-    kwargs = ctx.call.to(device).kwargs
-    return lambda sl: graph(ctx.block, ctx.x_q[sl].to(device), kwargs, loss_fn, _on(device, targets(sl)))
+    call = ctx.call.to(device)
+    return lambda sl: graph(ctx.block, ctx.x_q[sl].to(device), call, loss_fn, _on(device, targets(sl)))

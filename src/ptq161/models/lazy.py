@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -179,11 +179,35 @@ class SafetensorsDir:
         return total
 
 
+def computed_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The non-persistent buffers of a meta skeleton (not stored in the safetensors: computed when the
+    model is built, e.g. Gemma's embedding scale), computed by the model's own weight initialisation
+    (``_init_weights``; the meta weights beside them stay untouched). Full name -> tensor on the CPU."""
+    out: dict[str, torch.Tensor] = {}
+    for path, mod in model.named_modules():
+        names = [n for n in mod._non_persistent_buffers_set if getattr(mod._buffers.get(n), "is_meta", False)]
+        if not names:
+            continue
+        for n in names:
+            mod._buffers[n] = torch.empty_like(mod._buffers[n], device="cpu")
+        model._init_weights(mod)
+        for n in names:
+            out[f"{path}.{n}" if path else n] = mod._buffers[n]
+            mod._buffers[n] = mod._buffers[n].to("meta")
+    return out
+
+
 def _materialize(
-    module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, device, alias: dict[str, str]
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    device,
+    alias: dict[str, str],
+    computed: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Fill a meta ``module`` with ``tensors`` (names ``prefix + key``, or ``alias[prefix + key]`` for a
-    tied weight stored under another name), converted to the skeleton's dtypes and moved to ``device``.
+    tied weight stored under another name), converted to the skeleton's dtypes and moved to ``device``;
+    its non-persistent buffers from ``computed`` (``computed_buffers``).
 
     The tensors become the module's storage (``load_state_dict(assign=True)``): no second copy
     of a block or of the embedding exists while it loads.
@@ -201,6 +225,10 @@ def _materialize(
         check_finite(src, f"the model's weight '{key}'")
         state[name] = src.to(device=device, dtype=t.dtype)  # the skeleton carries the dtypes (packed factors fp16)
     module.load_state_dict(state, strict=True, assign=True)
+    for name, buf in list(module.named_buffers()):
+        if buf.is_meta and computed and prefix + name in computed:
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._buffers[leaf] = computed[prefix + name].to(device)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise PTQ161Error(f"block onloading cannot build '{prefix}{left[0]}' (not stored in the safetensors)")
@@ -220,6 +248,7 @@ class LazyModel:
     adapter: Adapter
     weights: SafetensorsDir
     device: torch.device
+    computed: dict[str, torch.Tensor] = field(default_factory=dict)  # non-persistent buffers (computed_buffers)
 
     def _load(self, module: nn.Module, prefix: str) -> nn.Module:
         names = self.weights.keys_under(prefix)
@@ -228,7 +257,7 @@ class LazyModel:
         if not names and tied and prefix == self.adapter.lm_head + ".":  # the head is the embedding
             alias = {prefix + "weight": f"{self.adapter.embed}.weight"}
             names = [alias[prefix + "weight"]]
-        _materialize(module, self.weights.load(names), prefix, self.device, alias)
+        _materialize(module, self.weights.load(names), prefix, self.device, alias, self.computed)
         validate_lowbit_modules(module, prefix)  # packed / int8 / int4 modules: before any kernel reads them
         return module
 
@@ -373,10 +402,10 @@ def load_lazy(
         model.config.quantization_config = quant
     adapter = get_adapter(model)
     weights.rename(_checkpoint_renames(model, weights))
-    lazy = LazyModel(model, adapter, weights, device)
     if adapter.rotary is not None:
         with torch.device(device):
             model.set_submodule(adapter.rotary, type(model.get_submodule(adapter.rotary))(config=model.config))
+    lazy = LazyModel(model, adapter, weights, device, computed_buffers(model))
     for path in lazy.outside_modules():
         if path not in (adapter.embed, adapter.lm_head):
             lazy.load_module(path)  # the final norm: small

@@ -8,10 +8,12 @@ the user cache, so later loads take about a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -23,7 +25,7 @@ from .adapters import get_adapter
 from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_and_verify, verify_file
 from .hf_quantizer import register as register_quantizer
 from .integrity import IntegrityError, verify_cache, verify_output_dir, write_cache_manifest
-from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy, model_bytes
+from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy, model_bytes, tensor_info
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +135,75 @@ def resolve_model_path(spec: str, verify: bool = False) -> str:
             raise PTQ161Error(f"'{spec}' is a directory but holds no config.json (not a model directory)")
         if verify:
             verify_output_dir(path)
+        check_foreign_quantization(spec, path)
         return str(path)
     if path.exists():
         raise PTQ161Error(f"'{spec}' is a file, not a model directory")
     if _looks_like_hub_id(spec):
         return spec
     raise PTQ161Error(f"no such model '{spec}': give {', '.join(BUILTIN_MODELS)}, a local model directory or a hub id")
+
+
+# tensor-name endings of other tools' packed formats (GPTQ/AWQ, bitsandbytes, compressed-tensors, HQQ, ...)
+PACKED_TENSOR_SUFFIXES = (
+    "qweight", "qzeros", "scales", "g_idx", "absmax", "quant_map", "quant_state", "SCB", "weight_format",
+    "weight_scale", "weight_zero_point", "weight_packed", "weight_shape", "input_scale", "W_q", "meta",
+)  # fmt: skip
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def foreign_quant_method(config: Any) -> str | None:
+    """The ``quant_method`` of another tool's ``quantization_config`` (a config object or the config.json
+    dict), or None when there is none or it is ptq161's."""
+    q = config.get("quantization_config") if isinstance(config, dict) else getattr(config, "quantization_config", None)
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    method = str(getattr(method, "value", method) or "unknown")
+    return None if method == "ptq161" else method
+
+
+def check_foreign_quantization(spec: str, where: str | Path) -> str | None:
+    """For a model directory whose config.json names another tool's quantization: its quant_method when the
+    stored weights are dense floating point anyway (a stale marker, as transformers' GGUF reader leaves:
+    loaded as a full-precision model, said in one line); ``PTQ161Error`` in one line when they are that
+    tool's packed format. None for a directory without one (and for hub ids, decided by transformers)."""
+    cfg_path = Path(where) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise PTQ161Error(f"'{spec}': config.json is unreadable ({str(e).splitlines()[0]})") from None
+    method = foreign_quant_method(raw)
+    if method is None:
+        return None
+    infos: dict[str, tuple[int, str]] = {}
+    for f in sorted(Path(where).glob("*.safetensors")):
+        infos.update(tensor_info(f))
+    packed = [
+        k for k, (_, dt) in infos.items() if dt not in FLOAT_DTYPES or k.rsplit(".", 1)[-1] in PACKED_TENSOR_SUFFIXES
+    ]
+    if not infos or packed:
+        what = f" (e.g. '{packed[0]}')" if packed else " (no safetensors weights)"
+        raise PTQ161Error(
+            f"'{spec}' was quantized by another tool (quantization_config.quant_method = {method}){what}; ptq161 "
+            "reads full-precision models and its own outputs: give it the original model"
+        )
+    return method
+
+
+def without_foreign_quantization(config: Any, spec: str) -> Any:
+    """``config`` without another tool's ``quantization_config`` (a stale marker over dense weights, which
+    ``check_foreign_quantization`` let through; said in one line); ptq161's own is kept."""
+    method = foreign_quant_method(config)
+    if method is not None:
+        log.warning(
+            "%s: config.json names quantization method '%s' but every stored weight is dense floating point: "
+            "loaded as a full-precision model", spec, method,
+        )  # fmt: skip
+        del config.quantization_config
+    return config
 
 
 def _check_fits_ram(spec: str, where: str, dtype: torch.dtype) -> None:
@@ -186,7 +251,9 @@ def load_model_lazy(
     """
     where = resolve_model_path(spec, verify=verify)
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = without_foreign_quantization(
+            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
+        )
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _remote_code_error(spec, e) from None
@@ -213,7 +280,9 @@ def load_model(
     _check_fits_ram(spec, where, dtype)
     register_quantizer()  # packed ptq161 directories load through transformers' quantizer hooks
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+        config = without_foreign_quantization(
+            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
+        )
     except (OSError, ValueError) as e:
         if _looks_like_hub_id(where) and not Path(where).exists():
             raise PTQ161Error(

@@ -102,7 +102,7 @@ def quantize_blockwise(
     layers = adapter.decoder_layers(model)
     if lazy is not None:
         lazy.load_module(adapter.embed)
-    x_fp, call = capture_block_inputs(model, adapter, windows)
+    x_fp, calls = capture_block_inputs(model, adapter, windows)
     if streams_device is not None:
         x_fp = x_fp.to(streams_device)
     if lazy is not None:
@@ -129,6 +129,7 @@ def quantize_blockwise(
         t0 = time.perf_counter()
         block = layers[i] if lazy is None else lazy.load_block(i)
         linears = adapter.block_linears(block)
+        call = calls[i]
         with record_input_stats(linears) as stats:
             y_fp = run_block(block, x_fp, call)
 

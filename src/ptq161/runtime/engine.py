@@ -16,10 +16,12 @@ table comes from the model's rotary module, so rope variants are the model's, no
 re-implemented. (At this scale a torch call's overhead is a visible share of a step: the module
 calls for the embedding and the final norm were a quarter of it.)
 
-It serves models whose layers follow the adapter's LLaMA layout exactly: every decoder
-linear a ``PackedPTQ161Linear`` (with or without bias, as Qwen2's q/k/v), SiLU MLP, no sliding window, no dynamic
-rope. ``DecodeEngine.unsupported_reason(model)`` says why a model is not served; callers
-then fall back to the model's own forward.
+It serves packed models (every decoder linear a ``PackedPTQ161Linear``, with or without bias, as
+Qwen2's q/k/v) whose computation is the one ``runtime.capability.ENGINE`` describes: LLaMA layout,
+RMSNorm before attention and MLP, no q/k norm, full static rotary, SiLU MLP, standard attention
+scale, no multipliers or soft-capping, no sliding window shorter than the cache.
+``DecodeEngine.unsupported_reason(model)`` says why a model is not served; callers then fall back
+to the model's own forward.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..errors import UnsupportedModelError
 from ..models.adapters import LLAMA_LIKE, get_adapter
 from ..nn import Int8Embedding, PackedPTQ161Linear
 from ..primitives.kernels import CODES, PERMUTE_SIGNS, SIGN, chunk_bounds, kernel_threads, linear_chunk
+from .capability import describe, engine_mismatches
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
 
@@ -246,7 +249,7 @@ class DecodeEngine:
     """
 
     def __init__(self, model: nn.Module, max_len: int = 2048, permute: bool = PERMUTE_SIGNS) -> None:
-        reason = self.unsupported_reason(model)
+        reason = self.unsupported_reason(model, max_len)
         if reason is not None:
             raise ValueError(f"the decode engine does not serve this model: {reason}")
         cfg = model.config
@@ -288,34 +291,24 @@ class DecodeEngine:
         self.scratch = self._scratch()
 
     @staticmethod
-    def unsupported_reason(model: nn.Module) -> str | None:
-        """Why the engine cannot run ``model`` (None when it can)."""
-        cfg = getattr(model, "config", None)
+    def unsupported_reason(model: nn.Module, max_len: int = 2048) -> str | None:
+        """Why the engine cannot run ``model`` for ``max_len`` positions (None when it can): the model's
+        ``Computation`` against the engine's (``runtime.capability.ENGINE``), then its modules."""
         try:
             adapter = get_adapter(model)
         except UnsupportedModelError as err:
             return str(err)
         if adapter.linear_names != KINDS or adapter.rotary is None:
             return "not the LLaMA layout (q/k/v/o, gate/up/down)"
-        if getattr(cfg, "hidden_act", "silu") != "silu":
-            return f"activation {cfg.hidden_act} (engine: silu)"
-        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-            return "sliding-window attention"
-        rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "dynamic":
-            return "dynamic rope scaling"
         for layer in adapter.decoder_layers(model):
             for name in KINDS:
                 mod = layer.get_submodule(name)
                 if not isinstance(mod, PackedPTQ161Linear):
                     return f"{name} is {type(mod).__name__}, not a packed PTQ1.61 linear"
-            if not (hasattr(layer, "input_layernorm") and hasattr(layer, "post_attention_layernorm")):
-                return "decoder layer without input_layernorm / post_attention_layernorm"
-        if not isinstance(getattr(model.get_submodule(adapter.final_norm), "weight", None), torch.Tensor):
-            return "final norm without a weight (engine: RMSNorm)"
         if next(model.parameters()).device.type != "cpu":
             return "model is not on the CPU"
-        return None
+        mismatches = engine_mismatches(describe(model, adapter), max_len)
+        return "; ".join(mismatches) if mismatches else None
 
     def _scratch(self) -> Scratch:
         d = self.layers[0].input_layernorm.weight.shape[0]

@@ -1,0 +1,234 @@
+"""The OpenAI-compatible server on a tiny packed model, through real clients (the official ``openai``
+package and plain HTTP): answers, streaming, stop strings, seeds, usage counts, and every bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from ptq161.api import load
+from ptq161.runtime.engine import DecodeEngine
+from ptq161.serve import ServedModel, create_app
+from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+KEY = "sk-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, served: ServedModel, api_key: str | None = None) -> None:
+        self.port = _free_port()
+        config = uvicorn.Config(create_app(served, api_key), host="127.0.0.1", port=self.port, log_level="error")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    text = root / "t.txt"
+    from tests.helpers import SAMPLE_TEXT
+
+    text.write_text(SAMPLE_TEXT)
+    src = save_model_dir(tiny_llama(), root / "src")
+    quantize_tiny(src, text, root / "q")
+    tok_cfg = json.loads((root / "q" / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = CHAT_TEMPLATE
+    (root / "q" / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    return str(root / "q")
+
+
+@pytest.fixture(scope="module")
+def served(packed):
+    served = ServedModel("tiny")
+    served.load(lambda: load(packed, verify=False))
+    assert served.error is None and served.engine is not None  # the fused engine serves it
+    return served
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    s = _Server(served, api_key=KEY)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def _chat(client, **kw):
+    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], **kw)
+
+
+def test_chat_completion_with_usage_and_the_engines_greedy_tokens(client, packed):
+    r = _chat(client, max_tokens=12, temperature=0)
+    model, tok = load(packed, verify=False)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    want, _, _ = DecodeEngine(model, max_len=64).generate(ids, 12)
+    assert r.usage.prompt_tokens == ids.shape[1] and r.usage.completion_tokens == 12
+    assert r.usage.total_tokens == ids.shape[1] + 12 and r.choices[0].finish_reason == "length"
+    assert r.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
+
+
+def test_streaming_gives_the_same_text_and_usage(client):
+    whole = _chat(client, max_tokens=12, temperature=0)
+    chunks = list(_chat(client, max_tokens=12, temperature=0, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and len(chunks) >= 3
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 12
+
+
+def test_a_stop_string_ends_the_text_before_it(client):
+    full = client.completions.create(model="tiny", prompt="ab", max_tokens=16, temperature=0).choices[0].text
+    stop = full[5:7]
+    assert stop and full.find(stop) >= 0
+    r = client.completions.create(model="tiny", prompt="ab", max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[: full.find(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_a_seed_repeats_a_sampled_answer(client):
+    a, b, c = (
+        client.completions.create(model="tiny", prompt="ab", max_tokens=16, temperature=1.0, seed=s).choices[0].text
+        for s in (5, 5, 6)
+    )
+    assert a == b and a != c
+
+
+def _post(server, path: str, body, key: str | None = KEY, **kw) -> httpx.Response:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + path, content=content, headers=headers, timeout=30, **kw)
+
+
+OK = {"model": "tiny", "prompt": "ab", "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"\xff\xfe{}", 400, "invalid_json"),
+        ({**OK, "model": "other"}, 404, "model_not_found"),
+        ({**OK, "max_tokens": 0}, 400, "invalid_request"),
+        ({**OK, "max_tokens": 1000}, 400, "context_length_exceeded"),  # tiny model: context 512
+        ({**OK, "prompt": "x" * 600}, 400, "context_length_exceeded"),
+        ({**OK, "frequency_of_cats": 1}, 400, "invalid_request"),
+        ({**OK, "temperature": -1}, 400, "invalid_request"),
+        ({**OK, "prompt": "x" * (2 << 20)}, 413, "body_too_large"),
+    ],
+)
+def test_bad_requests_get_their_json_error_and_the_server_keeps_answering(server, body, status, code):
+    r = _post(server, "/v1/completions", body)
+    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    ok = _post(server, "/v1/completions", OK)
+    assert ok.status_code == 200, ok.text
+
+
+def test_api_key_unknown_route_models_and_health(server):
+    assert _post(server, "/v1/completions", OK, key="wrong").status_code == 401
+    assert _post(server, "/v1/completions", OK, key=None).status_code == 401
+    assert httpx.get(server.url + "/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+    models = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_64_concurrent_clients_are_all_answered(server):
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        codes = list(pool.map(lambda _: _post(server, "/v1/completions", OK).status_code, range(64)))
+    assert codes == [200] * 64
+
+
+def test_a_client_dropping_mid_stream_frees_the_decoder(server, served):
+    body = json.dumps({**OK, "max_tokens": 500, "stream": True}).encode()
+    with httpx.stream("POST", server.url + "/v1/completions", content=body,
+                      headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+                      timeout=30) as r:  # fmt: skip
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    cancelled = served.cancelled
+    assert _post(server, "/v1/completions", OK).status_code == 200
+    assert served.cancelled == cancelled + 1  # its generation stopped early, the lock went to the next one
+
+
+def test_a_model_that_fails_to_load_gives_503():
+    def fail():
+        raise RuntimeError("no such file")
+
+    served = ServedModel("broken")
+    served.load(fail)
+    s = _Server(served)
+    try:
+        assert httpx.get(s.url + "/health").status_code == 503
+        r = httpx.post(s.url + "/v1/completions", json={**OK, "model": "broken"})
+        assert r.status_code == 503 and "no such file" in r.json()["error"]["message"]
+    finally:
+        s.stop()
+
+
+def _generate(capsys, *args: str) -> tuple[int, str, str]:
+    from ptq161.cli import main
+
+    capsys.readouterr()
+    rc = main(["generate", *args, "--no-verify"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_generate_refuses_beyond_the_context_before_any_work(packed, capsys):
+    rc, _, err = _generate(capsys, packed, "--prompt", "Hi", "--max-new-tokens", "8300")
+    assert rc == 2 and "exceeds the model's context of 512 tokens" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_samples_repeatably_with_a_seed_and_greedy_matches_the_server(packed, capsys, client):
+    args = [packed, "--prompt", "ab", "--max-new-tokens", "10", "--temperature", "1", "--seed", "4"]
+    a, b = _generate(capsys, *args)[1], _generate(capsys, *args)[1]
+    assert a == b and a.startswith("ab")
+    rc, greedy, err = _generate(capsys, packed, "--prompt", "ab", "--max-new-tokens", "10")
+    want = client.completions.create(model="tiny", prompt="ab", max_tokens=10, temperature=0).choices[0].text
+    assert rc == 0 and greedy == "ab" + want + "\n" and "through the fused engine" in err
+
+
+def test_chat_flag_and_the_chat_command_use_the_template(packed, capsys, client, monkeypatch):
+    import io
+
+    from ptq161.cli import main
+
+    want = _chat(client, max_tokens=6, temperature=0).choices[0].message.content
+    rc, out, _ = _generate(capsys, packed, "--prompt", "hi", "--max-new-tokens", "6", "--chat")
+    assert rc == 0 and out == want + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n\n"))
+    capsys.readouterr()
+    assert main(["chat", packed, "--max-new-tokens", "6", "--no-verify"]) == 0
+    assert capsys.readouterr().out == want + "\n"
