@@ -232,3 +232,46 @@ def test_chat_flag_and_the_chat_command_use_the_template(packed, capsys, client,
     capsys.readouterr()
     assert main(["chat", packed, "--max-new-tokens", "6", "--no-verify"]) == 0
     assert capsys.readouterr().out == want + "\n"
+
+
+def test_lm_eval_local_completions_scores_like_ptq161_eval(packed, shared_data, tmp_path):
+    """lm-evaluation-harness's OpenAI-completions client against the server: the same accuracy as
+    `ptq161 eval` (lm-eval's HFLM on the model in memory) on the same items."""
+    import shutil
+
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from ptq161.eval.zeroshot import evaluate_zeroshot
+
+    d = tmp_path / "eos"
+    shutil.copytree(packed, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["eos_token"] = "!"  # lm-eval scores continuations after a prefix token
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    model, tok = load(str(d), verify=False)
+    served = ServedModel("tiny")
+    served.load(lambda: (model, tok))
+    s = _Server(served)
+    try:
+        client = LocalCompletionsAPI(
+            base_url=s.url + "/v1/completions", model="tiny", tokenizer=str(d), tokenizer_backend="huggingface",
+            max_length=512, max_retries=1, num_concurrent=1,
+        )  # fmt: skip
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+
+        pairs = [("!The cat sat on", " the mat"), ("!Water boils at", " a hundred degrees"), ("!ab", "c")]
+        reqs = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+        remote = client.loglikelihood(reqs)
+        local = HFLM(pretrained=model, tokenizer=tok, batch_size=1, device="cpu").loglikelihood(reqs)
+        for (a, greedy_a), (b, greedy_b) in zip(remote, local, strict=True):
+            assert a == pytest.approx(b, rel=1e-4) and greedy_a == greedy_b
+        kw = dict(limit=6, data_dir=shared_data)
+        via_server = evaluate_zeroshot(model, tok, ["piqa", "arc_easy"], lm=client, **kw)
+        in_memory = evaluate_zeroshot(model, tok, ["piqa", "arc_easy"], batch_size=1, **kw)
+    finally:
+        s.stop()
+    for task in ("piqa", "arc_easy"):
+        assert via_server.n_samples[task] == in_memory.n_samples[task] == 6
+        for metric in ("acc", "acc_norm"):
+            assert via_server.tasks[task][metric] == in_memory.tasks[task][metric], (task, metric)

@@ -65,10 +65,31 @@ class _Sampled(BaseModel):
 
 
 class CompletionRequest(_Sampled):
-    """``POST /v1/completions``."""
+    """``POST /v1/completions``. ``prompt``: text, token ids, or a batch of either (scored one by one);
+    ``echo`` and ``logprobs`` (top-k alternatives per token) as OpenAI's legacy API, which
+    lm-evaluation-harness's ``local-completions`` uses to score continuations."""
 
-    prompt: str
+    prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+def token_logprobs(model: Any, ids: torch.Tensor, top: int) -> tuple[list[float | None], list[dict[int, float] | None]]:
+    """Log-probability of every token of ids [1, T] given the ones before (None for the first) and the
+    ``top`` most likely alternatives at each position ({token id: logprob}; None for the first), from one
+    forward of the model over the whole sequence."""
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    chosen = lp.gather(1, ids[0, 1:, None])[:, 0].tolist()
+    alts: list[dict[int, float] | None] = [None]
+    if top:
+        vals, idx = lp.topk(top, dim=-1)
+        alts += [dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(idx, vals, strict=True)]
+    else:
+        alts += [{} for _ in chosen]
+    return [None, *chosen], alts
 
 
 class Message(BaseModel):
@@ -290,12 +311,64 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    def prompt_ids(prompt: str | list[int]) -> torch.Tensor:
+        if isinstance(prompt, str):
+            ids = served.tokenizer(prompt, return_tensors="pt").input_ids
+        else:
+            vocab = served.model.config.vocab_size
+            if any(not 0 <= t < vocab for t in prompt):
+                raise ApiError(400, f"token ids must be in [0, {vocab})", code="invalid_token")
+            ids = torch.tensor([prompt], dtype=torch.long)
+        if ids.shape[1] == 0:
+            raise ApiError(400, "the prompt is empty", code="empty_prompt")
+        return ids
+
+    def scored(req: CompletionRequest, prompts: list[str | list[int]]) -> dict[str, Any]:
+        """Completions with ``echo`` / ``logprobs`` for a batch of prompts, one after the other."""
+        tok = served.tokenizer
+        choices, used, made = [], 0, 0
+        for i, prompt in enumerate(prompts):
+            ids = prompt_ids(prompt)
+            gen = generation(ids, req, req.max_tokens)
+            with served.lock:
+                for _ in gen:
+                    pass
+                new = gen.tokens + ([gen.eos_token] if gen.eos_token is not None else [])  # OpenAI lists the eos too
+                seq = torch.cat([ids, torch.tensor([new], dtype=torch.long)], 1) if new else ids
+                lps, alts = token_logprobs(served.model, seq, req.logprobs or 0)
+            start = 0 if req.echo else ids.shape[1]
+            toks = seq[0].tolist()[start:]
+            names = [tok.decode([t]) for t in toks]
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = {
+                    "tokens": names,
+                    "token_logprobs": lps[start:],
+                    "top_logprobs": [
+                        None if a is None else {tok.decode([t]): v for t, v in a.items()} for a in alts[start:]
+                    ],
+                    "text_offset": [sum(len(n) for n in names[:k]) for k in range(len(names))],
+                }
+            text = (tok.decode(ids[0]) if req.echo else "") + gen.text
+            choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": gen.finish_reason})
+            used, made = used + ids.shape[1], made + len(gen.tokens)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": served.name, "choices": choices,
+            "usage": {"prompt_tokens": used, "completion_tokens": made, "total_tokens": used + made},
+        }  # fmt: skip
+
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
         check_model(req.model)
-        ids = served.tokenizer(req.prompt, return_tensors="pt").input_ids
-        if ids.shape[1] == 0:
-            raise ApiError(400, "the prompt is empty", code="empty_prompt")
+        p = req.prompt
+        batch = isinstance(p, list) and bool(p) and not isinstance(p[0], int)
+        prompts: list[str | list[int]] = list(p) if batch else [p]  # type: ignore[list-item]
+        if batch or req.echo or req.logprobs is not None:
+            if req.stream:
+                raise ApiError(400, "stream with echo, logprobs or a batch of prompts is not supported", code="stream")
+            return JSONResponse(await run_in_threadpool(scored, req, prompts))
+        ids = prompt_ids(prompts[0])
         return await answer(request, req, lambda: respond(req, generation(ids, req, req.max_tokens), "text"))
 
     @app.post("/v1/chat/completions")

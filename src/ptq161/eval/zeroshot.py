@@ -245,10 +245,13 @@ def evaluate_zeroshot(
     batch_size: int = 8,
     data_dir: str | Path | None = None,
     seed: int = 0,
+    lm: Any = None,
 ) -> ZeroShotResult:
     """Run lm-eval's ``simple_evaluate`` 0-shot on the local copies of ``tasks``.
 
-    ``model`` is any causal LM in memory (FP, fake-quant or packed); ``limit`` takes the
+    ``model`` is any causal LM in memory (FP, fake-quant or packed), scored through lm-eval's ``HFLM``;
+    ``lm``: another lm-eval model to score instead (e.g. its ``local-completions`` client of a
+    ``ptq161 serve`` server; ``model`` is then unused); ``limit`` takes the
     first N documents of each task. Metrics keep lm-eval's names without the filter
     suffix (``acc``, ``acc_norm``, ``perplexity`` and their ``_stderr``).
     """
@@ -265,9 +268,10 @@ def evaluate_zeroshot(
     t0 = time.perf_counter()
     if run and tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
         raise PTQ161Error("lm-eval needs a prefix token to score continuations: the tokenizer has no eos or bos token")
-    if run:
+    if run and lm is None:
         device = str(next(model.parameters()).device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    if run:
         with local_task_dir(run, data_dir) as tdir:
             tm = TaskManager(include_path=str(tdir), include_defaults=False)
             res = simple_evaluate(

@@ -162,6 +162,7 @@ class Generation:
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
+        self.eos_token: int | None = None  # the end-of-sequence token that finished it (not in tokens)
         self.path = "the fused engine" if engine is not None else "the model's forward"
 
     def _logits(self) -> Iterator[torch.Tensor]:
@@ -192,7 +193,7 @@ class Generation:
             for logits in self._logits():
                 token = next_token(logits, self.sampling, rng)
                 if token in self.eos:
-                    self.finish_reason = "stop"
+                    self.finish_reason, self.eos_token = "stop", token
                     break
                 self.tokens.append(token)
                 text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
