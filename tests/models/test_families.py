@@ -40,7 +40,7 @@ def test_quantized_model_agrees_across_paths_and_with_the_engine(family, family_
     ppl = three_perplexities(str(out), eval_tokens())
     assert max_rel_spread(ppl) < TOL, ppl
     verdict = engine_check(str(out))  # asserts equal tokens when the engine serves the model
-    assert verdict == "same tokens" if family in ("llama", "qwen2") else verdict.startswith("refused: ")
+    assert verdict == "same tokens" if family in ("llama", "qwen2", "qwen3") else verdict.startswith("refused: ")
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def test_llama_is_the_engines_computation():
         ("granite", "attention_scale", 0.4),  # attention_multiplier 0.1 x sqrt(head_dim 16)
         ("gemma2", "norm", "rms+1"),  # (1 + w) x / rms(x), probed numerically
         ("gemma3", "rotary", "per layer type"),
-        ("qwen3", "qk_norm", True),
+        ("olmo2", "qk_norm", "other"),  # over the whole projection
         ("olmo2", "layer_norms", ("post_attention_layernorm", "post_feedforward_layernorm")),
         ("smollm3", "rotary", "NoPE layers"),
         ("gpt-neox", "norm", "layer"),
@@ -43,6 +43,11 @@ def test_what_differs_is_found_from_config_and_modules(family, field, value):
     assert engine_mismatches(comp, 2048)
 
 
+def test_qwen3s_per_head_qk_norm_is_served():
+    comp = _describe("qwen3")
+    assert comp.qk_norm == "per-head rms" and engine_mismatches(comp, 2048) == []
+
+
 def test_a_sliding_window_matters_only_beyond_it():
     comp = _describe("mistral-sliding")
     assert comp.sliding_window == 16
@@ -53,4 +58,4 @@ def test_a_sliding_window_matters_only_beyond_it():
 def test_an_untested_model_type_is_refused_even_when_every_field_matches():
     comp = _describe("llama")
     other = type(comp)(**{**comp.to_dict(), "model_type": "newfamily"})
-    assert engine_mismatches(other, 64) == ["model type newfamily (engine tested on llama, qwen2, mistral)"]
+    assert engine_mismatches(other, 64) == ["model type newfamily (engine tested on llama, qwen2, qwen3, mistral)"]

@@ -41,7 +41,7 @@ class Computation:
     layout: str  # "llama": q/k/v/o under self_attn and gate/up/down under mlp; else "other"
     norm: str  # "rms": w * x / rms(x); "rms+1": (1 + w) * x / rms(x); "layer": LayerNorm; else its class
     layer_norms: tuple[str, ...]  # the norms directly in a decoder layer (placement: pre-norm is LLAMA_NORMS)
-    qk_norm: bool  # a norm on queries / keys inside the attention
+    qk_norm: str  # norms on queries / keys: "none"; "per-head rms" (Qwen3: w [head_dim] per head); else "other"
     biases: tuple[str, ...]  # the decoder linears with a bias (the engine adds any)
     rotary: str  # "full"; "partial"; "per layer type"; "NoPE layers"; "dynamic"; "none"
     activation: str
@@ -76,6 +76,20 @@ def _norm_kind(norm: nn.Module | None) -> str:
         if torch.allclose(y, expected, rtol=1e-3, atol=1e-4):
             return kind
     return type(norm).__name__
+
+
+def _qk_norm(attn: nn.Module | None, head_dim: int) -> str:
+    """The attention's query / key norms: "none", "per-head rms" (RMSNorm over each head's head_dim
+    values, its weight [head_dim], as Qwen3) or "other" (e.g. OLMo 2's over the whole projection)."""
+    norms = {n: m for n, m in attn.named_children() if "norm" in type(m).__name__.lower()} if attn else {}
+    if not norms:
+        return "none"
+    q, k = norms.get("q_norm"), norms.get("k_norm")
+    per_head = [m for m in (q, k) if m is not None and getattr(m, "weight", None) is not None]
+    if len(norms) == 2 and len(per_head) == 2 and all(m.weight.shape == (head_dim,) for m in per_head):
+        if all(_norm_kind(m) == "rms" for m in per_head):
+            return "per-head rms"
+    return "other"
 
 
 def _rotary(config: Any) -> str:
@@ -125,7 +139,7 @@ def describe(model: nn.Module, adapter: Adapter) -> Computation:
     direct = tuple(sorted(n for n, m in first.named_children() if "norm" in type(m).__name__.lower()))
     norm_mod = next((first.get_submodule(n) for n in direct), None)
     attn = getattr(first, "self_attn", None)
-    qk_norm = attn is not None and any("norm" in type(m).__name__.lower() for m in attn.children())
+    qk_norm = _qk_norm(attn, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     biases = tuple(
         n for n, m in first.named_modules() if isinstance(getattr(m, "bias", None), torch.Tensor) and "norm" not in n
     )
@@ -160,14 +174,14 @@ class EngineSpec:
     layout: str = "llama"
     norm: str = "rms"
     layer_norms: tuple[str, ...] = LLAMA_NORMS
-    qk_norm: bool = False
+    qk_norms: tuple[str, ...] = ("none", "per-head rms")
     rotary: str = "full"
     activation: str = "silu"
     attention_scale: float = 1.0
     embed_scale: float = 1.0
 
 
-ENGINE = EngineSpec(model_types=("llama", "qwen2", "mistral"))
+ENGINE = EngineSpec(model_types=("llama", "qwen2", "qwen3", "mistral"))
 
 
 def engine_mismatches(comp: Computation, max_len: int, spec: EngineSpec = ENGINE) -> list[str]:
@@ -180,8 +194,8 @@ def engine_mismatches(comp: Computation, max_len: int, spec: EngineSpec = ENGINE
         out.append(f"norm {comp.norm} (engine: {spec.norm}, w * x / rms(x))")
     if comp.layer_norms != spec.layer_norms:
         out.append(f"norm placement {', '.join(comp.layer_norms) or 'none'} (engine: {', '.join(spec.layer_norms)})")
-    if comp.qk_norm != spec.qk_norm:
-        out.append("q/k norm (engine: none)")
+    if comp.qk_norm not in spec.qk_norms:
+        out.append(f"q/k norm {comp.qk_norm} (engine: {' or '.join(spec.qk_norms)})")
     if comp.rotary != spec.rotary:
         out.append(f"rotary {comp.rotary} (engine: {spec.rotary})")
     if comp.activation != spec.activation:

@@ -18,8 +18,8 @@ calls for the embedding and the final norm were a quarter of it.)
 
 It serves packed models (every decoder linear a ``PackedPTQ161Linear``, with or without bias, as
 Qwen2's q/k/v) whose computation is the one ``runtime.capability.ENGINE`` describes: LLaMA layout,
-RMSNorm before attention and MLP, no q/k norm, full static rotary, SiLU MLP, standard attention
-scale, no multipliers or soft-capping, no sliding window shorter than the cache.
+RMSNorm before attention and MLP, no q/k norm or Qwen3's per-head one, full static rotary, SiLU
+MLP, standard attention scale, no multipliers or soft-capping, no sliding window shorter than the cache.
 ``DecodeEngine.unsupported_reason(model)`` says why a model is not served; callers then fall back
 to the model's own forward.
 """
@@ -117,6 +117,21 @@ def _attend(q, k_cache, v_cache, pos, n_heads, n_kv, head_dim, att):
                 out[e] += w * vt[e]
 
 
+def _head_norm(v, heads, head_dim, weight, eps):
+    """RMSNorm of each head's head_dim values of v [heads * head_dim] in place, weight [head_dim] (Qwen3's
+    q_norm / k_norm); an empty weight (no q/k norm) leaves v as it is."""
+    if weight.shape[0] == 0:
+        return
+    for h in range(heads):
+        o = h * head_dim
+        acc = np.float32(0.0)
+        for j in range(head_dim):
+            acc += v[o + j] * v[o + j]
+        inv = np.float32(1.0) / np.sqrt(acc / head_dim + eps)
+        for j in range(head_dim):
+            v[o + j] = weight[j] * (v[o + j] * inv)
+
+
 def _add_bias(y, b):
     """y += b when the linear has a bias (b [len(y)]); a bias-free linear passes an empty b."""
     for j in range(b.shape[0]):
@@ -137,6 +152,8 @@ def _layer(
     head_dim,
     norm_in,
     norm_post,
+    q_norm,
+    k_norm,
     ws,
     bs,
     xn, q, k, v, att, o, g, u, lut_b, xp, xe, xo,
@@ -157,6 +174,8 @@ def _layer(
     _add_bias_jit(q, q_b)
     _add_bias_jit(k, k_b)
     _add_bias_jit(v, v_b)
+    _head_norm_jit(q, n_heads, head_dim, q_norm, eps)
+    _head_norm_jit(k, n_kv, head_dim, k_norm, eps)
     _rope_jit(q, n_heads, head_dim, cos, sin)
     _rope_jit(k, n_kv, head_dim, cos, sin)
     for j in range(n_kv):
@@ -187,6 +206,7 @@ def _layer(
 
 _rms_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rms_norm)
 _add_bias_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_add_bias)
+_head_norm_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_head_norm)
 _rope_jit = numba.njit(cache=True, nogil=True, fastmath=True)(_rope)
 _attend_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_attend)
 _layer_jit = numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)(_layer)
@@ -198,9 +218,9 @@ def _layers(h, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, no
     as one object). norms, weights, biases: typed lists with one entry per layer."""
     s = scratch
     for i in range(len(weights)):
-        norm_in, norm_post = norms[i]
+        norm_in, norm_post, q_norm, k_norm = norms[i]
         _layer_jit(
-            h, i, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post,
+            h, i, pos, eps, cos, sin, k_cache, v_cache, n_heads, n_kv, head_dim, norm_in, norm_post, q_norm, k_norm,
             weights[i], biases[i], s.xn, s.q, s.k, s.v, s.att, s.o, s.g, s.u, s.lut_b, s.xp, s.xe, s.xo, permute,
         )  # fmt: skip
 
@@ -232,6 +252,11 @@ def _embedding_rows(embed: nn.Module):
         table = embed.weight.detach().numpy()
         return lambda token: table[token].copy()
     return lambda token: embed(torch.tensor([[token]]))[0, 0].float().contiguous().numpy().copy()
+
+
+def _weight(norm: nn.Module | None) -> np.ndarray:
+    """A norm's weight as float32, or an empty array for no norm (the kernels skip it)."""
+    return np.zeros(0, np.float32) if norm is None else norm.weight.detach().float().contiguous().numpy()
 
 
 def _bias(mod: nn.Module) -> np.ndarray:
@@ -276,6 +301,8 @@ class DecodeEngine:
                 (
                     layer.input_layernorm.weight.detach().float().numpy(),
                     layer.post_attention_layernorm.weight.detach().float().numpy(),
+                    _weight(getattr(layer.self_attn, "q_norm", None)),
+                    _weight(getattr(layer.self_attn, "k_norm", None)),
                 )
                 for layer in self.layers
             ]
