@@ -275,3 +275,11 @@ def test_lm_eval_local_completions_scores_like_ptq161_eval(packed, shared_data, 
         assert via_server.n_samples[task] == in_memory.n_samples[task] == 6
         for metric in ("acc", "acc_norm"):
             assert via_server.tasks[task][metric] == in_memory.tasks[task][metric], (task, metric)
+
+
+def test_serve_refuses_a_model_that_does_not_exist_in_one_line(capsys, tmp_path):
+    from ptq161.cli import main
+
+    assert main(["serve", str(tmp_path / "nothing"), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such model" in err[0]

@@ -19,6 +19,7 @@ from .config import CalibConfig
 from .methods.ptq161 import PTQ161Config
 from .models import register as _register_with_transformers
 from .pipeline.e2e import E2EConfig
+from .runtime.hf_decoding import engine_decoding
 
 _register_with_transformers()  # packed ptq161 directories load with AutoModelForCausalLM.from_pretrained
 
@@ -32,6 +33,7 @@ __all__ = [
     "Recipe",
     "__version__",
     "convert",
+    "engine_decoding",
     "evaluate_perplexity",
     "load",
     "load_model",

@@ -32,8 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted."""
+    """Serve until interrupted (a model spec that names nothing loadable is a one-line error first)."""
+    from ..models.loading import resolve_model_path
     from ..serve import serve
+
+    resolve_model_path(args.model)  # a missing directory or unknown name: exit 2 before the server starts
 
     print(f"serving {args.model} on http://{args.host}:{args.port}/v1 (loading; /health says when ready)")
     serve(
