@@ -23,6 +23,8 @@ from ptq161.eval.report import run_metadata
 from ptq161.utils import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the papers' calibration protocol, which the method comparisons keep (ptq161's default is the general mix)
+PAPERS_CALIB = "wikitext2"
 NOTES = Path(__file__).resolve().parent / "notes"
 META_KEYS = ("date", "command", "machine", "versions", "settings")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     OUTPUTS,
+    PAPERS_CALIB,
     RESULTS,
     fp_perplexities,
     interrupted_run,
@@ -92,7 +93,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "arb_mix": ("arb", dict(calib=MIX)),
     "pbllm_mix": ("pbllm", dict(calib=MIX)),
 }
-ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI)"}
+ROW_NOTE = {"ptq161_paper": " (paper's block stage)", "ptq161": " (default: cpu preset via the CLI, --calib wikitext2)"}
 ROW_NOTE |= {  # the other CLI rows: the cpu preset with their flags
     name: f" (cpu preset, {' '.join(opts['flags'])})" for name, (_, opts) in ROWS.items() if opts.get("flags")
 }
@@ -124,12 +125,14 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = DE
     opts = dict(opts)
     save = OUTPUTS / table_name(model) / name
     if opts.pop("cli", False):
-        return {"name": name, "method": method, **cli_row(save, windows, model, opts.pop("flags", ()))}
+        flags = opts.pop("flags", ())
+        flags = flags if "--calib" in flags else ("--calib", PAPERS_CALIB, *flags)
+        return {"name": name, "method": method, **cli_row(save, windows, model, flags)}
     e2e = None
     if "preset" in opts:
         e2e = E2EConfig(steps=opts.pop("e2e_steps"))
         opts = {"epochs": recipe_budget(opts.pop("preset"))[0], **opts}
-    calib = CalibConfig(dataset=opts.pop("calib", None), nsamples=nsamples, seqlen=seqlen)
+    calib = CalibConfig(dataset=opts.pop("calib", PAPERS_CALIB), nsamples=nsamples, seqlen=seqlen)
     cfg = get_method(method).config_class(**opts)
     row = quantize_and_evaluate(method, cfg, calib, windows, save=save, model=model, e2e=e2e)
     row.pop("block_logs")

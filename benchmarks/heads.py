@@ -16,6 +16,7 @@ import shutil
 
 from benchmarks.common import (
     OUTPUTS,
+    PAPERS_CALIB,
     bench_parser,
     note,
     run_pending,
@@ -68,7 +69,18 @@ def quantize_fp32_head(out: str) -> None:
 
     from ptq161.pipeline.state import STATE_DIR
 
-    argv = [sys.executable, "-m", "ptq161", "quantize", "smollm2-135m", "--fp32-head", "--output", out]
+    argv = [
+        sys.executable,
+        "-m",
+        "ptq161",
+        "quantize",
+        "smollm2-135m",
+        "--fp32-head",
+        "--calib",
+        PAPERS_CALIB,
+        "--output",
+        out,
+    ]
     if (Path(out) / STATE_DIR).exists():
         argv.append("--resume")
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)

@@ -23,6 +23,7 @@ import time
 
 from benchmarks.common import (
     OUTPUTS,
+    PAPERS_CALIB,
     RESULTS,
     bench_parser,
     fp_perplexities,
@@ -53,7 +54,11 @@ def _ptq161_demo(model: str) -> dict:
 
     epochs, nsamples, seqlen = recipe_budget("demo")  # the demo recipe's budget with the paper's settings
     row = quantize_and_evaluate(
-        "ptq161", PTQ161Config(epochs=epochs), CalibConfig(nsamples=nsamples, seqlen=seqlen), WINDOWS, model=model
+        "ptq161",
+        PTQ161Config(epochs=epochs),
+        CalibConfig(dataset=PAPERS_CALIB, nsamples=nsamples, seqlen=seqlen),
+        WINDOWS,
+        model=model,
     )
     row.pop("block_logs")
     return row
@@ -70,7 +75,9 @@ def run_lora(steps: int) -> dict:
 
     first_pass, lora = preset_settings("cpu")
     epochs, nsamples, seqlen = recipe_budget(first_pass)  # its budget with the paper's settings, as measured
-    recipe = Recipe("ptq161", PTQ161Config(epochs=epochs), CalibConfig(nsamples=nsamples, seqlen=seqlen))
+    recipe = Recipe(
+        "ptq161", PTQ161Config(epochs=epochs), CalibConfig(dataset=PAPERS_CALIB, nsamples=nsamples, seqlen=seqlen)
+    )
     lora = lora.with_steps(steps)
     out = lora_dir(steps)
     if out.exists():
@@ -106,7 +113,11 @@ def run_fig5(name: str, steps: int, nsamples: int, seqlen: int) -> dict:
     method, opts = FIG5[name]
     cfg = get_method(method).config_class(**opts)
     row = quantize_and_evaluate(
-        method, cfg, CalibConfig(nsamples=nsamples, seqlen=seqlen), WINDOWS, model=str(lora_dir(steps))
+        method,
+        cfg,
+        CalibConfig(dataset=PAPERS_CALIB, nsamples=nsamples, seqlen=seqlen),
+        WINDOWS,
+        model=str(lora_dir(steps)),
     )
     row.pop("block_logs")
     return {"method": method, "preprocessed_steps": steps, **row}

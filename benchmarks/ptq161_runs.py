@@ -12,6 +12,7 @@ import argparse
 
 from benchmarks.common import (
     OUTPUTS,
+    PAPERS_CALIB,
     bench_parser,
     fp_perplexities,
     note,
@@ -59,7 +60,7 @@ def run_one(name: str, windows: int) -> dict:
     from ptq161.methods.ptq161 import PTQ161Config
 
     spec = dict(RUNS[name])
-    calib = CalibConfig(nsamples=spec.pop("nsamples"), seqlen=spec.pop("seqlen"))
+    calib = CalibConfig(dataset=PAPERS_CALIB, nsamples=spec.pop("nsamples"), seqlen=spec.pop("seqlen"))
     cfg = PTQ161Config(**spec)
     save = OUTPUTS / "ptq161_runs" / name if name.startswith("cpu_") else None
     row = quantize_and_evaluate("ptq161", cfg, calib, windows, save=save)

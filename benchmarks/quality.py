@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks.common import (
+    PAPERS_CALIB,
     fp_perplexities,
     git_commit,
     note,
@@ -109,7 +110,9 @@ def run_row(name: str, windows: int) -> dict:
 
     _label, over, e2e = ROWS[name]
     over = {**ABL, **over}
-    calib = CalibConfig(dataset=over.pop("calib", None), nsamples=over.pop("nsamples"), seqlen=over.pop("seqlen"))
+    calib = CalibConfig(
+        dataset=over.pop("calib", PAPERS_CALIB), nsamples=over.pop("nsamples"), seqlen=over.pop("seqlen")
+    )
     if e2e is None:
         return {**quantize_and_evaluate("ptq161", PTQ161Config(**over), calib, windows), "name": name}
     return {**block_then_e2e(PTQ161Config(**over), calib, E2EConfig(**e2e), windows), "name": name}

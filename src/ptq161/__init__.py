@@ -19,9 +19,10 @@ from .config import CalibConfig
 from .methods.ptq161 import PTQ161Config
 from .models import register as _register_with_transformers
 from .pipeline.e2e import E2EConfig
-from .runtime.hf_decoding import engine_decoding
+from .runtime.hf_decoding import EngineHfQuantizer, engine_decoding
 
-_register_with_transformers()  # packed ptq161 directories load with AutoModelForCausalLM.from_pretrained
+# packed ptq161 directories load with AutoModelForCausalLM.from_pretrained and generate on the fused engine
+_register_with_transformers(EngineHfQuantizer)
 
 __all__ = [
     "CalibConfig",

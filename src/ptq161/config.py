@@ -39,14 +39,16 @@ def option(
 class CalibConfig:
     """Calibration windows: ``nsamples`` random windows of ``seqlen`` tokens from ``dataset``.
 
-    dataset None = WikiText-2 train when present, else its validation split, else the
-    gensim Wikipedia sample. The paper uses 128 x 2048 tokens of WikiText-2 train, seed 2.
+    dataset None = the general-purpose mix of the data directory's corpora (``wikitext2+c4``: WikiText-2
+    train, else valid, and the C4 train sample, window by window; see ``ptq161.data.default_calib_corpus``).
+    The paper uses 128 x 2048 tokens of WikiText-2 train, seed 2 (``dataset="wikitext2"``).
     """
 
     dataset: str | None = option(
         None,
-        "calibration corpus: wikitext2, c4, wiki-sample, text:PATH, or a mix taking windows from each in turn "
-        "(e.g. wikitext2+c4); none = WikiText-2 train, else its validation split, else the Wikipedia sample",
+        "calibration corpus: wikitext2 (the papers' protocol), c4, wiki-sample, text:PATH, or a mix taking "
+        "windows from each in turn (e.g. c4+text:a.txt+text:b.txt); default: wikitext2+c4, the corpora "
+        "the data directory holds (else the Wikipedia sample)",
         aliases=("--calib",),
     )
     nsamples: int = option(128, "calibration windows", minimum=1, aliases=("--nsamples",))

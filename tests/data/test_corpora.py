@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ptq161.data import calibration_windows, default_calib_corpus, default_eval_corpus, eval_tokens
+from ptq161.data.corpora import mix_parts
 from ptq161.data.sources import read_truncated_json_docs, strip_wiki_markup, wikitext2_text
 from ptq161.errors import DataError
 
@@ -88,8 +89,11 @@ def test_calibration_is_seeded_and_never_uses_test(data_dir: Path, tokenizer):
 def test_default_corpora_follow_the_data_dir(data_dir: Path, monkeypatch):
     monkeypatch.delenv("PTQ161_DATA", raising=False)
     assert default_eval_corpus(data_dir) == "wikitext2"
+    assert default_calib_corpus(data_dir) == "wikitext2+c4"  # the general-purpose mix
+    (data_dir / "c4" / "c4_train_part_of_0.json").unlink()
     assert default_calib_corpus(data_dir) == "wikitext2"
     assert default_eval_corpus(None) == "wiki-sample"
+    assert default_calib_corpus(None) == "wiki-sample"
 
 
 def test_wiki_markup_is_stripped():
@@ -117,6 +121,13 @@ def test_calibration_mix_interleaves_its_corpora_and_keeps_its_prefix(data_dir: 
     f.write_text(" plus " * 200)
     three, _ = calibration_windows(f"wikitext2+c4+text:{f}", nsamples=3, **kw)
     assert torch.equal(three[:2], mix[:2]) and tokenizer.decode(three[2]).strip().startswith("plus")
+    g = data_dir / "g.txt"
+    g.write_text(" green " * 200)
+    files, src = calibration_windows(f"text:{f}+text:{g}", nsamples=2, **kw)  # several files of one's own
+    assert "plus" in tokenizer.decode(files[0]) and "green" in tokenizer.decode(files[1]) and str(g) in src
+    assert mix_parts(f"c4+text:{f}+text:{g}") == ["c4", f"text:{f}", f"text:{g}"]
+    with pytest.raises(DataError, match="empty part"):
+        calibration_windows(f"text:{f}+text:", nsamples=2, **kw)
     with pytest.raises(DataError, match="empty part"):
         calibration_windows("wikitext2+", nsamples=4, **kw)
     with pytest.raises(DataError, match="at least 2"):

@@ -7,7 +7,9 @@ Evaluation corpora (``eval_tokens``):
   ``wiki-sample`` (the Wikipedia sample shipped in the gensim wheel; its last 20 % of
   articles; the default when no WikiText-2 is available), ``text:PATH`` (any UTF-8 file).
 Calibration corpora (``calibration_windows``) never read an evaluation split; ``A+B`` mixes
-corpora window by window (``wikitext2+c4``: even windows WikiText-2, odd windows C4 train).
+corpora window by window (``wikitext2+c4``: even windows WikiText-2, odd windows C4 train; several
+files: ``text:a.txt+text:b.txt``). The default (``default_calib_corpus``) is the general-purpose mix
+``wikitext2+c4`` of what the data directory holds; ``wikitext2`` alone is the papers' protocol.
 """
 
 from __future__ import annotations
@@ -136,11 +138,18 @@ def default_eval_corpus(data_dir: str | Path | None = None) -> str:
 
 
 def default_calib_corpus(data_dir: str | Path | None = None) -> str:
-    """``wikitext2`` (train, else valid) when present, else ``wiki-sample``."""
+    """The general-purpose calibration mix of the corpora the data directory holds.
+
+    ``wikitext2+c4`` (WikiText-2 train, else valid, window by window with the C4 train sample) when
+    both are present, the one present otherwise, else ``wiki-sample`` (shipped with gensim).
+    """
     ddir = sources.resolve_data_dir(data_dir)
+    parts = []
     if ddir is not None and any((ddir / sources.WIKITEXT2_DIR / f"wiki.{s}.raw").is_file() for s in ("train", "valid")):
-        return "wikitext2"
-    return "wiki-sample"
+        parts.append("wikitext2")
+    if ddir is not None and (ddir / sources.C4_TRAIN_HEAD).is_file():
+        parts.append("c4")
+    return "+".join(parts) or "wiki-sample"
 
 
 def _stream_windows(tokens: torch.Tensor, n: int, seqlen: int, seed: int, what: str) -> torch.Tensor:
@@ -156,13 +165,14 @@ def _stream_windows(tokens: torch.Tensor, n: int, seqlen: int, seed: int, what: 
 def mix_parts(name: str) -> list[str]:
     """The corpora of a calibration mix: ``"wikitext2+c4"`` -> ``["wikitext2", "c4"]``; one corpus -> ``[name]``.
 
-    A ``text:PATH`` part takes the rest of the name (its path may hold a ``+``).
+    A ``text:PATH`` part runs to the next ``+text:`` (its path may hold a ``+``), so several files mix:
+    ``"c4+text:a.txt+text:b+c.txt"`` -> ``["c4", "text:a.txt", "text:b+c.txt"]``.
     """
-    if name.startswith("text:"):
-        return [name]
-    head, sep, path = name.partition("+text:")
-    parts = head.split("+") + ([f"text:{path}"] if sep else [])
-    if any(not p for p in parts):
+    chunks = name.split("+text:")
+    first, paths = chunks[0], chunks[1:]
+    parts = [first] if first.startswith("text:") else first.split("+")
+    parts += [f"text:{p}" for p in paths]
+    if any(not p or p == "text:" for p in parts):
         raise DataError(f"calibration mix '{name}' has an empty part (write e.g. wikitext2+c4)")
     return parts
 

@@ -116,9 +116,11 @@ def replace_with_packed(
         model.config.tie_word_embeddings = False
 
 
-def register() -> None:
-    """Register the config and quantizer with transformers (idempotent)."""
+def register(quantizer: type[PTQ161HfQuantizer] = PTQ161HfQuantizer) -> None:
+    """Register the config and ``quantizer`` with transformers (idempotent: the first registration stays;
+    ``import ptq161`` registers ``ptq161.runtime.hf_decoding.EngineHfQuantizer``, whose models generate on
+    the fused engine)."""
     if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
         register_quantization_config(QUANT_METHOD)(PTQ161HfConfig)
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(QUANT_METHOD)(PTQ161HfQuantizer)
+        register_quantizer(QUANT_METHOD)(quantizer)
