@@ -22,17 +22,22 @@ BEGIN, END = "<!-- results-table: begin (benchmarks/readme_table.py) -->", "<!--
 FAMILIES_BEGIN = "<!-- families-table: begin (benchmarks/readme_table.py) -->"
 FAMILIES_END = "<!-- families-table: end -->"
 
-# (results file, row name, label); the row "fp" is the file's full-precision reference
+# (row name, label) of the method comparison (calibrated on WikiText-2, the papers' protocol); the row "fp"
+# is the file's full-precision reference
 COMPARE_ROWS = [
     ("fp", "FP (dequantized GGUF)"),
-    ("ptq161", "**PTQ1.61, `ptq161 quantize MODEL`**"),
+    ("ptq161", "PTQ1.61, `--calib wikitext2`"),
     ("arb", "ARB-LLM (RC)"),
     ("pbllm", "PB-LLM"),
     ("omniquant_w2_g128", "OmniQuant W2 g128"),
-    ("gptq_w2_g128", "GPTQ W2 g128"),
     ("gptq_w3_g128", "GPTQ W3 g128"),
 ]
-TABLES = [("smollm2-135m", "compare"), ("qwen2.5-coder-0.5b", "compare_qwen2.5-coder-0.5b")]
+DEFAULT_LABEL = "**PTQ1.61, `ptq161 quantize MODEL`**"  # the default command: general calibration
+# model, its method comparison, its general-calibration results (the default command's row "cpu_mix")
+TABLES = [
+    ("smollm2-135m", "compare", "general_calibration"),
+    ("qwen2.5-coder-0.5b", "compare_qwen2.5-coder-0.5b", "general_calibration_qwen2.5-coder-0.5b"),
+]
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -55,13 +60,18 @@ def table() -> str:
         "| model | method | bits / weight (decoder linears) | WikiText-2 | C4 | x FP (worse of the two) | results |",
         "|---|---|---|---|---|---|---|",
     ]
-    for model, name in TABLES:
+    for model, name, general in TABLES:
         d = _load(name)
         fp = d["fp"]
         src = f"[{name}.md](benchmarks/results/{name}.md): {_machine(d)}"
         for row, label in COMPARE_ROWS:
             if row == "fp":
                 lines.append(_row(model, label, "16", fp["wikitext2"], fp["c4"], fp, src))
+                g = _load(general) if (RESULTS / f"{general}.json").is_file() else {"rows": {}}
+                if "cpu_mix" in g["rows"]:
+                    r, gsrc = g["rows"]["cpu_mix"], f"[{general}.md](benchmarks/results/{general}.md): {_machine(g)}"
+                    bits = f"{r['stored_bits_per_weight']:.2f}"
+                    lines.append(_row(model, DEFAULT_LABEL, bits, r["wikitext2_ppl"], r["c4_ppl"], fp, gsrc))
             elif row in d["rows"]:
                 r = d["rows"][row]
                 bits = f"{r['stored_bits_per_weight']:.2f}"

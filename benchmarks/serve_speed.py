@@ -12,6 +12,7 @@ speed does not depend on the recipe) is decoded greedily from a 128-token prompt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.common import OUTPUTS, bench_parser, write_results
@@ -58,8 +60,9 @@ def in_process(model_dir: str, runs: int) -> dict[str, Any]:
             "prompt_tokens": ids.shape[1], "path": decode_path(model, "auto", context_length(model))}  # fmt: skip
 
 
-def through_server(model_dir: str, runs: int) -> dict[str, Any]:
-    """TTFT and tokens/s of a streamed completion from `ptq161 serve` in its own process."""
+@contextlib.contextmanager
+def running_server(model_dir: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`ptq161 serve MODEL_DIR` in its own process (served as model "m"), once /health answers: (process, url)."""
     import httpx
 
     port = _free_port()
@@ -77,6 +80,17 @@ def through_server(model_dir: str, runs: int) -> dict[str, Any]:
             time.sleep(0.5)
         else:
             raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def through_server(model_dir: str, runs: int) -> dict[str, Any]:
+    """TTFT and tokens/s of a streamed completion from `ptq161 serve` in its own process."""
+    import httpx
+
+    with running_server(model_dir) as (_proc, url):
         rates, ttfts, counts = [], [], []
         body = {"model": "m", "prompt": PROMPT, "max_tokens": 128, "temperature": 0, "stream": True}
         for i in range(runs + 1):
@@ -98,9 +112,6 @@ def through_server(model_dir: str, runs: int) -> dict[str, Any]:
                 rates.append((tokens - 1) / (last - first))
                 counts.append(tokens)
         return {"tokens_per_s": statistics.median(rates), "ttft_s": statistics.median(ttfts), "tokens": counts}
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import evaluate_perplexity, load_model, quantize
-from ..data import default_eval_corpus
+from ..data import default_eval_corpora
 from ..eval.report import markdown_table
 from ..pipeline.recipe import DEFAULT_RECIPE
 from ..utils import atomic_write_json
@@ -35,30 +35,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASET_NAMES = {"wikitext2": "WikiText-2", "c4": "C4", "wiki-sample": "Wikipedia sample"}
+
+
 def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, recipe: str = "demo") -> dict[str, Any]:
     """FP vs quantized perplexity (first ``windows`` windows), bits per weight and time on smollm2-135m."""
-    dataset = default_eval_corpus(data_dir)
+    datasets = default_eval_corpora(data_dir)
     model, tok = load_model("smollm2-135m")
-    fp = evaluate_perplexity(model, tok, [dataset], max_windows=windows, data_dir=data_dir)[0]
+    fp = evaluate_perplexity(model, tok, datasets, max_windows=windows, data_dir=data_dir)
     del model
     with tempfile.TemporaryDirectory(prefix="ptq161-demo-") as tmp:
         t0 = time.perf_counter()
         res = quantize("smollm2-135m", recipe, output=Path(tmp) / "q", data_dir=data_dir)
         seconds = time.perf_counter() - t0
-        q = evaluate_perplexity(res.model, tok, [dataset], max_windows=windows, data_dir=data_dir)[0]
+        q = evaluate_perplexity(res.model, tok, datasets, max_windows=windows, data_dir=data_dir)
     meta, rec = res.meta, res.meta["recipe"]
     bits = meta["bits"]["stored_bits_per_weight"]
     calib = rec["calibration"]
-    print(f"\nsmollm2-135m, {dataset} ({fp.source}), first {fp.windows} windows of {fp.seqlen} tokens")
+    names = [DATASET_NAMES.get(d, d) for d in datasets]
+    print(f"\nsmollm2-135m, first {fp[0].windows} windows of {fp[0].seqlen} tokens of " + ", ".join(
+        f"{n} ({r.source})" for n, r in zip(names, fp, strict=True)))  # fmt: skip
     print(
         f"recipe '{rec['name']}': {calib['nsamples']} x {calib['seqlen']} calibration tokens from "
         f"{meta['calibration_source']}, {rec['method_settings']['epochs']} epochs per block"
     )
     rows = [
-        ("FP (dequantized Q4_1 GGUF)", fp.ppl, 32.0, "-"),
-        (rec["method"], q.ppl, round(bits, 4), f"{seconds:.0f}"),
+        ("FP (dequantized Q4_1 GGUF)", *(r.ppl for r in fp), 32.0, "-"),
+        (rec["method"], *(r.ppl for r in q), round(bits, 4), f"{seconds:.0f}"),
     ]
-    print(markdown_table(["model", "ppl", "bits/weight (decoder linears, stored)", "quantize s"], rows))
+    head = ["model", *(f"{n} ppl" for n in names), "bits/weight (decoder linears, stored)", "quantize s"]
+    print(markdown_table(head, rows))
     machine = meta["machine"]
     print(
         f"\nmachine: {machine['cpu_model']} ({', '.join(machine['cpu_features'])}), torch threads "
@@ -68,10 +74,11 @@ def run_demo(*, data_dir: str | Path | None = None, windows: int = 4, recipe: st
     print(f"the default recipe (ptq161 recipes {DEFAULT_RECIPE}): ptq161 quantize smollm2-135m && ptq161 ppl {out}")
     return {
         "model": "smollm2-135m",
-        "dataset": dataset,
-        "windows": fp.windows,
-        "fp_ppl": fp.ppl,
-        "ppl": q.ppl,
+        "dataset": datasets[0],  # the known answer's (benchmarks/known_answers.py)
+        "windows": fp[0].windows,
+        "fp_ppl": fp[0].ppl,
+        "ppl": q[0].ppl,
+        "ppl_by_dataset": {d: {"fp": f.ppl, "quantized": r.ppl} for d, f, r in zip(datasets, fp, q, strict=True)},
         "stored_bits_per_weight": bits,
         "quantize_seconds": seconds,
         "recipe": rec,

@@ -6,6 +6,7 @@ from .corpora import (
     TokenSet,
     calibration_windows,
     default_calib_corpus,
+    default_eval_corpora,
     default_eval_corpus,
     eval_tokens,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "TokenSet",
     "calibration_windows",
     "default_calib_corpus",
+    "default_eval_corpora",
     "default_eval_corpus",
     "eval_tokens",
     "resolve_data_dir",

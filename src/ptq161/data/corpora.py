@@ -137,6 +137,14 @@ def default_eval_corpus(data_dir: str | Path | None = None) -> str:
     return "wiki-sample"
 
 
+def default_eval_corpora(data_dir: str | Path | None = None) -> list[str]:
+    """The evaluation corpora to quote together: ``default_eval_corpus`` and ``c4`` when the data directory
+    has C4's validation sample (quality is quoted on WikiText-2 and C4 side by side)."""
+    ddir = sources.resolve_data_dir(data_dir)
+    has_c4 = ddir is not None and (ddir / sources.C4_VALID_2K).is_file()
+    return [default_eval_corpus(ddir)] + (["c4"] if has_c4 else [])
+
+
 def default_calib_corpus(data_dir: str | Path | None = None) -> str:
     """The general-purpose calibration mix of the corpora the data directory holds.
 
