@@ -16,7 +16,7 @@ import uvicorn
 
 from ptq161.api import load
 from ptq161.runtime.engine import DecodeEngine
-from ptq161.serve import ServedModel, create_app
+from ptq161.serve import FifoLock, ServedModel, create_app
 from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
 
 CHAT_TEMPLATE = (
@@ -168,6 +168,25 @@ def test_64_concurrent_clients_are_all_answered(server):
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
         codes = list(pool.map(lambda _: _post(server, "/v1/completions", OK).status_code, range(64)))
     assert codes == [200] * 64
+
+
+def test_the_decoder_lock_is_granted_in_arrival_order():
+    lock, order = FifoLock(), []
+    with lock:  # held while eight threads line up one after another
+        threads = []
+        for i in range(8):
+            threads.append(threading.Thread(target=lambda i=i: _take(lock, order, i)))
+            threads[-1].start()
+            while lock.waiting < i + 2:
+                time.sleep(0.001)
+    for t in threads:
+        t.join()
+    assert order == list(range(8)) and lock.waiting == 0
+
+
+def _take(lock: FifoLock, order: list[int], i: int) -> None:
+    with lock:
+        order.append(i)
 
 
 def test_a_client_dropping_mid_stream_frees_the_decoder(server, served):

@@ -3,7 +3,7 @@
 FastAPI + uvicorn, pydantic request models. Endpoints: ``/v1/chat/completions`` and ``/v1/completions``
 (streamed as server-sent events with ``"stream": true``), ``/v1/models``, ``/health``. Chat messages go
 through the tokenizer's chat template. Requests are served one at a time by the one decoder (the fused
-engine for packed LLaMA-layout models, else the model's forward): a lock queues them, and a streaming
+engine for packed LLaMA-layout models, else the model's forward): a lock queues them in arrival order, and a streaming
 client that disconnects stops its generation at the next token (a watcher polls the connection).
 Every error is a JSON body
 ``{"error": {"message", "type", "code"}}`` with its status: 400 bad request (malformed JSON, unknown
@@ -108,6 +108,34 @@ class ChatRequest(_Sampled):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
+class FifoLock:
+    """A lock granted in the order threads ask for it (``threading.Lock`` is not fair: under load some
+    requests would wait many turns). Use as ``with lock:``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0  # the next ticket to hand out
+        self._serving = 0  # the ticket that holds the lock
+
+    def __enter__(self) -> FifoLock:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Threads holding or waiting for the lock."""
+        with self._cond:
+            return self._next - self._serving
+
+
 @dataclass
 class ServedModel:
     """The model behind the server; ``error`` is set when its load failed, ``model`` None while loading."""
@@ -120,7 +148,7 @@ class ServedModel:
     path: str = ""
     error: str | None = None
     cancelled: int = 0  # streamed generations stopped because their client went away
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: FifoLock = field(default_factory=FifoLock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def load(self, loader: Any, engine_mode: str = "auto", context: int | None = None) -> None:
@@ -160,6 +188,7 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
 def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     """The FastAPI application serving ``served`` (``api_key``: required as ``Authorization: Bearer KEY``)."""
     app = FastAPI(title="ptq161", docs_url=None, redoc_url=None)
+    workers: set[asyncio.Task] = set()  # streaming generations' worker threads still running
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
@@ -300,7 +329,9 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
                         stop.set()
                     await asyncio.sleep(POLL_SECONDS)
 
-            loop.run_in_executor(None, work)
+            worker = asyncio.create_task(run_in_threadpool(work))  # the same thread pool as plain answers
+            workers.add(worker)  # referenced until the thread ends, after the response may be gone
+            worker.add_done_callback(workers.discard)
             watcher = asyncio.create_task(watch())
             try:
                 while (chunk := await queue.get()) is not None:
