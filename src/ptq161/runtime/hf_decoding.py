@@ -101,23 +101,10 @@ class EngineDecoding:
         return input_ids
 
 
-def engine_decoding(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    logits_processor: Any,
-    stopping_criteria: Any,
-    generation_config: Any,
-    synced_gpus: bool = False,
-    streamer: Any = None,
-    **model_kwargs: Any,
-) -> torch.Tensor:
-    """``EngineDecoding`` with a fresh engine: ``model.generate(ids, custom_generate=engine_decoding)``.
-
-    input_ids: int64 [1, T] -> int64 [1, T + new]."""
-    return EngineDecoding()(
-        model, input_ids, logits_processor, stopping_criteria, generation_config,
-        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs,
-    )  # fmt: skip
+def engine_decoding(model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``EngineDecoding`` with a fresh engine: ``model.generate(ids, custom_generate=engine_decoding)``
+    (the arguments are ``EngineDecoding.__call__``'s). input_ids: int64 [1, T] -> int64 [1, T + new]."""
+    return EngineDecoding()(model, *args, **kwargs)
 
 
 def plain_decoding(model: nn.Module, kwargs: dict[str, Any]) -> bool:
