@@ -13,6 +13,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "utils": 1,
     "config": 1,
+    "parallel": 1,
     "primitives": 2,
     "nn": 3,
     "models": 4,

@@ -11,6 +11,7 @@ from ..api import evaluate_perplexity, load_model
 from ..data.corpora import EVAL_CORPORA, check_eval_name
 from ..eval.report import markdown_table, run_metadata
 from ..models import LazyModel, load_model_lazy, onloads
+from ..parallel import World, finish, init_from_env
 from ..pipeline.output_dir import read_meta
 from ..utils import atomic_write_json
 from .common import (
@@ -67,10 +68,20 @@ def run(args: argparse.Namespace) -> int:
     for name in args.datasets or []:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
+    world = init_from_env(args.device)  # under torchrun: the windows are shared by the ranks
+    try:
+        return _evaluate(args, dtype, world)
+    finally:
+        finish()
+
+
+def _evaluate(args: argparse.Namespace, dtype: torch.dtype, world: World) -> int:
     model, tok = load_for_perplexity(args.model, args, dtype=dtype, device=args.device, seqlen=args.seqlen)
     results = evaluate_perplexity(
         model, tok, args.datasets, seqlen=args.seqlen, max_windows=args.max_windows, data_dir=args.data_dir
     )
+    if not world.main:
+        return 0  # rank 0 prints and writes
     rows = [(r.dataset, r.ppl, r.windows, r.seqlen, r.tokens, round(r.tokens_per_s), r.source) for r in results]
     meta = read_meta(args.model) if Path(args.model).is_dir() else None
     quant = ""
@@ -85,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             max_windows=args.max_windows,
             dtype=args.dtype,
             block_onloading=not isinstance(model, torch.nn.Module),
+            ranks=world.size,
         )
         atomic_write_json(args.json, {**meta, "results": {r.dataset: r.to_dict() for r in results}})
     return 0

@@ -28,6 +28,7 @@ from ..errors import DataError, check_finite
 from ..models.adapters import LLAMA_LIKE, Adapter, get_adapter
 from ..models.architecture import logits_transform
 from ..models.lazy import HEAD_CHUNK, LARGE_LOGITS, LazyModel
+from ..parallel import World
 
 LAZY_GROUP = 8  # windows that go through the layers together in the block-wise loop
 
@@ -157,26 +158,35 @@ def perplexity(
     note: str = "",
     progress: bool = True,
 ) -> PerplexityResult:
-    """Perplexity of ``model`` (or a block-onloaded ``LazyModel``) on a [1, N] token stream (see module docstring)."""
+    """Perplexity of ``model`` (or a block-onloaded ``LazyModel``) on a [1, N] token stream (see module docstring).
+
+    Under ``torchrun`` (an initialized process group) each rank computes the windows ``k % size == rank``
+    and every rank returns the whole result: the window losses gathered in window order, summed as in
+    one process (the same bits when each rank computes a window as one process would)."""
     lazy = model if isinstance(model, LazyModel) else None
     if lazy is not None:
         model = lazy.model
     max_ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_ctx is not None and seqlen > max_ctx:
         raise DataError(f"seqlen {seqlen} exceeds the model's context of {max_ctx} tokens")
-    wins = windows_of(tokens, seqlen, max_windows)
+    all_wins = windows_of(tokens, seqlen, max_windows)
+    world = World.current()  # under torchrun: this rank's windows k % size == rank, gathered in order below
+    mine = world.shard(all_wins.shape[0])
+    wins = all_wins[mine]
     nlls: list[float] = []
     start = time.perf_counter()
     if lazy is not None:
-        nlls = blockwise_nlls(lazy, wins, progress)
-    bar = tqdm(wins if lazy is None else [], desc=f"ppl {dataset}", unit="win", disable=not progress, leave=False)
-    for k, nll in enumerate(nlls):  # block-onloaded: already computed
+        nlls = blockwise_nlls(lazy, wins, progress and world.main)
+    bar = tqdm(wins if lazy is None else [], desc=f"ppl {dataset}", unit="win", disable=not progress or not world.main,
+               leave=False)  # fmt: skip
+    for k, nll in zip(mine, nlls, strict=False):  # block-onloaded: already computed
         check_finite(nll, f"the loss of window {k} of {dataset or 'the text'}")
     for w in bar:
         nlls.append(window_nll(model, w))
-        check_finite(nlls[-1], f"the loss of window {len(nlls) - 1} of {dataset or 'the text'}")
+        check_finite(nlls[-1], f"the loss of window {mine[len(nlls) - 1]} of {dataset or 'the text'}")
         elapsed = time.perf_counter() - start
         bar.set_postfix(ppl=f"{exp_or_inf(sum(nlls) / len(nlls)):.3f}", tok_s=f"{len(nlls) * seqlen / elapsed:.0f}")
+    nlls = world.gather(all_wins.shape[0], dict(zip(mine, nlls, strict=True)))
     seconds = time.perf_counter() - start
     ppl = exp_or_inf(sum(nlls) / len(nlls))
     check_finite(ppl, f"the perplexity of {dataset or 'the text'} (mean loss {sum(nlls) / len(nlls):.4g} nats)")

@@ -1,0 +1,80 @@
+"""Data parallelism across processes with ``torch.distributed`` (started by ``torchrun``).
+
+A ``World`` is this process's rank among ``size`` processes; ``World.current()`` is the initialized
+default process group, or the single-process world. Work is sharded by index (item ``k`` belongs to
+rank ``k % size``) and gathered back in index order, so a reduction over the gathered list runs in
+the same order as in one process and gives the same bits (as long as each item is computed the same
+way, e.g. the same number of threads per process).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import PTQ161Error
+
+TIMEOUT_MINUTES = 30  # a rank that stops answering fails the others' collective calls after this
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's ``rank`` among ``size`` processes (``size`` 1: no process group)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @staticmethod
+    def current() -> World:
+        """The default process group's world, or the single-process one."""
+        if dist.is_available() and dist.is_initialized():
+            return World(dist.get_rank(), dist.get_world_size())
+        return World()
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that prints and writes."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> list[int]:
+        """The indices of ``n`` items this rank computes: ``rank, rank + size, ...``."""
+        return list(range(self.rank, n, self.size))
+
+    def gather(self, n: int, mine: dict[int, Any]) -> list[Any]:
+        """Every rank's ``{index: value}`` for ``n`` items, as one list in index order (on every rank)."""
+        if self.size == 1:
+            return [mine[k] for k in range(n)]
+        parts: list[dict[int, Any] | None] = [None] * self.size
+        dist.all_gather_object(parts, mine)
+        merged = {k: v for part in parts for k, v in (part or {}).items()}
+        if sorted(merged) != list(range(n)):
+            raise PTQ161Error(f"the ranks returned {len(merged)} of {n} items")
+        return [merged[k] for k in range(n)]
+
+
+def init_from_env(device: str = "cpu") -> World:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1): gloo on the
+    CPU, NCCL on CUDA devices. Without ``torchrun`` (or with one process) nothing is initialized."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1 or not dist.is_available():
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+    return World.current()
+
+
+def finish() -> None:
+    """Leave the process group (if one was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = ["World", "finish", "init_from_env"]
