@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ptq161.parallel import World
 from tests.helpers import save_model_dir, tiny_llama
 
@@ -36,3 +38,30 @@ def test_two_ranks_give_the_perplexity_of_one_process_bit_for_bit(tmp_path):
     assert ra["windows"] == rb["windows"] == 5 and b["settings"]["ranks"] == 2
     assert rb["window_nll"] == ra["window_nll"] and rb["ppl"] == ra["ppl"]  # exact: same bits
     assert done.stdout.count("model:") == 1  # rank 0 alone prints
+
+
+def test_two_ranks_give_the_zero_shot_results_of_one_process(shared_data, tmp_path):
+    """lm-eval's own data-parallel mode (documents split by rank, metrics gathered to rank 0) on a model in
+    memory: the same accuracies and lambada perplexity as one process."""
+    from transformers import AutoTokenizer
+
+    model_dir = save_model_dir(tiny_llama(), tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.eos_token = "!"  # lm-eval scores continuations after the eos token as prefix
+    tok.save_pretrained(model_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["eval", str(model_dir), "--tasks", "piqa,lambada_openai", "--limit", "5", "--batch-size", "1",
+            "--data-dir", str(shared_data), "--no-verify"]  # fmt: skip
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, "-m", "ptq161", *args, "--json", str(one)], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([*torchrun, "-m", "ptq161", *args, "--json", str(two)], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["n_samples"] == a["n_samples"] == {"piqa": 5, "lambada_openai": 5} and b["settings"]["ranks"] == 2
+    for task in ("piqa", "lambada_openai"):
+        assert b["tasks"][task]["acc"] == a["tasks"][task]["acc"]
+    assert b["tasks"]["piqa"]["acc_norm"] == a["tasks"]["piqa"]["acc_norm"]
+    assert b["tasks"]["lambada_openai"]["perplexity"] == pytest.approx(a["tasks"]["lambada_openai"]["perplexity"],
+                                                                       rel=1e-12)  # fmt: skip

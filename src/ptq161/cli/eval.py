@@ -8,6 +8,7 @@ import sys
 from ..api import load_model
 from ..eval.report import markdown_table, run_metadata
 from ..eval.zeroshot import PAPER_TASKS, TASKS, evaluate_zeroshot, parse_tasks, require_lm_eval
+from ..parallel import World, finish, init_from_env
 from ..pipeline.convert import dequantize_model_in_place
 from ..utils import atomic_write_json
 from .common import add_data_dir, add_device, add_dtype, add_load_options, load_options, positive_int, torch_dtype
@@ -48,12 +49,22 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate the tasks and print a table (JSON with ``--json``)."""
     tasks = parse_tasks(args.tasks)
     require_lm_eval()
+    world = init_from_env(args.device)  # under torchrun: lm-eval's data-parallel mode, documents split by rank
+    try:
+        return _evaluate(args, tasks, world)
+    finally:
+        finish()
+
+
+def _evaluate(args: argparse.Namespace, tasks: list[str], world: World) -> int:
     model, tok = load_model(args.model, device=args.device, dtype=torch_dtype(args.dtype), **load_options(args))
     if not args.keep_packed:
         dequantize_model_in_place(model)
     res = evaluate_zeroshot(
         model, tok, tasks, limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir, seed=args.seed
     )
+    if not world.main:
+        return 0  # rank 0 prints and writes
     rows = []
     for name in tasks:
         if name in res.unavailable:
@@ -75,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(["task", "metric", "value", "stderr", "documents", "note"], rows))
     print(f"[{res.seconds:.0f} s]", file=sys.stderr)
     if args.json:
-        meta = run_metadata(model=args.model, tasks=tasks, limit=args.limit, batch_size=args.batch_size, seed=args.seed)
+        meta = run_metadata(model=args.model, tasks=tasks, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                            ranks=world.size)  # fmt: skip
         atomic_write_json(args.json, {**meta, **res.to_dict()})
     return 0

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..data import sources
 from ..errors import DataError, PTQ161Error
+from ..parallel import World
 
 UNAVAILABLE = {"race": "RACE is not in the data directory (no offline copy of the dataset exists here)"}
 
@@ -257,7 +258,6 @@ def evaluate_zeroshot(
     """
     require_lm_eval()
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     run = [t for t in tasks if t in TASKS]
@@ -269,8 +269,10 @@ def evaluate_zeroshot(
     if run and tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
         raise PTQ161Error("lm-eval needs a prefix token to score continuations: the tokenizer has no eos or bos token")
     if run and lm is None:
+        from .ranked_lm import RankedHFLM
+
         device = str(next(model.parameters()).device)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = RankedHFLM(World.current(), pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     if run:
         with local_task_dir(run, data_dir) as tdir:
             tm = TaskManager(include_path=str(tdir), include_defaults=False)
@@ -287,6 +289,8 @@ def evaluate_zeroshot(
                 fewshot_random_seed=seed,
                 bootstrap_iters=1000,
             )
+        if res is None:  # a rank other than 0 under torchrun: lm-eval gathered its metrics to rank 0
+            return ZeroShotResult({}, {}, {}, unavailable, time.perf_counter() - t0, limit, batch_size)
         for name in run:
             metrics = res["results"][name]
             out[name] = {k.split(",")[0]: float(v) for k, v in metrics.items() if "," in k and v != "N/A"}
