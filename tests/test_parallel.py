@@ -40,6 +40,7 @@ def test_two_ranks_give_the_perplexity_of_one_process_bit_for_bit(tmp_path):
     assert done.stdout.count("model:") == 1  # rank 0 alone prints
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_zero_shot_results_of_one_process(shared_data, tmp_path):
     """lm-eval's own data-parallel mode (documents split by rank, metrics gathered to rank 0) on a model in
     memory: the same accuracies and lambada perplexity as one process."""
