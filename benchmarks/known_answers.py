@@ -81,14 +81,15 @@ def demo_check(data_dir: str | Path | None, ulp_seed: int | None = None) -> dict
     """`make demo`'s result (``ptq161.cli.demo.run_demo``); with ``ulp_seed`` the same recipe and
     evaluation on the model moved by one ulp."""
     import ptq161
-    from ptq161.cli.demo import run_demo
+    from ptq161.cli.demo import demo_calibration, run_demo
 
     if ulp_seed is None:
         r = run_demo(data_dir=data_dir, windows=DEMO_WINDOWS)
         return {"ppl": r["ppl"], "code_paths": r["machine"]["code_paths"], "machine": r["machine"]}
     model, tok = ulp_moved(ulp_seed)
     with tempfile.TemporaryDirectory() as tmp:  # written and packed, as the demo evaluates it
-        res = ptq161.quantize(model, "demo", tokenizer=tok, output=Path(tmp) / "q", data_dir=data_dir, progress=False)
+        res = ptq161.quantize(model, "demo", tokenizer=tok, output=Path(tmp) / "q", data_dir=data_dir, progress=False,
+                              **demo_calibration(data_dir))  # fmt: skip
         q = ptq161.evaluate_perplexity(res.model, tok, ["wikitext2"], max_windows=DEMO_WINDOWS, data_dir=data_dir)[0]
     return {"ppl": q.ppl, "code_paths": res.meta["machine"]["code_paths"], "machine": res.meta["machine"]}
 
