@@ -16,6 +16,7 @@ import uvicorn
 
 from ptq161.api import load
 from ptq161.runtime.engine import DecodeEngine
+from ptq161.runtime.generate import Generation
 from ptq161.serve import FifoLock, ServedModel, create_app
 from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
 
@@ -302,3 +303,19 @@ def test_serve_refuses_a_model_that_does_not_exist_in_one_line(capsys, tmp_path)
     assert main(["serve", str(tmp_path / "nothing"), "--port", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such model" in err[0]
+
+
+def test_ignore_eos_generates_max_tokens_where_the_model_would_stop(packed, server):
+    model, tok = load(packed, verify=False)
+    ids = tok("ab", return_tensors="pt").input_ids
+    free = Generation(model, tok, ids, 4, ignore_eos=True)
+    list(free)
+    model.generation_config.eos_token_id = free.tokens[0]  # the model's first greedy token now ends the text
+    stopped = Generation(model, tok, ids, 4)
+    list(stopped)
+    assert stopped.tokens == [] and stopped.finish_reason == "stop"
+    again = Generation(model, tok, ids, 4, ignore_eos=True)
+    list(again)
+    assert again.tokens == free.tokens and len(again.tokens) == 4 and again.finish_reason == "length"
+    r = _post(server, "/v1/completions", {**OK, "ignore_eos": True})  # the request field (vLLM's name)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == OK["max_tokens"]

@@ -62,6 +62,7 @@ class _Sampled(BaseModel):
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    ignore_eos: bool = False  # an extension (as vLLM's): generate max_tokens whatever the model ends with
 
 
 class CompletionRequest(_Sampled):
@@ -249,7 +250,9 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
             )
         new = max_tokens if max_tokens is not None else room
         try:
-            return Generation(served.model, served.tokenizer, ids, new, sampling, _stops(req.stop), served.engine)
+            return Generation(
+                served.model, served.tokenizer, ids, new, sampling, _stops(req.stop), served.engine, req.ignore_eos
+            )
         except PTQ161Error as e:
             raise ApiError(400, str(e), code="context_length_exceeded") from None
 

@@ -145,6 +145,7 @@ class Generation:
         sampling: Sampling = GREEDY,
         stop: tuple[str, ...] = (),
         engine: DecodeEngine | None = None,
+        ignore_eos: bool = False,
     ) -> None:
         if max_new_tokens < 1:
             raise PTQ161Error(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -158,7 +159,7 @@ class Generation:
             )
         self.model, self.tokenizer, self.input_ids = model, tokenizer, input_ids
         self.max_new_tokens, self.sampling, self.stop, self.engine = max_new_tokens, sampling, stop, engine
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = set() if ignore_eos else _eos_ids(model, tokenizer)  # ignore_eos: always max_new_tokens
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
