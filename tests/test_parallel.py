@@ -21,23 +21,29 @@ def test_shards_cover_every_item_once_and_gather_in_order():
     assert World().gather(3, {2: "c", 0: "a", 1: "b"}) == ["a", "b", "c"]
 
 
-def test_two_ranks_give_the_perplexity_of_one_process_bit_for_bit(tmp_path):
-    model_dir = save_model_dir(tiny_llama(), tmp_path / "m")
-    text = tmp_path / "t.txt"
-    text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 6)  # 6 windows of 64, 5 taken
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process in both runs
-    args = ["ppl", str(model_dir), "--datasets", f"text:{text}", "--seqlen", "64", "--max-windows", "5", "--no-verify"]
+def _one_process_and_two_ranks(args: list[str], tmp_path) -> tuple[dict, dict, str]:
+    """``ptq161 ARGS --json`` in one process and under torchrun with 2 ranks, one thread per process in both:
+    (one process's JSON, the 2 ranks' JSON, the 2 ranks' stdout)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, "-m", "ptq161", *args, "--json", str(one)], check=True, env=env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     done = subprocess.run([*torchrun, "-m", "ptq161", *args, "--json", str(two)], env=env, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    return json.loads(one.read_text()), json.loads(two.read_text()), done.stdout
+
+
+def test_two_ranks_give_the_perplexity_of_one_process_bit_for_bit(tmp_path):
+    model_dir = save_model_dir(tiny_llama(), tmp_path / "m")
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 6)  # 6 windows of 64, 5 taken
+    args = ["ppl", str(model_dir), "--datasets", f"text:{text}", "--seqlen", "64", "--max-windows", "5", "--no-verify"]
+    a, b, stdout = _one_process_and_two_ranks(args, tmp_path)
     ra, rb = a["results"][f"text:{text}"], b["results"][f"text:{text}"]
     assert ra["windows"] == rb["windows"] == 5 and b["settings"]["ranks"] == 2
     assert rb["window_nll"] == ra["window_nll"] and rb["ppl"] == ra["ppl"]  # exact: same bits
-    assert done.stdout.count("model:") == 1  # rank 0 alone prints
+    assert stdout.count("model:") == 1  # rank 0 alone prints
 
 
 @pytest.mark.slow
@@ -50,16 +56,9 @@ def test_two_ranks_give_the_zero_shot_results_of_one_process(shared_data, tmp_pa
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.eos_token = "!"  # lm-eval scores continuations after the eos token as prefix
     tok.save_pretrained(model_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["eval", str(model_dir), "--tasks", "piqa,lambada_openai", "--limit", "5", "--batch-size", "1",
             "--data-dir", str(shared_data), "--no-verify"]  # fmt: skip
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, "-m", "ptq161", *args, "--json", str(one)], check=True, env=env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run([*torchrun, "-m", "ptq161", *args, "--json", str(two)], env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b, _ = _one_process_and_two_ranks(args, tmp_path)
     assert b["n_samples"] == a["n_samples"] == {"piqa": 5, "lambada_openai": 5} and b["settings"]["ranks"] == 2
     for task in ("piqa", "lambada_openai"):
         assert b["tasks"][task]["acc"] == a["tasks"][task]["acc"]
