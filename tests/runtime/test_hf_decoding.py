@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
 from transformers import AutoModelForCausalLM
@@ -25,6 +27,9 @@ def test_generate_through_the_engine_equals_transformers_loop(tmp_path, text_fil
     assert torch.equal(model.generate(ids, **kw), want) and len(steps) == 19
     engine = model.generate.decoding.engine  # kept for the next call (its cache is overwritten by the prefill)
     assert torch.equal(model.generate(ids, **kw), want) and model.generate.decoding.engine is engine
+    twin = copy.deepcopy(model)  # a copy leaves the engine behind and builds its own on its model
+    assert twin.generate.decoding.engine is None and twin.generate.model is twin
+    assert torch.equal(twin.generate(ids, **kw), want) and twin.generate.decoding.engine.model is twin
     steps.clear()
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "q")  # the same through transformers' auto class
     assert isinstance(auto.generate, EngineGenerate) and torch.equal(auto.generate(ids, **kw), want)

@@ -47,6 +47,10 @@ class EngineDecoding:
     def __init__(self) -> None:
         self.engine: DecodeEngine | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the engine behind (numba buffers; rebuilt on the next call)."""
+        return {"engine": None}
+
     def _engine(self, model: nn.Module, max_len: int) -> DecodeEngine:
         e = self.engine
         if e is None or e.model is not model or e.max_len < max_len:
