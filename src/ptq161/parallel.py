@@ -9,8 +9,10 @@ way, e.g. the same number of threads per process).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,4 +79,13 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["World", "finish", "init_from_env"]
+@contextlib.contextmanager
+def joined(device: str = "cpu") -> Iterator[World]:
+    """``init_from_env(device)`` for the body of a ``with``, then ``finish()`` whatever happens."""
+    try:
+        yield init_from_env(device)
+    finally:
+        finish()
+
+
+__all__ = ["World", "finish", "init_from_env", "joined"]

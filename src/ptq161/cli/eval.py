@@ -8,7 +8,7 @@ import sys
 from ..api import load_model
 from ..eval.report import markdown_table, run_metadata
 from ..eval.zeroshot import PAPER_TASKS, TASKS, evaluate_zeroshot, parse_tasks, require_lm_eval
-from ..parallel import World, finish, init_from_env
+from ..parallel import World, joined
 from ..pipeline.convert import dequantize_model_in_place
 from ..utils import atomic_write_json
 from .common import add_data_dir, add_device, add_dtype, add_load_options, load_options, positive_int, torch_dtype
@@ -49,11 +49,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate the tasks and print a table (JSON with ``--json``)."""
     tasks = parse_tasks(args.tasks)
     require_lm_eval()
-    world = init_from_env(args.device)  # under torchrun: lm-eval's data-parallel mode, documents split by rank
-    try:
+    with joined(args.device) as world:  # under torchrun: lm-eval's data-parallel mode, documents split by rank
         return _evaluate(args, tasks, world)
-    finally:
-        finish()
 
 
 def _evaluate(args: argparse.Namespace, tasks: list[str], world: World) -> int:

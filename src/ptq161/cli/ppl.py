@@ -11,7 +11,7 @@ from ..api import evaluate_perplexity, load_model
 from ..data.corpora import EVAL_CORPORA, check_eval_name
 from ..eval.report import markdown_table, run_metadata
 from ..models import LazyModel, load_model_lazy, onloads
-from ..parallel import World, finish, init_from_env
+from ..parallel import World, joined
 from ..pipeline.output_dir import read_meta
 from ..utils import atomic_write_json
 from .common import (
@@ -68,11 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.datasets or []:
         check_eval_name(name)
     dtype = torch_dtype(args.dtype)
-    world = init_from_env(args.device)  # under torchrun: the windows are shared by the ranks
-    try:
+    with joined(args.device) as world:  # under torchrun: the windows are shared by the ranks
         return _evaluate(args, dtype, world)
-    finally:
-        finish()
 
 
 def _evaluate(args: argparse.Namespace, dtype: torch.dtype, world: World) -> int:

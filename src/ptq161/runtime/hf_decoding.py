@@ -1,8 +1,9 @@
 """transformers' ``generate`` on the fused engine: ``model.generate(ids, custom_generate=engine_decoding)``.
 
 A packed directory loaded after ``import ptq161`` (``ptq161.load`` or ``AutoModelForCausalLM.from_pretrained``)
-needs no argument: ``EngineHfQuantizer`` gives the model a ``generate`` that passes ``engine_decoding``
-for greedy and sampled generation (the way transformers itself installs a repository's
+needs no argument: ``EngineHfQuantizer`` gives the model a ``generate`` (``EngineGenerate``) that passes
+its own ``EngineDecoding`` (the loop of ``engine_decoding``, keeping the engine) for greedy and sampled
+generation (the way transformers itself installs a repository's
 ``custom_generate``), and transformers' own decoding for every other mode (beams, assisted, ...) or
 when the caller passes ``custom_generate``.
 
