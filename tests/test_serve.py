@@ -319,3 +319,46 @@ def test_ignore_eos_generates_max_tokens_where_the_model_would_stop(packed, serv
     assert again.tokens == free.tokens and len(again.tokens) == 4 and again.finish_reason == "length"
     r = _post(server, "/v1/completions", {**OK, "ignore_eos": True})  # the request field (vLLM's name)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == OK["max_tokens"]
+
+
+def test_streamed_echo_gives_the_prompt_then_the_same_text_as_unstreamed(client):
+    whole = client.completions.create(model="tiny", prompt="ab", max_tokens=8, temperature=0, echo=True)
+    chunks = list(client.completions.create(model="tiny", prompt="ab", max_tokens=8, temperature=0, echo=True,
+                                            stream=True))  # fmt: skip
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert whole.choices[0].text.startswith("ab") and text == whole.choices[0].text
+    assert chunks[0].choices[0].text == "ab" and chunks[-1].usage.completion_tokens == 8
+
+
+def test_stream_with_logprobs_is_refused_in_json(server):
+    r = _post(server, "/v1/completions", {**OK, "stream": True, "logprobs": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "stream"
+
+
+def test_lm_eval_local_chat_completions_generates_like_the_engine(packed, server, monkeypatch):
+    """lm-evaluation-harness's chat-completions client (what its generative tasks use with
+    ``--apply_chat_template``) against the server: each answer equals the in-process greedy
+    generation of the templated messages, cut at the task's stop string."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.api_models import JsonChatStr
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    client = LocalChatCompletion(base_url=server.url + "/v1/chat/completions", model="tiny", max_retries=1)
+    model, tok = load(packed, verify=False)
+    questions = ["hi", "What is two plus two?", "ab"]
+    whole = []
+    for q in questions:
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      return_tensors="pt")  # fmt: skip
+        gen = Generation(model, tok, ids if isinstance(ids, torch.Tensor) else ids["input_ids"], 10)
+        list(gen)
+        whole.append(gen.text)
+    stop = whole[0][4:6]
+    assert stop
+    until = {"until": [stop], "max_gen_toks": 10}
+    chats = [JsonChatStr(json.dumps([{"role": "user", "content": q}])) for q in questions]
+    reqs = [Instance("generate_until", {}, (chat, until), i) for i, chat in enumerate(chats)]
+    answers = client.generate_until(reqs)
+    assert answers == [w.split(stop)[0] for w in whole]
+    assert answers[0] == whole[0][:4]  # the stop string did cut the first one

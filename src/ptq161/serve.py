@@ -256,7 +256,7 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         except PTQ161Error as e:
             raise ApiError(400, str(e), code="context_length_exceeded") from None
 
-    def respond(req: _Sampled, gen: Generation, kind: str) -> Any:
+    def respond(req: _Sampled, gen: Generation, kind: str, echo: str = "") -> Any:
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         obj = "chat.completion" if kind == "chat" else "text_completion"
         created = int(time.time())
@@ -279,7 +279,7 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
                     for _ in gen:
                         pass
                 return {"id": rid, "object": obj, "created": created, "model": served.name,
-                        "choices": [choice(gen.text, gen.finish_reason, False)], "usage": usage()}  # fmt: skip
+                        "choices": [choice(echo + gen.text, gen.finish_reason, False)], "usage": usage()}  # fmt: skip
 
             return run
 
@@ -293,6 +293,8 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
             if kind == "chat":
                 role = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
                 yield event({**head, "choices": [role]})
+            if echo:  # the prompt's text comes first, as OpenAI's legacy API streams it
+                yield event({**head, "choices": [choice(echo, None, True)]})
             for delta in gen:
                 yield event({**head, "choices": [choice(delta, None, True)]})
             yield event({**head, "choices": [choice(None, gen.finish_reason, True)], "usage": usage()})
@@ -398,12 +400,13 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         p = req.prompt
         batch = isinstance(p, list) and bool(p) and not isinstance(p[0], int)
         prompts: list[str | list[int]] = list(p) if batch else [p]  # type: ignore[list-item]
-        if batch or req.echo or req.logprobs is not None:
+        if batch or req.logprobs is not None or (req.echo and not req.stream):
             if req.stream:
-                raise ApiError(400, "stream with echo, logprobs or a batch of prompts is not supported", code="stream")
+                raise ApiError(400, "stream with logprobs or a batch of prompts is not supported", code="stream")
             return JSONResponse(await run_in_threadpool(scored, req, prompts))
         ids = prompt_ids(prompts[0])
-        return await answer(request, req, lambda: respond(req, generation(ids, req, req.max_tokens), "text"))
+        echo = served.tokenizer.decode(ids[0]) if req.echo else ""  # streamed echo: the same text as unstreamed
+        return await answer(request, req, lambda: respond(req, generation(ids, req, req.max_tokens), "text", echo))
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Any:
