@@ -266,7 +266,7 @@ def test_compiled_e2e_equals_eager_compiles_once_for_all_layers_and_restores_the
     # two graphs for three layers and every step: the first layer's input needs no gradient, the others' do
     assert counters["stats"]["unique_graphs"] == 2
     layers = comp.model.model.layers
-    assert len(layers) == 3 and not any(isinstance(m, e2e._CompiledLayer) for m in comp.model.modules())
+    assert len(layers) == 3 and not any(isinstance(m, e2e._WrappedLayer) for m in comp.model.modules())
     assert_parts_close(comp.parts, eager.parts)
     a, b = eager.meta["e2e_log"], comp.meta["e2e_log"]
     # the KL ends near zero on this tiny model (3e-5): rounding is measured against the KL it started from
@@ -353,3 +353,46 @@ def test_generated_windows_go_before_the_held_out_real_ones(tiny_model_dir, text
     res = _run(tiny_model_dir, text_file, tmp_path / "gen", dataclasses.replace(cfg, steps=2))
     assert (res.meta["e2e_log"]["train_windows"], res.meta["e2e_log"]["heldout_windows"]) == (7, 2)
     assert read_meta(tmp_path / "gen")["e2e"]["generated"] == 3
+
+
+def _saved_bytes(model, ids: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward of one forward of ``model`` on ids (outside checkpointed parts)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, use_cache=False).logits.sum().backward()
+    return total
+
+
+def test_checkpointed_layers_keep_less_for_the_backward_and_give_the_same_gradients():
+    """--e2e-checkpoint: the decoder layers recompute in the backward, so the forward keeps far fewer bytes;
+    the gradients equal those of the plain forward (the same products, run twice)."""
+    model = tiny_llama(num_hidden_layers=3)
+    ids = torch.randint(0, 260, (1, 48), generator=torch.Generator().manual_seed(0))
+    adapter = e2e.get_adapter(model)
+    layers = {f"{adapter.layers}.{i}": layer for i, layer in enumerate(adapter.decoder_layers(model))}
+    plain = _saved_bytes(model, ids)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with e2e.wrapped_layers(model, layers, e2e.layer_call(False, True)):
+        assert sum(isinstance(m, e2e._WrappedLayer) for m in model.modules()) == 3
+        checkpointed = _saved_bytes(model, ids)
+    assert not any(isinstance(m, e2e._WrappedLayer) for m in model.modules())
+    assert checkpointed < 0.5 * plain
+    for g, p in zip(grads, model.parameters(), strict=True):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpointed_e2e_equals_plain_e2e(tiny_model_dir, text_file, tmp_path):
+    cfg = dataclasses.replace(E2E, steps=6)
+    plain = _run(tiny_model_dir, text_file, None, cfg)
+    ckpt = _run(tiny_model_dir, text_file, None, dataclasses.replace(cfg, checkpoint=True))
+    assert ckpt.meta["e2e_log"]["checkpointed"] and not plain.meta["e2e_log"]["checkpointed"]
+    assert_parts_close(ckpt.parts, plain.parts)
+    a, b = plain.meta["e2e_log"], ckpt.meta["e2e_log"]
+    assert b["train_kl_after"] == pytest.approx(a["train_kl_after"], rel=1e-3, abs=1e-3 * a["train_kl_before"])

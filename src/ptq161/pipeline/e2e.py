@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache
@@ -90,6 +91,12 @@ class E2EConfig:
         "run the end-to-end stage's decoder layers through one torch.compile graph (the layer is its argument): "
         "on, off, or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results "
         "equal eager ones within float rounding",
+    )
+    checkpoint: bool = option(
+        False,
+        "recompute each decoder layer in the backward (activation checkpointing): the stage then keeps only "
+        "the layers' inputs, not their activations, for about a third more compute; same results within float "
+        "rounding",
     )
     heldout: int = 4
     warmup: float = 0.1
@@ -271,17 +278,17 @@ def _call_layer(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return layer(*args, **kwargs)
 
 
-class _CompiledLayer(nn.Module):
-    """A decoder layer called through a compiled ``_call_layer`` shared by all layers; other attributes
-    (an architecture's per-layer settings that the model's forward reads) come from the layer."""
+class _WrappedLayer(nn.Module):
+    """A decoder layer called through ``call(layer, *args, **kwargs)``; other attributes (an architecture's
+    per-layer settings that the model's forward reads) come from the layer."""
 
-    def __init__(self, layer: nn.Module, graph: Any) -> None:
+    def __init__(self, layer: nn.Module, call: Any) -> None:
         super().__init__()
         self.layer = layer
-        self._graph = graph
+        self._call = call
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._graph(self.layer, *args, **kwargs)
+        return self._call(self.layer, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -290,17 +297,32 @@ class _CompiledLayer(nn.Module):
             return getattr(self._modules["layer"], name)
 
 
+def layer_call(compiled: bool, checkpoint: bool) -> Any | None:
+    """How the end-to-end stage calls each decoder layer: through one compiled graph shared by all layers
+    (``--e2e-compile``), recomputed in the backward (``--e2e-checkpoint``: non-reentrant
+    ``torch.utils.checkpoint``), both, or None (as the model does)."""
+    if not compiled and not checkpoint:
+        return None
+    call = checked_compile(_call_layer, "--e2e-compile") if compiled else _call_layer
+    if not checkpoint:
+        return call
+
+    def recomputed(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return torch.utils.checkpoint.checkpoint(call, layer, *args, use_reentrant=False, **kwargs)
+
+    return recomputed
+
+
 @contextmanager
-def _compiled_layers(model: nn.Module, layers: dict[str, nn.Module]) -> Iterator[None]:
-    """Inside the block, the decoder ``layers`` ({path: layer}; none: no change) of ``model`` run through
-    one compiled graph."""
-    if not layers:
+def wrapped_layers(model: nn.Module, layers: dict[str, nn.Module], call: Any | None) -> Iterator[None]:
+    """Inside the block, the decoder ``layers`` ({path: layer}) of ``model`` run through ``call`` (see
+    ``layer_call``; None: no change)."""
+    if call is None or not layers:
         yield
         return
-    graph = checked_compile(_call_layer, "--e2e-compile")
     try:
         for path, layer in layers.items():
-            model.set_submodule(path, _CompiledLayer(layer, graph))
+            model.set_submodule(path, _WrappedLayer(layer, call))
         yield
     finally:
         for path, layer in layers.items():
@@ -351,7 +373,8 @@ def train_end_to_end(
     originals = {path: model.get_submodule(path) for path in parts}
     layers: dict[str, nn.Module] = {}
     compiled = resolve_compile(cfg.compile, device)
-    if compiled:  # found before the trainable modules replace the linears the adapter recognises
+    call = layer_call(compiled, cfg.checkpoint)
+    if call is not None:  # found before the trainable modules replace the linears the adapter recognises
         adapter = get_adapter(model)
         layers = {f"{adapter.layers}.{i}": layer for i, layer in enumerate(adapter.decoder_layers(model))}
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -383,7 +406,7 @@ def train_end_to_end(
             stage["heldout_kl_before"] = _kl_on(model, windows, teacher, held, cfg.kl)
             stage["train_kl_before"] = _kl_on(model, windows, teacher, range(min(n_train, 8)), cfg.kl)
         bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
-        with torch.enable_grad(), _compiled_layers(model, layers):
+        with torch.enable_grad(), wrapped_layers(model, layers, call):
             while step < cfg.steps:
                 i = step % n_train
                 logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0]
@@ -428,6 +451,7 @@ def train_end_to_end(
         "heldout_kl_before": stage.get("heldout_kl_before"),
         "heldout_kl_after": stage["heldout_kl_after"],
         "compiled": compiled,
+        "checkpointed": cfg.checkpoint,
         "signs_flipped": flipped,
         "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,
