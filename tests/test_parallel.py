@@ -65,3 +65,112 @@ def test_two_ranks_give_the_zero_shot_results_of_one_process(shared_data, tmp_pa
     assert b["tasks"]["piqa"]["acc_norm"] == a["tasks"]["piqa"]["acc_norm"]
     assert b["tasks"]["lambada_openai"]["perplexity"] == pytest.approx(a["tasks"]["lambada_openai"]["perplexity"],
                                                                        rel=1e-12)  # fmt: skip
+
+
+def _quantize_args(model_dir, text, out, steps: int, batch: int) -> list[str]:
+    return [
+        "quantize", str(model_dir), "--recipe", "smoke", "--calib-dataset", f"text:{text}", "--calib-nsamples", "6",
+        "--calib-seqlen", "64", "--e2e-steps", str(steps), "--e2e-batch", str(batch), "--e2e-lr", "5e-2",
+        "--e2e-topk", "16", "--e2e-windows", "10", "--head", "fp32", "--output", str(out),
+        "--no-verify",
+    ]  # fmt: skip
+
+
+def _torchrun(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ptq161"]
+    return subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def e2e_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    text = root / "t.txt"
+    from tests.helpers import SAMPLE_TEXT
+
+    text.write_text(SAMPLE_TEXT)
+    return save_model_dir(tiny_llama(), root / "m"), text
+
+
+def test_two_ranks_train_the_end_to_end_stage_as_one_process_with_their_windows(e2e_model, tmp_path):
+    """2 ranks x 1 window a step against 1 process x 2 windows a step (the same windows in the same order,
+    one thread each): the same KL curve and parts within float tolerance (the gradients' sum is exact for two
+    ranks, so in practice bit for bit); rank 0 alone writes."""
+    from ptq161.pipeline.output_dir import read_meta, read_parts
+    from tests.helpers import assert_parts_close
+
+    model_dir, text = e2e_model
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "ptq161", *_quantize_args(model_dir, text, one, 8, 2)], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    proc = _torchrun(_quantize_args(model_dir, text, two, 8, 1))
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert stdout.count("saved ") == 1  # rank 0 alone prints
+    a, b = read_meta(one), read_meta(two)
+    la, lb = a["e2e_log"], b["e2e_log"]
+    assert lb["ranks"] == 2 and la["ranks"] == 1 and la["windows_per_step"] == lb["windows_per_step"] == 2
+    assert lb["kl_first"] == pytest.approx(la["kl_first"], rel=1e-5)
+    assert lb["train_kl_after"] == pytest.approx(la["train_kl_after"], rel=1e-4)
+    assert la["train_kl_after"] < 0.9 * la["train_kl_before"]
+    assert_parts_close(read_parts(two), read_parts(one), rel=1e-4)
+
+
+def _ranks(args: list[str]) -> list[subprocess.Popen]:
+    """The 2 ranks of a job started as ``torchrun`` starts them on each machine (the process group's
+    environment), without the launcher that would stop the survivors itself."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(port)}  # fmt: skip
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "ptq161", *args],
+            env={**common, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+
+
+def test_a_killed_rank_fails_the_job_in_one_line_without_an_artifact_and_resume_finishes_it(e2e_model, tmp_path):
+    """Rank 0 killed once the stage has saved a step: the other rank exits 2 with a one-line error (no
+    traceback), the output holds only the resume state; `--resume` on 2 ranks under torchrun finishes it with
+    the parts of an uninterrupted 2-rank run."""
+    import time
+
+    from ptq161.pipeline.output_dir import read_meta, read_parts
+    from tests.helpers import assert_parts_close
+
+    model_dir, text = e2e_model
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    steps = 400
+    done = _torchrun(_quantize_args(model_dir, text, whole, steps, 1))
+    assert done.wait(timeout=900) == 0, done.stderr.read()[-2000:]
+    rank0, rank1 = _ranks(_quantize_args(model_dir, text, cut, steps, 1))
+    progress = cut / ".ptq161-state" / "e2e" / "progress.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and rank0.poll() is None:
+        if progress.is_file() and 25 <= json.loads(progress.read_text())["progress"].get("step", 0) < steps - 100:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the end-to-end stage never saved a step")
+    rank0.kill()
+    rank0.communicate()
+    _, stderr = rank1.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert rank1.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert "rank 1 of 2: another rank stopped answering" in lines[-1] and "--resume" in lines[-1]
+    assert read_meta(cut) is None and {p.name for p in cut.iterdir()} <= {".ptq161-state", ".ptq161-lock"}
+    resumed = _torchrun([*_quantize_args(model_dir, text, cut, steps, 1), "--resume"])
+    _, stderr = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert read_meta(cut)["e2e_log"]["ranks"] == 2
+    assert_parts_close(read_parts(cut), read_parts(whole), rel=1e-4)

@@ -58,6 +58,44 @@ class World:
             raise PTQ161Error(f"the ranks returned {len(merged)} of {n} items")
         return [merged[k] for k in range(n)]
 
+    def barrier(self) -> None:
+        """Wait for every rank (nothing in one process)."""
+        if self.size > 1:
+            with collective_errors(self):
+                dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (pickled; for things made once, e.g. a stage's start)."""
+        if self.size == 1:
+            return obj
+        box = [obj if self.rank == src else None]
+        with collective_errors(self):
+            dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks in place (every rank gets the sum); returns ``t``."""
+        if self.size > 1:
+            with collective_errors(self):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+@contextlib.contextmanager
+def collective_errors(world: World) -> Iterator[None]:
+    """A collective call that fails because another rank is gone (killed, crashed, timed out) raises a
+    one-line ``PTQ161Error`` naming this rank instead of the backend's multi-line error."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as e:
+        if isinstance(e, PTQ161Error):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PTQ161Error(
+            f"rank {world.rank} of {world.size}: another rank stopped answering ({first}); the run can be resumed "
+            "with --resume and the same number of ranks"
+        ) from None
+
 
 def init_from_env(device: str = "cpu") -> World:
     """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1): gloo on the
@@ -88,4 +126,4 @@ def joined(device: str = "cpu") -> Iterator[World]:
         finish()
 
 
-__all__ = ["World", "finish", "init_from_env", "joined"]
+__all__ = ["World", "collective_errors", "finish", "init_from_env", "joined"]

@@ -9,6 +9,7 @@ from typing import Any
 from ..api import quantize
 from ..methods import METHODS
 from ..nn import HEAD_FORMATS
+from ..parallel import joined
 from ..pipeline.recipe import DEFAULT_RECIPE, recipe_names, resolve_recipe
 from .common import (
     add_data_dir,
@@ -79,18 +80,22 @@ def run(args: argparse.Namespace) -> int:
     """Quantize, save, print a summary."""
     overrides = cli_overrides(args)
     output = args.output or default_output(args.model, args.recipe, overrides)
-    res = quantize(
-        args.model,
-        args.recipe,
-        output=output,
-        resume=args.resume,
-        data_dir=args.data_dir,
-        device=args.device,
-        dtype=torch_dtype(args.dtype),
-        max_memory=args.max_memory,
-        **load_options(args),
-        **overrides,
-    )
+    with joined(args.device) as world:  # under torchrun: the ranks share the end-to-end stage, rank 0 writes
+        res = quantize(
+            args.model,
+            args.recipe,
+            output=output,
+            resume=args.resume,
+            data_dir=args.data_dir,
+            device=args.device,
+            dtype=torch_dtype(args.dtype),
+            max_memory=args.max_memory,
+            progress=world.main,
+            **load_options(args),
+            **overrides,
+        )
+    if not world.main:
+        return 0
     recipe, bits, calib = res.meta["recipe"], res.meta["bits"], res.meta["calibration"]
     print(f"saved {output}")
     print(

@@ -39,6 +39,7 @@ from ..methods import Method, Parts
 from ..methods.block_training import adamw, check_compile_setting, checked_compile, resolve_compile
 from ..methods.ptq161_math import cosine_warmup
 from ..models import get_adapter
+from ..parallel import World
 from .state import RunState, load_training, save_training
 
 GENERATED_PREFIX = 8  # tokens of a calibration window each generated window continues
@@ -92,6 +93,12 @@ class E2EConfig:
         "on, off, or auto (on where the device has a compiler: a C++ compiler on CPUs, triton on CUDA); results "
         "equal eager ones within float rounding",
     )
+    batch: int = option(
+        1,
+        "windows per step and rank (their gradients averaged); under torchrun every rank takes this many windows "
+        "of each step's batch, so a step sees batch x ranks windows",
+        minimum=1,
+    )
     checkpoint: bool = option(
         False,
         "recompute each decoder layer in the backward (activation checkpointing): the stage then keeps only "
@@ -103,10 +110,12 @@ class E2EConfig:
     save_every: int = 25
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.heldout, self.windows, self.generated) < 0 or self.topk < 1 or self.save_every < 1:
+        if min(self.steps, self.heldout, self.windows, self.generated) < 0 or min(self.topk, self.save_every) < 1:
             raise PTQ161Error(
                 "e2e needs steps >= 0, topk >= 1, windows >= 0, generated >= 0, heldout >= 0 and save_every >= 1"
             )
+        if self.batch < 1:
+            raise PTQ161Error(f"e2e batch must be at least 1, got {self.batch}")
         if self.kl not in ("tail", "topk"):
             raise PTQ161Error(f"e2e kl must be 'tail' or 'topk', got {self.kl!r}")
         check_compile_setting(self.compile)
@@ -175,17 +184,21 @@ def with_generated(
 
 
 @torch.no_grad()
-def teacher_topk(model: nn.Module, windows: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+def teacher_topk(
+    model: nn.Module, windows: torch.Tensor, k: int, world: World | None = None
+) -> dict[str, torch.Tensor]:
     """Top-k logits of ``model`` for every token of windows int64 [N, T]: values float32 [N, T, k], indices
-    int32 [N, T, k], and ``rest`` float32 [N, T, 1], the logsumexp of the other logits (the tail's mass)."""
+    int32 [N, T, k], and ``rest`` float32 [N, T, 1], the logsumexp of the other logits (the tail's mass).
+    Under torchrun (``world``) each rank computes its share of the windows and every rank gets them all."""
+    world = world or World.current()
     device = next(model.parameters()).device
-    vals, idx, rest = [], [], []
-    for w in windows:
-        logits = model(input_ids=w[None].to(device), use_cache=False).logits[0].float()
+    mine = {}
+    for i in world.shard(windows.shape[0]):
+        logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0].float()
         top = torch.topk(logits, k, dim=-1)
-        vals.append(top.values.cpu())
-        idx.append(top.indices.to(torch.int32).cpu())
-        rest.append(rest_logsumexp(logits, top.indices).cpu())
+        rest = rest_logsumexp(logits, top.indices).cpu()
+        mine[i] = (top.values.cpu(), top.indices.to(torch.int32).cpu(), rest)
+    vals, idx, rest = zip(*world.gather(windows.shape[0], mine), strict=True)
     return {"values": torch.stack(vals), "indices": torch.stack(idx), "rest": torch.stack(rest)}
 
 
@@ -361,8 +374,15 @@ def train_end_to_end(
 ) -> tuple[dict[str, Parts], dict[str, Any]]:
     """Train ``method``'s factors of every layer in ``parts`` on ``windows`` [N, T] against ``teacher``.
 
-    Returns (new parts, log). The model's quantized linears end with the weights of the new parts.
+    Step k trains on the ``cfg.batch x ranks`` training windows that follow step k - 1's (cyclically), the
+    mean KL over them. Under torchrun (``World.current()``) window j of a step belongs to rank j % ranks:
+    every rank starts from rank 0's parts, computes its windows' gradients, and the ranks sum them
+    (all-reduce), so each rank takes the same optimizer step as one process with the whole batch would;
+    rank 0 alone saves the state. Returns (new parts, log). The model's quantized linears end with the
+    weights of the new parts.
     """
+    world = World.current()
+    parts = world.broadcast(parts)  # one start for every rank, whatever its own block stage gave
     device = next(model.parameters()).device
     modules = {
         path: method.trainable_module(p, model.get_submodule(path).bias, cfg.train_signs, device)
@@ -393,10 +413,16 @@ def train_end_to_end(
     opt = adamw(groups)
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_warmup(k, cfg.steps, warm))
+    per_step = cfg.batch * world.size
     t0 = time.perf_counter()
     try:
-        stage = (state.progress() if state is not None else None) or {"step": 0, "losses": []}
+        stage = (state.progress() if state is not None else None) or {"step": 0, "losses": [], "ranks": world.size}
         step = stage["step"]
+        if stage.get("ranks", 1) != world.size:
+            raise PTQ161Error(
+                f"the saved end-to-end stage ran on {stage.get('ranks', 1)} rank(s); resume it with as many "
+                f"(this run has {world.size})"
+            )
         if step:
             tensors = load_training(state, "e2e", opt, sched, stage)
             with torch.no_grad():
@@ -408,20 +434,25 @@ def train_end_to_end(
         bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
         with torch.enable_grad(), wrapped_layers(model, layers, call):
             while step < cfg.steps:
-                i = step % n_train
-                logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0]
-                loss = topk_kl(logits, *_target(teacher, i, cfg.kl, device))
-                if not torch.isfinite(loss):
-                    raise PTQ161Error(f"end-to-end KL became {loss.item()} at step {step}; lower --e2e-lr")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = torch.zeros((), dtype=torch.float64)
+                for j in range(world.rank, per_step, world.size):  # this rank's windows of the step
+                    i = (step * per_step + j) % n_train
+                    logits = model(input_ids=windows[i][None].to(device), use_cache=False).logits[0]
+                    kl = topk_kl(logits, *_target(teacher, i, cfg.kl, device)) / per_step
+                    kl.backward()
+                    loss += kl.detach().double().cpu()
+                if world.size > 1:
+                    _sum_gradients(world, params, loss)
+                if not torch.isfinite(loss):  # the same sum on every rank: all stop together
+                    raise PTQ161Error(f"end-to-end KL became {loss.item()} at step {step}; lower --e2e-lr")
                 opt.step()
                 sched.step()
                 stage["losses"].append(round(loss.item(), 6))
                 step += 1
                 bar.update(1)
                 bar.set_postfix(kl=f"{loss.item():.4f}")
-                if state is not None and (step % cfg.save_every == 0 or step == cfg.steps):
+                if state is not None and world.main and (step % cfg.save_every == 0 or step == cfg.steps):
                     _checkpoint(state, params, opt, sched, step, stage)
         bar.close()
         stage["heldout_kl_after"] = _kl_on(model, windows, teacher, held, cfg.kl)
@@ -452,12 +483,27 @@ def train_end_to_end(
         "heldout_kl_after": stage["heldout_kl_after"],
         "compiled": compiled,
         "checkpointed": cfg.checkpoint,
+        "ranks": world.size,
+        "windows_per_step": per_step,
         "signs_flipped": flipped,
         "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,
         "matmul_dtype": str(getattr(next(iter(modules.values())), "matmul_dtype", "float32")).removeprefix("torch."),
     }
     return new_parts, log
+
+
+def _sum_gradients(world: World, params: list[torch.Tensor], loss: torch.Tensor) -> None:
+    """Sum the gradients of ``params`` and the float64 scalar ``loss`` over the ranks, in one all-reduce
+    (in place; a parameter without a gradient counts as zeros)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).double() for g in grads] + [loss.reshape(1)])
+    world.all_reduce_(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view(g.shape).to(p.dtype)
+        offset += g.numel()
+    loss.copy_(flat[-1])
 
 
 def _checkpoint(state: RunState, params: list[torch.Tensor], opt, sched, step: int, stage: dict[str, Any]) -> None:

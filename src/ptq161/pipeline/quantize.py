@@ -18,6 +18,7 @@ from ..eval.report import run_metadata
 from ..methods import Method, get_method
 from ..methods.block_training import resolve_compile
 from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
+from ..parallel import World
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
 from .driver import quantize_blockwise, streams_bytes, streams_placement
@@ -77,9 +78,11 @@ def quantize(
         raise PTQ161Error("quantizing an nn.Module needs its tokenizer (tokenizer=...)")
     model_spec = str(model) if not isinstance(model, nn.Module) else module_name(model)
     out = Path(output) if output is not None else None
-    with output_lock(out):  # one run at a time per output directory
-        if out is not None:
+    world = World.current()  # under torchrun: the end-to-end stage is shared by the ranks, rank 0 writes
+    with output_lock(out if world.main else None):  # one run at a time per output directory
+        if out is not None and world.main:
             output_dir.check_output_dir(out, resume)
+        world.barrier()  # the other ranks read the state only once rank 0 has checked the directory
         lazy = None
         if isinstance(model, nn.Module):
             tok, device = tokenizer, str(module_device(model))
@@ -91,6 +94,8 @@ def quantize(
                 )
             if out is None:
                 raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
+            if world.size > 1:
+                raise PTQ161Error("block onloading runs in one process: start it without torchrun")
             lazy, tok = load_model_lazy(
                 model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
             )
@@ -122,12 +127,13 @@ def quantize(
         settings["dtype"] = str(dtype).removeprefix("torch.")  # a resumed run must keep it; the device may change
         if e2e.steps:
             settings["e2e"] = e2e.to_dict()
-        state = RunState(out, settings) if out is not None else None
+        state = RunState(out, settings, writes=world.main) if out is not None else None
         t0 = time.perf_counter()
         teacher = None
         if e2e.steps:  # from the FP model, before the block stage changes it
-            targets_state = RunState(out, settings, stage="e2e-targets") if out is not None else None
+            targets_state = RunState(out, settings, stage="e2e-targets", writes=world.main) if out else None
             e2e_windows, teacher = e2e_targets(model, e2e_windows, e2e, calib.seed, targets_state, progress)
+        world.barrier()  # every rank reads the block stage's saved state before rank 0 moves it on
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
         res = quantize_blockwise(
@@ -135,7 +141,7 @@ def quantize(
         )
         e2e_log = None
         if e2e.steps:
-            e2e_state = RunState(out, settings, stage="e2e") if out is not None else None
+            e2e_state = RunState(out, settings, stage="e2e", writes=world.main) if out is not None else None
             res.parts, e2e_log = train_end_to_end(
                 model, impl, res.parts, e2e_windows, teacher, e2e, e2e_state, progress
             )
@@ -152,6 +158,9 @@ def quantize(
             "block_logs": res.block_logs,
             **({"e2e_log": e2e_log} if e2e_log is not None else {}),
         }
+        meta["ranks"] = world.size
+        if not world.main:  # rank 0 writes the result
+            out = None
         meta["head"] = head if out is not None else "fp32"  # only a written output has a head format
         meta["block_onloading"] = lazy is not None
         if lazy is not None:

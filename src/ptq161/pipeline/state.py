@@ -33,9 +33,10 @@ def fingerprint(settings: dict[str, Any]) -> str:
 class RunState:
     """Resume state of one run in ``root / STATE_DIR``, bound to the run's ``settings``."""
 
-    def __init__(self, root: Path, settings: dict[str, Any], stage: str = "") -> None:
+    def __init__(self, root: Path, settings: dict[str, Any], stage: str = "", writes: bool = True) -> None:
         self.dir = root / STATE_DIR / stage if stage else root / STATE_DIR
         self.fingerprint = fingerprint(settings)
+        self.writes = writes  # False: reads what another process (rank 0 of a torchrun job) writes
 
     def progress(self) -> dict[str, Any] | None:
         """The last committed progress record, or None when there is nothing to resume."""
@@ -49,6 +50,8 @@ class RunState:
 
     def save(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         """Write the tensor file ``name`` (not yet part of the state until ``commit``)."""
+        if not self.writes:
+            return
         atomic_save_file({k: v.detach().cpu() for k, v in tensors.items()}, self.dir / f"{name}.safetensors")
 
     def load(self, name: str) -> dict[str, torch.Tensor]:
@@ -57,6 +60,8 @@ class RunState:
 
     def commit(self, progress: dict[str, Any], drop: Iterable[str] = ()) -> None:
         """Record ``progress`` (JSON) as the new state, then delete the tensor files named in ``drop``."""
+        if not self.writes:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / PROGRESS, {"fingerprint": self.fingerprint, "progress": progress})
         for name in drop:
@@ -64,6 +69,8 @@ class RunState:
 
     def remove(self) -> None:
         """Delete the whole state (the run finished)."""
+        if not self.writes:
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
