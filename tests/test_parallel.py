@@ -139,6 +139,7 @@ def _ranks(args: list[str]) -> list[subprocess.Popen]:
     ]
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_job_in_one_line_without_an_artifact_and_resume_finishes_it(e2e_model, tmp_path):
     """Rank 0 killed once the stage has saved a step: the other rank exits 2 with a one-line error (no
     traceback), the output holds only the resume state; `--resume` on 2 ranks under torchrun finishes it with

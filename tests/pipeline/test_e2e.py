@@ -388,6 +388,7 @@ def test_checkpointed_layers_keep_less_for_the_backward_and_give_the_same_gradie
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_checkpointed_e2e_equals_plain_e2e(tiny_model_dir, text_file, tmp_path):
     cfg = dataclasses.replace(E2E, steps=6)
     plain = _run(tiny_model_dir, text_file, None, cfg)
