@@ -432,6 +432,7 @@ def train_end_to_end(
             stage["heldout_kl_before"] = _kl_on(model, windows, teacher, held, cfg.kl)
             stage["train_kl_before"] = _kl_on(model, windows, teacher, range(min(n_train, 8)), cfg.kl)
         bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
+        first_step, reduce_seconds, t_steps = step, 0.0, time.perf_counter()
         with torch.enable_grad(), wrapped_layers(model, layers, call):
             while step < cfg.steps:
                 opt.zero_grad(set_to_none=True)
@@ -443,7 +444,9 @@ def train_end_to_end(
                     kl.backward()
                     loss += kl.detach().double().cpu()
                 if world.size > 1:
+                    t_reduce = time.perf_counter()
                     _sum_gradients(world, params, loss)
+                    reduce_seconds += time.perf_counter() - t_reduce
                 if not torch.isfinite(loss):  # the same sum on every rank: all stop together
                     raise PTQ161Error(f"end-to-end KL became {loss.item()} at step {step}; lower --e2e-lr")
                 opt.step()
@@ -455,6 +458,7 @@ def train_end_to_end(
                 if state is not None and world.main and (step % cfg.save_every == 0 or step == cfg.steps):
                     _checkpoint(state, params, opt, sched, step, stage)
         bar.close()
+        steps_run, t_steps = step - first_step, time.perf_counter() - t_steps
         stage["heldout_kl_after"] = _kl_on(model, windows, teacher, held, cfg.kl)
         stage["train_kl_after"] = _kl_on(model, windows, teacher, range(min(n_train, 8)), cfg.kl)
         new_parts = {path: mod.parts() for path, mod in modules.items()}
@@ -485,6 +489,10 @@ def train_end_to_end(
         "checkpointed": cfg.checkpoint,
         "ranks": world.size,
         "windows_per_step": per_step,
+        # this run's steps (a resumed run: those after the resume): wall time and the all-reduce's share
+        "step_seconds": t_steps / steps_run if steps_run else None,
+        "allreduce_seconds_per_step": reduce_seconds / steps_run if steps_run else None,
+        "allreduce_bytes": 8 * (sum(p.numel() for p in params) + 1) if world.size > 1 else 0,
         "signs_flipped": flipped,
         "signs_flipped_share": flipped / n_signs if n_signs else 0.0,
         "seconds": time.perf_counter() - t0,
