@@ -27,7 +27,7 @@ TINY = {
     "e2e_compile": "off",
 }
 # what ptq161.json records of the run rather than of the result: how long and how much memory it took
-RUN_RECORD = {"seconds", "peak_rss_mb", "time_s"}
+RUN_RECORD = {"seconds", "peak_rss_mb", "time_s", "step_seconds", "allreduce_seconds_per_step"}
 
 
 def _flags(settings: dict) -> list[str]:

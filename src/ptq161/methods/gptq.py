@@ -9,9 +9,9 @@ import torch
 from ..config import option
 from ..errors import PTQ161Error
 from ..primitives.quant import rtn_asym_params, rtn_dequantize, rtn_quantize
-from .base import MethodConfig
+from .base import MethodConfig, Parts
 from .gptq_math import gptq_quantize, prepare_hessian
-from .layerwise import LayerwiseMethod, grouped_rtn_bits
+from .layerwise import GroupedEndToEnd, LayerwiseMethod, grouped_parts, grouped_rtn_bits
 
 
 @dataclass
@@ -32,25 +32,41 @@ class GPTQConfig(MethodConfig):
             raise PTQ161Error("damp must be in (0, 1)")
 
 
+def gptq_layer_codes(
+    w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, damp: float, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ-quantize W [m, n] with Hessian H [n, n] -> (dequantized Q [m, n], codes uint8 [m, n], scale fp16
+    [m, G], zero uint8 [m, G]) with G = ceil(n / group_size) groups (group_size 0: one per row)."""
+    w, hinv = prepare_hessian(w, h, damp)
+    m, n = w.shape
+    groups = -(-n // group_size) if group_size else 1
+    scales, zeros = torch.empty(m, groups, dtype=torch.float16), torch.empty(m, groups, dtype=torch.uint8)
+    codes = torch.empty(m, n, dtype=torch.uint8)
+    params = {"p": rtn_asym_params(w, bits)}
+    scales[:, 0], zeros[:, 0] = params["p"]
+
+    def quantize_column(col: torch.Tensor, idx: int) -> torch.Tensor:
+        scale, zero = params["p"]
+        codes[:, idx] = rtn_quantize(col[:, None], scale, zero, bits)[:, 0]
+        return rtn_dequantize(codes[:, idx : idx + 1], scale, zero)[:, 0]
+
+    def on_block(w_block: torch.Tensor, start: int) -> None:
+        if group_size:
+            params["p"] = rtn_asym_params(w_block, bits)  # groups = blocks, fitted on the updated weights
+            scales[:, start // group_size], zeros[:, start // group_size] = params["p"]
+
+    q = gptq_quantize(w, hinv, quantize_column, blocksize, on_block=on_block)
+    return q, codes, scales, zeros
+
+
 def gptq_layer(
     w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, damp: float, blocksize: int
 ) -> torch.Tensor:
     """GPTQ-quantize W [m, n] with Hessian H [n, n]; returns dequantized Q [m, n]."""
-    w, hinv = prepare_hessian(w, h, damp)
-    params = {"p": rtn_asym_params(w, bits)}
-
-    def quantize_column(col: torch.Tensor, idx: int) -> torch.Tensor:
-        scale, zero = params["p"]
-        return rtn_dequantize(rtn_quantize(col[:, None], scale, zero, bits), scale, zero)[:, 0]
-
-    def on_block(w_block: torch.Tensor, _start: int) -> None:
-        if group_size:
-            params["p"] = rtn_asym_params(w_block, bits)  # groups = blocks, fitted on the updated weights
-
-    return gptq_quantize(w, hinv, quantize_column, blocksize, on_block=on_block)
+    return gptq_layer_codes(w, h, bits, group_size, damp, blocksize)[0]
 
 
-class GPTQ(LayerwiseMethod):
+class GPTQ(GroupedEndToEnd, LayerwiseMethod):
     """GPTQ on the shared block-wise driver."""
 
     name = "gptq"
@@ -61,6 +77,12 @@ class GPTQ(LayerwiseMethod):
         """W [m, n], H [n, n] -> dequantized Q [m, n]."""
         c = self.config
         return gptq_layer(w, h, c.bits, c.group_size, c.damp, c.blocksize), {}
+
+    def layer_parts(self, w: torch.Tensor, h: torch.Tensor | None) -> Parts:
+        """W [m, n], H [n, n] -> ``grouped_parts`` (codes, per-group fp16 scale and b-bit zero)."""
+        c = self.config
+        _, codes, scale, zero = gptq_layer_codes(w, h, c.bits, c.group_size, c.damp, c.blocksize)
+        return grouped_parts(codes, scale, zero, c.group_size)
 
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:
         """b bits per weight + per group an fp16 scale and a b-bit zero."""

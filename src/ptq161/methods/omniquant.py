@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import option
 from ..errors import PTQ161Error
-from ..primitives.quant import STORAGE_DTYPE
+from ..primitives.quant import STORAGE_DTYPE, grouped_dequantize
 from .base import BlockContext, BlockResult, MethodConfig, Parts
 from .block_training import (
     TrainSettings,
@@ -32,7 +32,7 @@ from .block_training import (
     swapped_in,
     train_block,
 )
-from .layerwise import LayerwiseMethod, grouped_rtn_bits, write_dense
+from .layerwise import GroupedEndToEnd, LayerwiseMethod, grouped_parts, grouped_rtn_bits, write_dense
 
 
 @dataclass
@@ -89,8 +89,11 @@ def lwc_fake_quant(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bit
     return ((q - zero) * scale).reshape(m, -1)[:, :n]
 
 
-def lwc_stored(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """The stored weight: codes against the fp16-rounded scale and a b-bit zero point, dequantized. [m, n]."""
+def lwc_codes(
+    w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stored form of W [m, n] with clipping gamma, beta [m, G, 1]: (codes uint8 [m, n] against the
+    fp16-rounded scale, scale fp16 [m, G], b-bit zero point uint8 [m, G])."""
     m, n = w.shape
     wg = grouped(w, group_size)
     lo, hi = lwc_range(wg, gamma, beta)
@@ -99,7 +102,14 @@ def lwc_stored(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: i
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
     q = torch.clamp(torch.round(wg / scale) + zero, 0, qmax)
-    return ((q - zero) * scale).reshape(m, -1)[:, :n]
+    codes = q.reshape(m, -1)[:, :n].to(torch.uint8)
+    return codes, scale[..., 0].to(STORAGE_DTYPE), zero[..., 0].to(torch.uint8)
+
+
+def lwc_stored(w: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """The stored weight: ``lwc_codes`` dequantized, float32 [m, n]."""
+    codes, scale, zero = lwc_codes(w, gamma, beta, bits, group_size)
+    return grouped_dequantize(codes, scale, zero, group_size)
 
 
 class LWCLinear(nn.Module):
@@ -125,13 +135,19 @@ class LWCLinear(nn.Module):
         with torch.no_grad():
             return lwc_stored(self.w, self.gamma, self.beta, self.bits, self.group_size)
 
+    def stored_parts(self) -> Parts:
+        """``grouped_parts`` of the trained clipping."""
+        with torch.no_grad():
+            codes, scale, zero = lwc_codes(self.w, self.gamma, self.beta, self.bits, self.group_size)
+        return grouped_parts(codes.cpu(), scale.cpu(), zero.cpu(), self.group_size)
+
 
 def mse_loss(y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor]:
     """(MSE of block outputs y [b, seq, d] against the FP block's outputs target [b, seq, d],)."""
     return (F.mse_loss(y, target.to(y.device)),)
 
 
-class OmniQuant(LayerwiseMethod):
+class OmniQuant(GroupedEndToEnd, LayerwiseMethod):
     """OmniQuant's LWC on the shared block-wise driver and block training loop (dense "fake-quant" output)."""
 
     name = "omniquant"
@@ -157,7 +173,8 @@ class OmniQuant(LayerwiseMethod):
                 )
         parts: dict[str, Parts] = {}
         for name, mod in modules.items():
-            parts[name] = write_dense(ctx.linears[name], mod.stored_weight().cpu())
+            parts[name] = mod.stored_parts()
+            write_dense(ctx.linears[name], self.dequantize(parts[name]))
         return BlockResult(parts, log)
 
     def bits(self, m: int, n: int, counts: dict[str, int]) -> tuple[float, int]:

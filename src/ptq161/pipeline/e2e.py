@@ -389,7 +389,10 @@ def train_end_to_end(
         for path, p in parts.items()
     }
     if any(m is None for m in modules.values()):
-        raise PTQ161Error(f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes)")
+        raise PTQ161Error(
+            f"method '{method.name}' has no end-to-end stage (--e2e-steps needs ptq161 with 4-bit codes, gptq or "
+            "omniquant)"
+        )
     originals = {path: model.get_submodule(path) for path in parts}
     layers: dict[str, nn.Module] = {}
     compiled = resolve_compile(cfg.compile, device)

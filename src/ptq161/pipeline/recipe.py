@@ -174,9 +174,10 @@ def resolve_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) 
     """The recipe ``recipe`` (default ``DEFAULT_RECIPE``) with ``overrides`` (flat names) applied.
 
     Changing ``method`` keeps the settings the recipe chose for its method (those that differ from that
-    method's defaults) that the new method also has (e.g. ``epochs``),
-    and its end-to-end stage only if the new method has one. An end-to-end setting given while the
-    stage ends up off is refused, as is a setting no section has.
+    method's defaults) that the new method also has (e.g. ``epochs``), but not its end-to-end stage (a
+    baseline runs as its paper describes it): ``e2e_steps`` adds one where the new method has one (ptq161,
+    gptq, omniquant). An end-to-end setting given while the stage ends up off is refused, as is a setting
+    no section has.
     """
     base = recipe if isinstance(recipe, Recipe) else read_recipe(recipe or DEFAULT_RECIPE)
     d = base.to_dict()
@@ -189,8 +190,7 @@ def resolve_recipe(recipe: str | Path | Recipe | None = None, **overrides: Any) 
         old_defaults = get_method(d["method"]).config_class().to_dict()
         chosen = {k: v for k, v in d["method_settings"].items() if v != old_defaults.get(k)}
         d["method_settings"] = {k: v for k, v in chosen.items() if k in names}
-        if not cls(cls.config_class(**d["method_settings"])).trains_end_to_end:
-            d["e2e"]["steps"] = 0
+        d["e2e"]["steps"] = 0  # the recipe's stage was chosen for its method: e2e_steps runs one for the new
         d["output"]["head"] = None  # back to the new method's default
         d["method"] = method
     e2e_given = [k for k in overrides if k.startswith("e2e_") and k != "e2e_steps"]

@@ -60,6 +60,18 @@ def rtn_grouped(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     return out
 
 
+def group_columns(n: int, group_size: int) -> torch.Tensor:
+    """Group index of each of n columns in groups of ``group_size`` (0: one group), int64 [n]."""
+    return torch.arange(n) // (group_size or max(n, 1))
+
+
+def grouped_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(codes [m, n] - zero [m, G]) * scale [m, G], group g covering columns g * group_size ... (group_size 0:
+    G = 1) -> float32 [m, n]. ``zero`` may be integer (b-bit) or float (a trained zero point)."""
+    cols = group_columns(codes.shape[1], group_size).to(codes.device)
+    return (codes.float() - zero.float()[:, cols]) * scale.float()[:, cols]
+
+
 def rtn_stored_bits(m: int, n: int, bits: int, group_size: int) -> int:
     """Stored bits of an [m, n] layer in grouped RTN format: b bits a weight + per group an fp16 scale, a b-bit zero."""
     groups = math.ceil(n / (group_size or n))
