@@ -17,7 +17,7 @@ import uvicorn
 from ptq161.api import load
 from ptq161.runtime.engine import DecodeEngine
 from ptq161.runtime.generate import Generation
-from ptq161.serve import FifoLock, ServedModel, create_app
+from ptq161.serve import ServedModel, create_app
 from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
 
 CHAT_TEMPLATE = (
@@ -165,29 +165,44 @@ def test_api_key_unknown_route_models_and_health(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
-def test_64_concurrent_clients_are_all_answered(server):
+def _os_threads() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_64_concurrent_clients_are_all_answered_on_one_decoder_thread(server):
+    """Plain answers and streams alike decode on the one decoder thread: after 64 concurrent clients the
+    process has no more threads than after one request (a thread pool would keep its threads, and each
+    thread that ran the numba kernels its own OpenMP team and allocator arena)."""
+    assert _post(server, "/v1/completions", OK).status_code == 200
+    before = _os_threads()
+    bodies = [OK, {**OK, "stream": True}] * 32
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
-        codes = list(pool.map(lambda _: _post(server, "/v1/completions", OK).status_code, range(64)))
+        codes = list(pool.map(lambda b: _post(server, "/v1/completions", b).status_code, bodies))
     assert codes == [200] * 64
+    deadline = time.time() + 10  # the clients' own threads end after the pool closes
+    while _os_threads() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert _os_threads() <= before
+    assert [t.name for t in threading.enumerate()].count("ptq161-decoder_0") == 1
 
 
-def test_the_decoder_lock_is_granted_in_arrival_order():
-    lock, order = FifoLock(), []
-    with lock:  # held while eight threads line up one after another
-        threads = []
-        for i in range(8):
-            threads.append(threading.Thread(target=lambda i=i: _take(lock, order, i)))
-            threads[-1].start()
-            while lock.waiting < i + 2:
-                time.sleep(0.001)
-    for t in threads:
-        t.join()
-    assert order == list(range(8)) and lock.waiting == 0
+def test_the_decoder_serves_requests_in_arrival_order(served):
+    import asyncio
 
+    order: list[int] = []
+    gate = threading.Event()
 
-def _take(lock: FifoLock, order: list[int], i: int) -> None:
-    with lock:
-        order.append(i)
+    async def arrive() -> None:
+        first = asyncio.ensure_future(served.run(gate.wait))  # holds the decoder until every job is queued
+        jobs = [asyncio.ensure_future(served.run(order.append, i)) for i in range(8)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, *jobs)
+
+    asyncio.run(arrive())
+    assert order == list(range(8))
 
 
 def test_a_client_dropping_mid_stream_frees_the_decoder(server, served):
@@ -199,7 +214,7 @@ def test_a_client_dropping_mid_stream_frees_the_decoder(server, served):
         assert first.startswith("data: ")
     cancelled = served.cancelled
     assert _post(server, "/v1/completions", OK).status_code == 200
-    assert served.cancelled == cancelled + 1  # its generation stopped early, the lock went to the next one
+    assert served.cancelled == cancelled + 1  # its generation stopped early, the decoder went to the next one
 
 
 def test_a_model_that_fails_to_load_gives_503():

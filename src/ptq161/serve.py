@@ -3,8 +3,10 @@
 FastAPI + uvicorn, pydantic request models. Endpoints: ``/v1/chat/completions`` and ``/v1/completions``
 (streamed as server-sent events with ``"stream": true``), ``/v1/models``, ``/health``. Chat messages go
 through the tokenizer's chat template. Requests are served one at a time by the one decoder (the fused
-engine for packed LLaMA-layout models, else the model's forward): a lock queues them in arrival order, and a streaming
-client that disconnects stops its generation at the next token (a watcher polls the connection).
+engine for packed LLaMA-layout models, else the model's forward) on one dedicated thread, in arrival order: the
+numba kernels' OpenMP team and the allocator's arena are those of that thread alone, so memory does not grow with
+the number of threads that ever decoded. A streaming client that disconnects stops its generation at the next
+token (a watcher polls the connection), or before it starts when it was still queued.
 Every error is a JSON body
 ``{"error": {"message", "type", "code"}}`` with its status: 400 bad request (malformed JSON, unknown
 field, out-of-range value, prompt + max_tokens beyond the context), 401 wrong API key, 404 unknown
@@ -14,6 +16,7 @@ model or route, 413 body too large, 503 model not loaded (still loading, or its 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import threading
@@ -28,7 +31,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import PTQ161Error
@@ -109,34 +111,6 @@ class ChatRequest(_Sampled):
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
-class FifoLock:
-    """A lock granted in the order threads ask for it (``threading.Lock`` is not fair: under load some
-    requests would wait many turns). Use as ``with lock:``."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._next = 0  # the next ticket to hand out
-        self._serving = 0  # the ticket that holds the lock
-
-    def __enter__(self) -> FifoLock:
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            self._cond.wait_for(lambda: self._serving == ticket)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
-
-    @property
-    def waiting(self) -> int:
-        """Threads holding or waiting for the lock."""
-        with self._cond:
-            return self._next - self._serving
-
-
 @dataclass
 class ServedModel:
     """The model behind the server; ``error`` is set when its load failed, ``model`` None while loading."""
@@ -149,8 +123,14 @@ class ServedModel:
     path: str = ""
     error: str | None = None
     cancelled: int = 0  # streamed generations stopped because their client went away
-    lock: FifoLock = field(default_factory=FifoLock)
+    decoder: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ptq161-decoder")
+    )  # the one thread every generation runs on, its queue in arrival order
     created: int = field(default_factory=lambda: int(time.time()))
+
+    async def run(self, job: Any, *args: Any) -> Any:
+        """``job(*args)`` on the decoder thread, after the jobs queued before it."""
+        return await asyncio.wrap_future(self.decoder.submit(job, *args))
 
     def load(self, loader: Any, engine_mode: str = "auto", context: int | None = None) -> None:
         """Load with ``loader() -> (model, tokenizer)`` and build the decoder; a failure is kept in ``error``."""
@@ -275,9 +255,8 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         if not req.stream:
 
             def run() -> dict[str, Any]:
-                with served.lock:
-                    for _ in gen:
-                        pass
+                for _ in gen:
+                    pass
                 return {"id": rid, "object": obj, "created": created, "model": served.name,
                         "choices": [choice(echo + gen.text, gen.finish_reason, False)], "usage": usage()}  # fmt: skip
 
@@ -305,7 +284,7 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     async def answer(request: Request, req: _Sampled, make: Any) -> Any:
         out = make()
         if not req.stream:
-            return JSONResponse(await run_in_threadpool(out))
+            return JSONResponse(await served.run(out))
 
         async def stream() -> Any:
             """Events from a worker thread that holds the decoder; a watcher stops it when the client goes."""
@@ -319,12 +298,14 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
 
             def work() -> None:
                 try:
-                    with served.lock:
-                        for chunk in out():
-                            if stop.is_set():
-                                served.cancelled += 1
-                                break
-                            put(chunk)
+                    if stop.is_set():  # the client left while queued: nothing to decode
+                        served.cancelled += 1
+                        return
+                    for chunk in out():
+                        if stop.is_set():
+                            served.cancelled += 1
+                            break
+                        put(chunk)
                 finally:
                     put(None)
 
@@ -334,7 +315,7 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
                         stop.set()
                     await asyncio.sleep(POLL_SECONDS)
 
-            worker = asyncio.create_task(run_in_threadpool(work))  # the same thread pool as plain answers
+            worker = asyncio.ensure_future(served.run(work))  # queued with plain answers on the decoder thread
             workers.add(worker)  # referenced until the thread ends, after the response may be gone
             worker.add_done_callback(workers.discard)
             watcher = asyncio.create_task(watch())
@@ -366,12 +347,11 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         for i, prompt in enumerate(prompts):
             ids = prompt_ids(prompt)
             gen = generation(ids, req, req.max_tokens)
-            with served.lock:
-                for _ in gen:
-                    pass
-                new = gen.tokens + ([gen.eos_token] if gen.eos_token is not None else [])  # OpenAI lists the eos too
-                seq = torch.cat([ids, torch.tensor([new], dtype=torch.long)], 1) if new else ids
-                lps, alts = token_logprobs(served.model, seq, req.logprobs or 0)
+            for _ in gen:
+                pass
+            new = gen.tokens + ([gen.eos_token] if gen.eos_token is not None else [])  # OpenAI lists the eos too
+            seq = torch.cat([ids, torch.tensor([new], dtype=torch.long)], 1) if new else ids
+            lps, alts = token_logprobs(served.model, seq, req.logprobs or 0)
             start = 0 if req.echo else ids.shape[1]
             toks = seq[0].tolist()[start:]
             names = [tok.decode([t]) for t in toks]
@@ -403,7 +383,7 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         if batch or req.logprobs is not None or (req.echo and not req.stream):
             if req.stream:
                 raise ApiError(400, "stream with logprobs or a batch of prompts is not supported", code="stream")
-            return JSONResponse(await run_in_threadpool(scored, req, prompts))
+            return JSONResponse(await served.run(scored, req, prompts))  # on the decoder thread, in turn
         ids = prompt_ids(prompts[0])
         echo = served.tokenizer.decode(ids[0]) if req.echo else ""  # streamed echo: the same text as unstreamed
         return await answer(request, req, lambda: respond(req, generation(ids, req, req.max_tokens), "text", echo))
