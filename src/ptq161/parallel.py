@@ -87,9 +87,7 @@ def collective_errors(world: World) -> Iterator[None]:
     one-line ``PTQ161Error`` naming this rank instead of the backend's multi-line error."""
     try:
         yield
-    except (RuntimeError, dist.DistError) as e:
-        if isinstance(e, PTQ161Error):
-            raise
+    except RuntimeError as e:  # the backends' errors (dist.DistError included)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PTQ161Error(
             f"rank {world.rank} of {world.size}: another rank stopped answering ({first}); the run can be resumed "

@@ -73,11 +73,6 @@ class GPTQ(GroupedEndToEnd, LayerwiseMethod):
     config_class = GPTQConfig
     config: GPTQConfig
 
-    def quantize_layer(self, w: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, int]]:
-        """W [m, n], H [n, n] -> dequantized Q [m, n]."""
-        c = self.config
-        return gptq_layer(w, h, c.bits, c.group_size, c.damp, c.blocksize), {}
-
     def layer_parts(self, w: torch.Tensor, h: torch.Tensor | None) -> Parts:
         """W [m, n], H [n, n] -> ``grouped_parts`` (codes, per-group fp16 scale and b-bit zero)."""
         c = self.config

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..calibration import record_hessians, run_block
 from ..errors import PTQ161Error
-from ..primitives.quant import STORAGE_DTYPE, group_columns, grouped_dequantize, rtn_stored_bits
+from ..primitives.quant import STORAGE_DTYPE, grouped_dequantize, rtn_stored_bits
 from .base import BlockContext, BlockResult, LayerBits, Method, Parts
 
 
@@ -51,7 +51,6 @@ class GroupedQuantLinear(nn.Module):
         super().__init__()
         self.group_size = int(parts["group_size"])
         self.register_buffer("codes", parts["codes"].clone())
-        self.register_buffer("cols", group_columns(parts["codes"].shape[1], self.group_size), persistent=False)
         self.register_buffer("scale0", parts["scale"].float().clone())
         self.register_buffer("zero0", parts["zero"].float().clone())
         self.g_scale = nn.Parameter(torch.ones_like(self.scale0))
@@ -60,8 +59,7 @@ class GroupedQuantLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The current weight [m, n] float32."""
-        scale, zero = self.scale0 * self.g_scale, self.zero0 + self.d_zero
-        return (self.codes.float() - zero[:, self.cols]) * scale[:, self.cols]
+        return grouped_dequantize(self.codes, self.scale0 * self.g_scale, self.zero0 + self.d_zero, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., n] -> [..., m]."""
@@ -100,7 +98,8 @@ def grouped_rtn_bits(bits: int, group_size: int, m: int, n: int) -> tuple[float,
 
 
 class LayerwiseMethod(Method):
-    """Subclasses implement ``quantize_layer`` and ``bits``; ``needs_hessian`` selects the forward pass."""
+    """Subclasses implement ``quantize_layer`` (or ``layer_parts``) and ``bits``; ``needs_hessian`` selects the
+    forward pass."""
 
     needs_hessian = True
 
@@ -140,10 +139,10 @@ class LayerwiseMethod(Method):
         """Bit accounting from the layer shape and the stored counts (grouped parts: from their shapes, a
         trained fp16 zero point counted at 16 bits)."""
         if "codes" in parts:
-            (m, n), groups = parts["codes"].shape, parts["scale"].shape[1]
-            zero_bits = 16 if parts["zero"].is_floating_point() else self.config.bits
+            (m, n), bits = parts["codes"].shape, self.config.bits
+            zero_bits = 16 if parts["zero"].is_floating_point() else bits
             paper, _ = self.bits(m, n, {})
-            return LayerBits(m * n, paper, m * n * self.config.bits + m * groups * (16 + zero_bits))
+            return LayerBits(m * n, paper, rtn_stored_bits(m, n, bits, int(parts["group_size"]), zero_bits))
         m, n = parts["weight"].shape
         counts = {k: int(v) for k, v in parts.items() if k != "weight"}
         paper, stored = self.bits(m, n, counts)

@@ -130,11 +130,6 @@ class LWCLinear(nn.Module):
         wq = lwc_fake_quant(self.w, self.gamma, self.beta, self.bits, self.group_size)
         return F.linear(x, wq.to(x.dtype), self.bias)
 
-    def stored_weight(self) -> torch.Tensor:
-        """The weight as stored after training, float32 [m, n]."""
-        with torch.no_grad():
-            return lwc_stored(self.w, self.gamma, self.beta, self.bits, self.group_size)
-
     def stored_parts(self) -> Parts:
         """``grouped_parts`` of the trained clipping."""
         with torch.no_grad():

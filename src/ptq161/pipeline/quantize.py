@@ -131,7 +131,7 @@ def quantize(
         t0 = time.perf_counter()
         teacher = None
         if e2e.steps:  # from the FP model, before the block stage changes it
-            targets_state = RunState(out, settings, stage="e2e-targets", writes=world.main) if out else None
+            targets_state = RunState(out, settings, stage="e2e-targets", writes=world.main) if out is not None else None
             e2e_windows, teacher = e2e_targets(model, e2e_windows, e2e, calib.seed, targets_state, progress)
         world.barrier()  # every rank reads the block stage's saved state before rank 0 moves it on
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)

@@ -72,10 +72,11 @@ def grouped_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     return (codes.float() - zero.float()[:, cols]) * scale.float()[:, cols]
 
 
-def rtn_stored_bits(m: int, n: int, bits: int, group_size: int) -> int:
-    """Stored bits of an [m, n] layer in grouped RTN format: b bits a weight + per group an fp16 scale, a b-bit zero."""
+def rtn_stored_bits(m: int, n: int, bits: int, group_size: int, zero_bits: int | None = None) -> int:
+    """Stored bits of an [m, n] layer in grouped RTN format: b bits a weight + per group an fp16 scale and a zero
+    point of ``zero_bits`` (default b; 16 for a trained fp16 zero point)."""
     groups = math.ceil(n / (group_size or n))
-    return m * n * bits + m * groups * (16 + bits)
+    return m * n * bits + m * groups * (16 + (bits if zero_bits is None else zero_bits))
 
 
 def binarize_rows(w: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
