@@ -14,7 +14,8 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from .data import default_eval_corpus, eval_tokens
 from .data.corpora import check_eval_name
 from .eval.perplexity import PerplexityResult, perplexity
-from .models import LazyModel, load_model, load_model_lazy, onloads
+from .models import LazyModel, load_model, load_model_lazy, placement_for
+from .models.placed import PLACEMENT_NAMES
 from .pipeline.output_dir import convert_output
 from .pipeline.preprocess import LoRAConfig, PreprocessResult, preprocess
 from .pipeline.quantize import QuantizeResult
@@ -115,6 +116,7 @@ def quantize(
     progress: bool = True,
     verify: bool = True,
     trust_remote_code: bool = False,
+    placement: str = "auto",
     **overrides: Any,
 ) -> QuantizeResult:
     """Quantize ``model`` with ``recipe`` (default "cpu"; ``ptq161 recipes`` lists them) and ``overrides``.
@@ -126,25 +128,28 @@ def quantize(
     method="gptq", bits=3`` (``Recipe.settings()`` lists a recipe's). The command line
     ``ptq161 quantize MODEL --recipe R --epochs 2 ...`` resolves the same way.
 
-    When a model spec does not fit ``max_memory`` (block onloading) and the end-to-end stage comes
-    from a recipe name or file rather than an explicit ``e2e_steps`` or ``Recipe``, the stage is
-    dropped with a warning (logged) and the recorded recipe says so; otherwise it is refused. With
-    ``output`` the result is saved (packed for PTQ1.61) with the resolved recipe in ``ptq161.json``.
+    When a model spec does not fit ``max_memory`` (block onloading, or accelerate placement on a GPU)
+    and the end-to-end stage comes from a recipe name or file rather than an explicit ``e2e_steps``
+    or ``Recipe``, the stage is dropped with a warning (logged) and the recorded recipe says so;
+    otherwise it is refused. With ``output`` the result is saved (packed for PTQ1.61) with the
+    resolved recipe in ``ptq161.json``.
     See ``ptq161.pipeline.quantize.quantize`` for the rest.
     """
     rec = resolve_recipe(recipe, **overrides)
     spec = None if isinstance(model, nn.Module) else str(model)
     from_file = not isinstance(recipe, Recipe) and overrides.get("e2e_steps") is None  # not asked for explicitly
-    if rec.e2e.steps and from_file and spec and onloads(spec, dtype, max_memory):
+    chosen = placement_for(spec, device, dtype, max_memory, placement) if spec else "whole"
+    if rec.e2e.steps and from_file and chosen != "whole":
         log.warning(
-            "%s is over half the memory budget: block onloading, without the recipe's end-to-end stage "
+            "%s does not fit the memory budget: %s, without the recipe's end-to-end stage "
             "(it needs the whole model; a larger --max-memory keeps it)",
             spec,
+            PLACEMENT_NAMES[chosen],
         )
         rec = dataclasses.replace(
             rec,
             e2e=dataclasses.replace(rec.e2e, steps=0),
-            description=f"{rec.description} End-to-end stage dropped: the model was block-onloaded.",
+            description=f"{rec.description} End-to-end stage dropped: {PLACEMENT_NAMES[chosen]}.",
         )
     return run_recipe(
         model,
@@ -159,4 +164,5 @@ def quantize(
         max_memory=max_memory,
         verify=verify,
         trust_remote_code=trust_remote_code,
+        placement=placement,
     )

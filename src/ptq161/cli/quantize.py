@@ -8,6 +8,7 @@ from typing import Any
 
 from ..api import quantize
 from ..methods import METHODS
+from ..models import PLACEMENTS
 from ..nn import HEAD_FORMATS
 from ..parallel import joined
 from ..pipeline.recipe import DEFAULT_RECIPE, recipe_names, resolve_recipe
@@ -59,6 +60,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(machine)
     add_dtype(machine)
     add_max_memory(machine)
+    machine.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="auto",
+        help="where the block stage keeps a model over the budget: onload (one decoder layer at a time from the "
+        "safetensors files), accelerate (accelerate's device map over the GPUs, the --max-memory of RAM and an "
+        "offload folder in --output), whole; auto (default): whole when it fits, else onload on the CPU and "
+        "accelerate on a GPU. Both give the numbers of the whole model, without the end-to-end stage",
+    )
     add_load_options(machine)
     p.set_defaults(func=run, setting_flags=flags)
 
@@ -90,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=torch_dtype(args.dtype),
             max_memory=args.max_memory,
+            placement=args.placement,
             progress=world.main,
             **load_options(args),
             **overrides,

@@ -26,6 +26,7 @@ from .builtin import BUILTIN, SMOLLM2_135M, BuiltinModel, builtin_model, join_an
 from .hf_quantizer import register as register_quantizer
 from .integrity import IntegrityError, verify_cache, verify_output_dir, write_cache_manifest
 from .lazy import LazyModel, available_memory, fits_in_memory, load_lazy, model_bytes, tensor_info
+from .placed import PlacedModel, accelerate_memory, choose_placement, load_placed
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,19 @@ def onloads(spec: str, dtype: torch.dtype, max_memory: int | None, seqlen: int |
     return not fits_in_memory(resolve_model_path(spec), dtype, budget, seqlen)  # a hub id fits: loaded whole
 
 
+def placement_for(
+    spec: str, device: str | torch.device, dtype: torch.dtype, max_memory: int | None, requested: str = "auto"
+) -> str:
+    """Where the block stage keeps ``spec``: ``"whole"``, ``"onload"`` or ``"accelerate"`` (``choose_placement``'s
+    rule on its weights' bytes, the RAM budget ``max_memory`` (default: available now) and the main GPU's
+    free memory)."""
+    device = torch.device(device)
+    budget = max_memory if max_memory is not None else available_memory()
+    gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    weights = model_bytes(resolve_model_path(spec), dtype)
+    return choose_placement(requested, device.type, weights, budget, gpu_free)
+
+
 def _remote_code_error(spec: str, e: Exception) -> PTQ161Error:
     """The one-line error for a failed load; names ``--trust-remote-code`` when that is the reason."""
     first = (str(e).splitlines() or [type(e).__name__])[0]
@@ -258,6 +272,40 @@ def load_model_lazy(
     except (OSError, ValueError) as e:
         raise _remote_code_error(spec, e) from None
     return load_lazy(where, config, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
+
+
+def load_model_placed(
+    spec: str,
+    *,
+    offload_dir: Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_memory: int | None = None,
+    verify: bool = True,
+    trust_remote_code: bool = False,
+) -> tuple[PlacedModel, Tokenizer]:
+    """``(PlacedModel, tokenizer)``: ``spec`` placed by accelerate over the GPUs (when ``device`` is one), the
+    RAM budget ``max_memory`` (default: available now) and ``offload_dir`` on disk (see ``ptq161.models.placed``)."""
+    where = resolve_model_path(spec, verify=verify)
+    try:
+        config = without_foreign_quantization(
+            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _remote_code_error(spec, e) from None
+    device = torch.device(device)
+    budget = max_memory if max_memory is not None else available_memory()
+    placed = load_placed(
+        where,
+        config,
+        device=device,
+        dtype=dtype,
+        max_memory=accelerate_memory(device, budget),
+        offload_dir=offload_dir,
+        trust_remote_code=trust_remote_code,
+    )
+    return placed, tokenizer
 
 
 def load_model(

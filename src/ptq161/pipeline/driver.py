@@ -17,10 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..calibration import capture_block_inputs, record_input_stats, run_block
+from ..calibration.capture import module_device
 from ..errors import check_finite
 from ..methods import BlockContext, Method, Parts
 from ..models import Adapter
 from ..models.lazy import LazyModel
+from ..models.placed import PlacedModel
 from .state import RunState
 
 
@@ -86,7 +88,7 @@ def quantize_blockwise(
     *,
     state: RunState | None = None,
     progress: bool = True,
-    lazy: LazyModel | None = None,
+    lazy: LazyModel | PlacedModel | None = None,
     streams_device: str | torch.device | None = None,
 ) -> DriverResult:
     """Quantize every decoder block of ``model`` in place with ``method``.
@@ -94,8 +96,9 @@ def quantize_blockwise(
     windows: int64 [N, seqlen] calibration tokens. Only one block's weights are changed
     at a time; the two activation streams [N, seqlen, d] stay live. With ``state`` the
     run saves itself after every block and continues from the last saved block. With
-    ``lazy`` (block onloading; ``model`` is ``lazy.model``) each block is loaded before its
-    turn and released after it: its quantized form lives on in the returned parts only.
+    ``lazy`` (block onloading or accelerate placement; ``model`` is ``lazy.model``) each block is loaded
+    before its turn (on the device it runs on) and released after it: its quantized form lives on in the
+    returned parts only.
     ``streams_device``: where the activation streams live (default: the model's device; the
     CPU when a GPU is too small for them, see ``streams_placement``).
     """
@@ -129,7 +132,7 @@ def quantize_blockwise(
         t0 = time.perf_counter()
         block = layers[i] if lazy is None else lazy.load_block(i)
         linears = adapter.block_linears(block)
-        call = calls[i]
+        call = calls[i] if lazy is None else calls[i].to(module_device(block))  # a placed block's own device
         with record_input_stats(linears) as stats:
             y_fp = run_block(block, x_fp, call)
 

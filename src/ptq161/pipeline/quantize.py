@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,8 @@ from ..errors import PTQ161Error
 from ..eval.report import run_metadata
 from ..methods import Method, get_method
 from ..methods.block_training import resolve_compile
-from ..models import LazyModel, get_adapter, load_model, load_model_lazy, onloads
+from ..models import LazyModel, get_adapter, load_model, load_model_lazy, load_model_placed, placement_for
+from ..models.placed import OFFLOAD_DIR, PLACEMENT_NAMES, PlacedModel, device_map_summary
 from ..parallel import World
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
@@ -25,6 +29,8 @@ from .driver import quantize_blockwise, streams_bytes, streams_placement
 from .e2e import E2EConfig, e2e_targets, train_end_to_end
 from .recipe import Recipe
 from .state import RunState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +59,7 @@ def quantize(
     max_memory: int | None = None,
     verify: bool = True,
     trust_remote_code: bool = False,
+    placement: str = "auto",
 ) -> QuantizeResult:
     """Run ``recipe`` on ``model`` (a model spec, a model directory, or an ``nn.Module`` with its ``tokenizer``).
 
@@ -71,6 +78,11 @@ def quantize(
     time, written to ``output`` (required then) as it is finished; an end-to-end stage is
     refused then (it needs the whole model). The returned model is then a ``LazyModel`` of the
     output directory (``ptq161.evaluate_perplexity`` takes it).
+
+    ``placement`` ("auto", "whole", "onload", "accelerate"; ``ptq161.models.placed.choose_placement``):
+    "auto" block-onloads on the CPU as above, and on a GPU lets accelerate place a model that does not
+    fit it (GPUs, then ``max_memory`` of CPU RAM, then an offload folder in ``output``, removed at the
+    end), handing the driver one decoder layer at a time on the device it runs on.
     """
     impl = get_method(recipe.method)(recipe.method_config)
     head, calib, e2e = recipe.head, recipe.calib, recipe.e2e
@@ -79,28 +91,49 @@ def quantize(
     model_spec = str(model) if not isinstance(model, nn.Module) else module_name(model)
     out = Path(output) if output is not None else None
     world = World.current()  # under torchrun: the end-to-end stage is shared by the ranks, rank 0 writes
-    with output_lock(out if world.main else None):  # one run at a time per output directory
+    with output_lock(out if world.main else None), contextlib.ExitStack() as cleanup:  # one run per output
         if out is not None and world.main:
             output_dir.check_output_dir(out, resume)
         world.barrier()  # the other ranks read the state only once rank 0 has checked the directory
-        lazy = None
+        lazy: LazyModel | PlacedModel | None = None
+        chosen = "whole"
         if isinstance(model, nn.Module):
             tok, device = tokenizer, str(module_device(model))
-        elif onloads(model_spec, dtype, max_memory):
+        else:
+            chosen = placement_for(model_spec, device, dtype, max_memory, placement)
+        if chosen != "whole":
             if e2e.steps:
                 raise PTQ161Error(
-                    "the model does not fit the memory budget (block onloading), and the end-to-end stage needs it "
-                    "whole: pass --e2e-steps 0 or a larger --max-memory"
+                    f"the model does not fit the memory budget ({PLACEMENT_NAMES[chosen]}), and the end-to-end stage "
+                    "needs it whole: pass --e2e-steps 0 or a larger --max-memory"
                 )
             if out is None:
-                raise PTQ161Error("block onloading writes each block as it is finished: give an output directory")
+                raise PTQ161Error(
+                    f"{PLACEMENT_NAMES[chosen]} writes each block as it is finished: give an output directory"
+                )
             if world.size > 1:
-                raise PTQ161Error("block onloading runs in one process: start it without torchrun")
+                raise PTQ161Error(f"{PLACEMENT_NAMES[chosen]} runs in one process: start it without torchrun")
+            log.info("%s: %s", model_spec, PLACEMENT_NAMES[chosen])
+        if chosen == "onload":
             lazy, tok = load_model_lazy(
                 model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
             )
             model = lazy.model
-        else:
+        elif chosen == "accelerate":
+            offload_dir = out / OFFLOAD_DIR
+            cleanup.callback(shutil.rmtree, offload_dir, ignore_errors=True)  # also when the run fails
+            lazy, tok = load_model_placed(
+                model_spec,
+                offload_dir=offload_dir,
+                device=device,
+                dtype=dtype,
+                max_memory=max_memory,
+                verify=verify,
+                trust_remote_code=trust_remote_code,
+            )
+            model = lazy.model
+            log.info("accelerate placement of %s: %s", model_spec, device_map_summary(model.hf_device_map))
+        elif not isinstance(model, nn.Module):
             model, tok = load_model(
                 model_spec, device=device, dtype=dtype, verify=verify, trust_remote_code=trust_remote_code
             )
@@ -162,8 +195,15 @@ def quantize(
         if not world.main:  # rank 0 writes the result
             out = None
         meta["head"] = head if out is not None else "fp32"  # only a written output has a head format
-        meta["block_onloading"] = lazy is not None
-        if lazy is not None:
+        meta["block_onloading"] = chosen == "onload"
+        meta["placement"] = chosen
+        if isinstance(lazy, PlacedModel):
+            meta["device_map"] = device_map_summary(lazy.model.hf_device_map)
+            shutil.rmtree(out / OFFLOAD_DIR, ignore_errors=True)
+            lazy = load_model_lazy(  # the output is written from the source's safetensors, as onloading does
+                model_spec, device="cpu", dtype=dtype, verify=False, trust_remote_code=trust_remote_code
+            )[0]
+        if lazy is not None:  # written one module at a time, from the source's safetensors and the parts
             output_dir.write_output_lazy(out, lazy, tok, impl, res.parts, meta, head)
             # the directory this call just wrote and hashed: reading it back needs no second sha256 pass
             lazy_out = load_model_lazy(
