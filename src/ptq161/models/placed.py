@@ -28,6 +28,7 @@ PLACEMENT_NAMES = {
     "onload": "block onloading",
     "accelerate": "accelerate placement",
 }
+GPU_SHARE = 0.9  # of a GPU's free memory given to the weights (accelerate's own default share)
 OFFLOAD_DIR = ".ptq161-offload"  # accelerate's offload folder inside the output directory, removed at the end
 
 
@@ -56,12 +57,12 @@ def choose_placement(
 
 
 def accelerate_memory(device: torch.device, ram_budget: int) -> dict[int | str, int]:
-    """accelerate's ``max_memory``: 90 % of each GPU's free memory when ``device`` is a GPU, and half of
+    """accelerate's ``max_memory``: ``GPU_SHARE`` of each GPU's free memory when ``device`` is a GPU, and half of
     ``ram_budget`` for the CPU (the other half is for the calibration streams and activations)."""
     out: dict[int | str, int] = {}
     if device.type == "cuda":
         for i in range(torch.cuda.device_count()):
-            out[i] = int(torch.cuda.mem_get_info(i)[0] * 0.9)
+            out[i] = int(torch.cuda.mem_get_info(i)[0] * GPU_SHARE)
     out["cpu"] = ram_budget // 2
     return out
 
