@@ -37,8 +37,11 @@ def test_decode_engine_matches_the_model_forward(overrides, permute):
     with torch.no_grad():
         full = model(input_ids=ids).logits[0, -1]  # every position's logits, no cache
         ref = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-        assert torch.equal(eng.prefill(ids), ref)  # the prompt goes through the model itself, last logits only
+        long = DecodeEngine(model, max_len=64, permute=permute, step_prefill=8)  # 9 tokens: the model's forward
+        assert torch.equal(long.prefill(ids), ref)  # the prompt goes through the model itself, last logits only
         assert torch.allclose(ref, full, atol=1e-5, rtol=1e-5)
+        short = eng.prefill(ids)  # 9 tokens <= STEP_PREFILL: one engine step each, its own K/V
+        assert torch.allclose(short, ref, atol=1e-4, rtol=1e-4) and int(short.argmax()) == int(ref.argmax())
         token, pos = int(ref.argmax()), ids.shape[1]
         for _ in range(6):  # each step: the model's own forward with its cache vs the engine
             want = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]

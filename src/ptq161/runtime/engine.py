@@ -11,7 +11,10 @@ so a layer has five.
 The lm_head stays the model's own module (one call per step; an int8 head runs its VNNI or
 float kernel); the final norm is the engine's RMSNorm, as in the layers; the embedding row
 is read with numpy for fp32 and int8 tables (the same values as the module's; other
-embeddings are called), the prompt is prefilled by the model's own forward, and the rotary
+embeddings are called), a prompt of up to ``step_prefill`` tokens goes through the engine's own
+steps (a token costs one step; the model's forward rebuilds every weight tile once per call, which
+short prompts do not repay: benchmarks/results/prefill_paths.md), a longer one through the
+model's own forward, and the rotary
 table comes from the model's rotary module, so rope variants are the model's, not
 re-implemented. (At this scale a torch call's overhead is a visible share of a step: the module
 calls for the embedding and the final norm were a quarter of it.)
@@ -43,6 +46,7 @@ from ..primitives.kernels import CODES, PERMUTE_SIGNS, SIGN, chunk_bounds, kerne
 from .capability import describe, engine_mismatches
 
 KINDS = LLAMA_LIKE.linear_names  # q, k, v, o, gate, up, down
+STEP_PREFILL = 16  # prompts up to this many tokens: one engine step per token (benchmarks/prefill_paths.py)
 
 
 class Scratch(NamedTuple):
@@ -273,13 +277,15 @@ class DecodeEngine:
     the sign-sum kernel (default: nibble tables in registers where the CPU has AVX-512, else byte tables).
     """
 
-    def __init__(self, model: nn.Module, max_len: int = 2048, permute: bool = PERMUTE_SIGNS) -> None:
+    def __init__(
+        self, model: nn.Module, max_len: int = 2048, permute: bool = PERMUTE_SIGNS, step_prefill: int = STEP_PREFILL
+    ) -> None:
         reason = self.unsupported_reason(model, max_len)
         if reason is not None:
             raise ValueError(f"the decode engine does not serve this model: {reason}")
         cfg = model.config
         adapter = get_adapter(model)
-        self.model, self.max_len, self.permute = model, max_len, bool(permute)
+        self.model, self.max_len, self.permute, self.step_prefill = model, max_len, bool(permute), step_prefill
         self.layers = adapter.decoder_layers(model)
         self.embed = model.get_submodule(adapter.embed)
         self.embed_row = _embedding_rows(self.embed)
@@ -387,7 +393,8 @@ class DecodeEngine:
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Run the prompt [1, T] through the model's own forward, keep its K/V; -> last logits [vocab]."""
+        """Run the prompt [1, T] into the cache -> the last position's logits [vocab]: up to ``step_prefill``
+        tokens one engine step each, a longer prompt through the model's own forward (its K/V copied in)."""
         from transformers import DynamicCache
 
         if input_ids.shape[0] != 1:
@@ -395,6 +402,11 @@ class DecodeEngine:
         n = input_ids.shape[1]
         if n >= self.max_len:
             raise ValueError(f"prompt of {n} tokens does not fit max_len {self.max_len}")
+        if n <= self.step_prefill:
+            tokens = input_ids[0].tolist()
+            for pos, token in enumerate(tokens[:-1]):
+                self._hidden_step(token, pos)
+            return self.step(tokens[-1], n - 1)
         cache = DynamicCache()
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **last_logits_only(self.model))
         for i, layer in enumerate(cache.layers):
@@ -418,4 +430,4 @@ class DecodeEngine:
         return generated, t1 - t0, time.perf_counter() - t1
 
 
-__all__ = ["DecodeEngine", "last_logits_only"]
+__all__ = ["STEP_PREFILL", "DecodeEngine", "last_logits_only"]

@@ -19,16 +19,49 @@ asked as a dict, a model the engine does not serve) it runs transformers' ``_sam
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.generation import GenerationMode
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+)
 
 from ..models.hf_quantizer import PTQ161HfQuantizer
 from .engine import DecodeEngine
 
 ENGINE_MODES = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+
+
+def _min_length_block(processor: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """For transformers' min-length processors: the eos ids they set to -inf at this length (empty: none
+    now); None for every other processor."""
+    if type(processor) is MinNewTokensLengthLogitsProcessor:
+        active = input_ids.shape[-1] - processor.prompt_length_to_skip < processor.min_new_tokens
+    elif type(processor) is MinLengthLogitsProcessor:
+        active = input_ids.shape[-1] < processor.min_length
+    else:
+        return None
+    return torch.as_tensor(processor.eos_token_id).reshape(-1) if active else torch.empty(0, dtype=torch.long)
+
+
+def apply_processors(processors: LogitsProcessorList, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """``processors(input_ids, scores)`` with the same result, the min-length processors applied as what they
+    compute (their eos columns set to -inf while the text is too short) instead of building a mask over the
+    vocabulary at every token. input_ids int64 [1, T], scores float32 [1, vocab] -> [1, vocab]."""
+    vocab = scores.shape[-1]
+    for p in processors:
+        block = _min_length_block(p, input_ids)
+        if block is None:
+            scores = LogitsProcessorList([p])(input_ids, scores)
+        elif block.numel():
+            scores = scores.clone()
+            scores[..., block[(block >= 0) & (block < vocab)]] = -math.inf
+    return scores
 
 
 def _engine_applies(model: nn.Module, input_ids: torch.Tensor, config: Any, max_len: int, kwargs: dict) -> bool:
@@ -89,7 +122,7 @@ class EngineDecoding:
         logits = engine.prefill(input_ids)
         pos = input_ids.shape[1]
         while True:
-            scores = logits_processor(input_ids, logits[None].float())
+            scores = apply_processors(logits_processor, input_ids, logits[None].float())
             if generation_config.do_sample:
                 token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)[0]
             else:
@@ -145,4 +178,4 @@ class EngineHfQuantizer(PTQ161HfQuantizer):
         return model
 
 
-__all__ = ["EngineDecoding", "EngineGenerate", "EngineHfQuantizer", "engine_decoding"]
+__all__ = ["EngineDecoding", "EngineGenerate", "EngineHfQuantizer", "apply_processors", "engine_decoding"]
