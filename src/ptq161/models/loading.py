@@ -250,6 +250,18 @@ def _remote_code_error(spec: str, e: Exception) -> PTQ161Error:
     return PTQ161Error(f"cannot load model '{spec}': {first}")
 
 
+def _config_and_tokenizer(spec: str, where: str, trust_remote_code: bool) -> tuple[Any, Tokenizer]:
+    """The model's config (a foreign quantization config dropped or refused) and tokenizer, read from ``where``."""
+    try:
+        config = without_foreign_quantization(
+            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _remote_code_error(spec, e) from None
+    return config, tokenizer
+
+
 def load_model_lazy(
     spec: str,
     *,
@@ -264,13 +276,7 @@ def load_model_lazy(
     ``trust_remote_code``: allow a model directory's own code to run (refused otherwise).
     """
     where = resolve_model_path(spec, verify=verify)
-    try:
-        config = without_foreign_quantization(
-            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
-        )
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _remote_code_error(spec, e) from None
+    config, tokenizer = _config_and_tokenizer(spec, where, trust_remote_code)
     return load_lazy(where, config, device=device, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
 
 
@@ -287,13 +293,7 @@ def load_model_placed(
     """``(PlacedModel, tokenizer)``: ``spec`` placed by accelerate over the GPUs (when ``device`` is one), the
     RAM budget ``max_memory`` (default: available now) and ``offload_dir`` on disk (see ``ptq161.models.placed``)."""
     where = resolve_model_path(spec, verify=verify)
-    try:
-        config = without_foreign_quantization(
-            AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code), spec
-        )
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _remote_code_error(spec, e) from None
+    config, tokenizer = _config_and_tokenizer(spec, where, trust_remote_code)
     device = torch.device(device)
     budget = max_memory if max_memory is not None else available_memory()
     placed = load_placed(
