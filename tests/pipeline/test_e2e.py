@@ -397,3 +397,33 @@ def test_checkpointed_e2e_equals_plain_e2e(tiny_model_dir, text_file, tmp_path):
     assert_parts_close(ckpt.parts, plain.parts)
     a, b = plain.meta["e2e_log"], ckpt.meta["e2e_log"]
     assert b["train_kl_after"] == pytest.approx(a["train_kl_after"], rel=1e-3, abs=1e-3 * a["train_kl_before"])
+
+
+def test_the_stage_holds_no_dense_weight_and_restores_the_block_stage_weights_when_it_fails(
+    tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    """During the stage the quantized linears' dense weights are released (only the trained modules live);
+    a stage that fails gives every linear back the weight it had before the stage, bit for bit."""
+    import ptq161.pipeline.quantize as quantize_module
+
+    seen, before, linears = [], {}, {}
+    real_train = e2e.train_end_to_end
+
+    def train(model, method, parts, *args, **kwargs):
+        for path in parts:
+            linears[path] = model.get_submodule(path)
+            before[path] = (linears[path].weight.detach().clone(), linears[path].weight.requires_grad)
+        return real_train(model, method, parts, *args, **kwargs)
+
+    def kl_then_fail(*args, **kwargs):
+        seen.append([lin.weight.is_meta for lin in linears.values()])
+        raise FloatingPointError("stop here")
+
+    monkeypatch.setattr(quantize_module, "train_end_to_end", train)
+    monkeypatch.setattr(e2e, "topk_kl", kl_then_fail)
+    with pytest.raises(FloatingPointError):
+        _run(tiny_model_dir, text_file, None, dataclasses.replace(E2E, steps=3))
+    assert seen and all(seen[0]) and len(seen[0]) == 14  # every quantized linear released during the stage
+    for path, lin in linears.items():
+        assert torch.equal(lin.weight, before[path][0]), path
+        assert lin.weight.requires_grad == before[path][1]

@@ -394,6 +394,7 @@ def train_end_to_end(
             "omniquant)"
         )
     originals = {path: model.get_submodule(path) for path in parts}
+    restore = _release_weights(originals)  # the stage trains its own modules: the dense weights are not kept
     layers: dict[str, nn.Module] = {}
     compiled = resolve_compile(cfg.compile, device)
     call = layer_call(compiled, cfg.checkpoint)
@@ -467,15 +468,15 @@ def train_end_to_end(
         new_parts = {path: mod.parts() for path, mod in modules.items()}
         flips = [mod.flipped() for mod in modules.values()] if cfg.train_signs else []
         flipped, n_signs = sum(f for f, _ in flips), sum(n for _, n in flips)
+    except BaseException:
+        restore(method, parts)  # the block stage's weights again, as before the stage
+        raise
     finally:
         for path, lin in originals.items():
             model.set_submodule(path, lin)
         for p in frozen:
             p.requires_grad_(True)
-    with torch.no_grad():
-        for path, p in new_parts.items():
-            lin = originals[path]
-            lin.weight.copy_(method.dequantize(p).to(lin.weight.device, lin.weight.dtype))
+    restore(method, new_parts)
     losses = stage["losses"]
     k = max(1, len(losses) // 10)
     log = {
@@ -502,6 +503,24 @@ def train_end_to_end(
         "matmul_dtype": str(getattr(next(iter(modules.values())), "matmul_dtype", "float32")).removeprefix("torch."),
     }
     return new_parts, log
+
+
+def _release_weights(linears: dict[str, nn.Module]) -> Any:
+    """Drop the dense weights of ``linears`` (path -> linear; to ``meta``, their memory freed) while the stage
+    trains its own modules; -> ``restore(method, parts)``, which gives each linear the weight of its parts
+    (``method.dequantize``) in its former device, dtype and ``requires_grad``."""
+    kept = {path: (lin.weight.device, lin.weight.dtype, lin.weight.requires_grad) for path, lin in linears.items()}
+    for lin in linears.values():
+        lin.weight = nn.Parameter(torch.empty_like(lin.weight, device="meta"), requires_grad=False)
+
+    def restore(method: Method, parts: dict[str, Parts]) -> None:
+        with torch.no_grad():
+            for path, lin in linears.items():
+                device, dtype, grad = kept[path]
+                w = method.dequantize(parts[path]).to(device, dtype)
+                lin.weight = nn.Parameter(w, requires_grad=grad)
+
+    return restore
 
 
 def _sum_gradients(world: World, params: list[torch.Tensor], loss: torch.Tensor) -> None:
