@@ -152,3 +152,19 @@ def test_compensated_init_lowers_the_layer_output_error_on_correlated_inputs():
         err_ind = ((w - independent_weight(w, mask)) @ inputs.T).pow(2).sum()
         err_cmp = ((w - compensated_weight(w, h, mask)) @ inputs.T).pow(2).sum()
         assert err_cmp < 0.8 * err_ind
+
+
+def test_the_tail_of_the_hessian_factor_is_the_factor_of_the_tail_block():
+    """What lets compensated_init's second pass reuse the first pass's factor: the trailing [k:, k:] block of
+    the upper Cholesky factor of H^-1 is the upper Cholesky factor of (H[k:, k:])^-1 (H damped once)."""
+    from ptq161.methods.gptq_math import prepare_hessian
+
+    n, k = 96, 70
+    _, h = correlated_inputs(n)
+    h[5, :] = h[:, 5] = 0  # a dead input channel as well
+    _, hinv = prepare_hessian(torch.zeros(1, n), h)
+    damped = h.double().clone()
+    damped[5, 5] = 1
+    damped += 0.01 * damped.diag().mean() * torch.eye(n, dtype=torch.float64)
+    tail = torch.linalg.cholesky(torch.linalg.inv(damped[k:, k:]), upper=True)
+    assert torch.allclose(hinv[k:, k:].double(), tail, rtol=1e-5, atol=1e-6 * tail.abs().max().item())

@@ -87,7 +87,8 @@ def compensated_init(
     error is spread over the columns not yet quantized, the salient ones included, so that these reach
     their least-squares values given the signs. The salient columns then get their per-row 4-bit range
     (over the compensated salient columns, or the original row for ``salient_range="row"``) and are
-    rounded with error feedback among themselves (Hessian block H[s, s]).
+    rounded with error feedback among themselves (Hessian block H[s, s], damped with the whole layer's
+    damping: the first pass's factor reused).
     Returns (sign float32 [m, n_b] in {-1, +1}, mu [m], s [m], codes uint8 [m, n_s], scale fp16 [m],
     zero uint8 [m]); with a diagonal h (no error feedback) this is the independent init: the signs of
     ``binary_init`` and the per-row RTN codes.
@@ -110,7 +111,9 @@ def compensated_init(
     compensated = gptq_quantize(wp, hinv, binarize, blocksize)[:, k:]
     if not sal_idx.numel():
         return sign, mu, s, torch.zeros(w.shape[0], 0, dtype=torch.uint8), *rtn_asym_params(w, bits)
-    w_sal, hinv_sal = prepare_hessian(compensated, hp[k:, k:], damp)
+    # the tail of the first pass's factor is the factor of the damped salient block's inverse (a Schur
+    # complement identity): the second pass reuses it instead of damping and factoring H[s, s] again
+    w_sal, hinv_sal = compensated, hinv[k:, k:].contiguous()
     scale, zero = rtn_asym_params(w_sal if salient_range == "salient" else w, bits)
     codes = torch.empty(w.shape[0], sal_idx.numel(), dtype=torch.uint8)
 
