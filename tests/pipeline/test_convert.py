@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tests.helpers import quantize_tiny
+from tests.helpers import quantize_tiny, save_model_dir, tiny_llama
 
 import ptq161
 from ptq161.errors import PTQ161Error
@@ -161,3 +161,98 @@ def test_int4_head_quantize_and_convert_write_the_same_tensors_and_logits(tiny_m
         assert torch.allclose(model(ids).logits, logits, rtol=0, atol=1e-5)
     with pytest.raises(PTQ161Error, match="already stores its embedding and lm_head in int4"):
         ptq161.convert(direct, tmp_path / "again", head="int8")
+
+
+@pytest.mark.parametrize("head", ["int8", "int4"])
+def test_a_tied_compact_head_is_the_embeddings_tensors_stored_once(head, text_file, tmp_path):
+    """A tied model's compact lm_head reads the compact embedding's tensors: none stored under lm_head, one
+    copy in memory after every way of loading (and after a dtype cast), the same logits as the in-process
+    result; convert from an fp32 head writes the same tensors as quantize."""
+    from transformers import AutoModelForCausalLM
+
+    src = save_model_dir(tiny_llama(tie_word_embeddings=True), tmp_path / "tied")
+    direct, plain, converted = tmp_path / "direct", tmp_path / "plain", tmp_path / "converted"
+    res = quantize_tiny(src, text_file, direct, epochs=1, nsamples=2, head=head)
+    quantize_tiny(src, text_file, plain, epochs=1, nsamples=2, head="fp32")
+    ptq161.convert(plain, converted, head=head)
+    want, got = _tensors(direct), _tensors(converted)
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    assert not any(k.startswith("lm_head.") for k in want) and any(k.startswith("model.embed_tokens.") for k in want)
+
+    def shared(model) -> bool:
+        emb, lm = model.model.embed_tokens, model.lm_head
+        return all(getattr(lm, n).data_ptr() == getattr(emb, n).data_ptr() for n in lm.STORED)
+
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = res.model(ids).logits
+    assert shared(res.model)
+    for path in (direct, converted):
+        model, logits = _load_logits(path, ids)
+        assert shared(model) and torch.equal(logits, expected)
+    hf = AutoModelForCausalLM.from_pretrained(direct)
+    with torch.no_grad():
+        assert shared(hf) and torch.equal(hf(ids).logits, expected)
+    hf.to(torch.bfloat16)  # a dtype cast keeps the stored dtypes and the one copy
+    assert shared(hf) and hf.lm_head.scale.dtype == torch.float16
+    fp_logits = _load_logits(plain, ids)[1]
+    rel = ((expected - fp_logits).norm() / fp_logits.norm()).item()
+    assert rel < (0.02 if head == "int8" else 0.2), rel
+
+
+def test_convert_stores_a_head_written_twice_once(text_file, tmp_path):
+    """A packed directory whose compact lm_head holds the embedding's very tensors (what a tied model's
+    head was before it was stored once) converts to the same format with the head stored once; a
+    head of its own is refused."""
+    fp = tiny_llama()
+    with torch.no_grad():
+        fp.lm_head.weight.copy_(fp.model.embed_tokens.weight)  # equal tables, not tied by the config
+    twice, once = tmp_path / "twice", tmp_path / "once"
+    res = quantize_tiny(save_model_dir(fp, tmp_path / "src"), text_file, twice, epochs=1, nsamples=2, head="int8")
+    before = _tensors(twice)
+    assert torch.equal(before["lm_head.weight_int8"], before["model.embed_tokens.weight_int8"])
+    meta = ptq161.convert(twice, once, head="int8")
+    after = _tensors(once)
+    assert meta["head"] == "int8" and set(after) == {k for k in before if not k.startswith("lm_head.")}
+    assert all(torch.equal(after[k], before[k]) for k in after)
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
+    model, logits = _load_logits(once, ids)
+    assert model.lm_head.weight_int8.data_ptr() == model.model.embed_tokens.weight_int8.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(logits, res.model(ids).logits)
+    own = tmp_path / "own"
+    quantize_tiny(save_model_dir(tiny_llama(), tmp_path / "src2"), text_file, own, epochs=1, nsamples=2, head="int8")
+    with pytest.raises(PTQ161Error, match="already stores its embedding and lm_head in int8"):
+        ptq161.convert(own, tmp_path / "again", head="int8")
+
+
+def test_a_tied_format_makes_the_lm_heads_table_the_embeddings(text_file, tmp_path):
+    """``int8-tied`` on an untied model: the embedding is the lm_head's int8 table (stored once, read by both);
+    quantize, convert from an fp32 head and convert from an int8 head write the same tensors."""
+    from ptq161.nn.int8 import quantize_int8_rows
+
+    fp = tiny_llama()
+    src = save_model_dir(fp, tmp_path / "src")
+    direct, plain, int8 = tmp_path / "direct", tmp_path / "plain", tmp_path / "int8"
+    res = quantize_tiny(src, text_file, direct, epochs=1, nsamples=2, head="int8-tied")
+    quantize_tiny(src, text_file, plain, epochs=1, nsamples=2, head="fp32")
+    quantize_tiny(src, text_file, int8, epochs=1, nsamples=2, head="int8")
+    want = _tensors(direct)
+    q, scale = quantize_int8_rows(fp.lm_head.weight.detach())
+    assert torch.equal(want["model.embed_tokens.weight_int8"], q) and torch.equal(
+        want["model.embed_tokens.scale"], scale
+    )
+    assert not any(k.startswith("lm_head.") for k in want)
+    for source in (plain, int8):
+        out = tmp_path / f"from-{source.name}"
+        assert ptq161.convert(source, out, head="int8-tied")["head"] == "int8-tied"
+        got = _tensors(out)
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(0))
+    model, logits = _load_logits(direct, ids)
+    assert model.lm_head.weight_int8.data_ptr() == model.model.embed_tokens.weight_int8.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(logits, res.model(ids).logits)
+        assert torch.equal(model.model.embed_tokens(ids)[0], model.lm_head.dequantize()[ids[0]])
+    with pytest.raises(PTQ161Error, match="already stores its embedding and lm_head in int8-tied"):
+        ptq161.convert(direct, tmp_path / "again", head="int8-tied")

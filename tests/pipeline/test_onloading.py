@@ -1,6 +1,7 @@
 """Block onloading: a model over the memory budget is quantized and evaluated one decoder block at a time,
 with the same results as the whole model in memory."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,6 @@ def test_memory_sizes_parse_and_the_budget_decides(model_dir):
 def test_evaluation_counts_loading_twice_and_one_windows_working_memory(model_dir, monkeypatch):
     """The rule behind a real case: the int8-head 1.5B model (714 MiB of weights) was evaluated whole under
     --max-memory 3GB by the half-budget rule and peaked at 3.95 GB."""
-    import json
 
     import ptq161.models.lazy as lazy_mod
     from ptq161.models.lazy import model_bytes, window_bytes
@@ -73,13 +73,16 @@ def _onloading_cases() -> list:
     cases = [pytest.param("llama", m, "fp32") for m in sorted(METHODS)]
     cases += [pytest.param(f, "ptq161", h) for f in ("llama", "qwen2") for h in ("int8", "int4")]
     cases.append(pytest.param("qwen2", "ptq161", "fp32"))
+    cases += [pytest.param("llama_tied", "ptq161", h) for h in ("int8", "int4")]  # a compact head stored once
+    cases.append(pytest.param("llama", "ptq161", "int8-tied"))  # the lm_head's table as the embedding's
     cases += [pytest.param("qwen2", m, "fp32", marks=pytest.mark.slow) for m in sorted(METHODS) if m != "ptq161"]
     return cases
 
 
 @pytest.mark.parametrize(("family", "method", "head"), _onloading_cases())
 def test_onloaded_quantization_equals_the_in_memory_one(family, method, head, text_file, tmp_path):
-    model_dir = save_model_dir(tiny_qwen2() if family == "qwen2" else tiny_llama(), tmp_path / family)
+    fp = tiny_qwen2() if family == "qwen2" else tiny_llama(tie_word_embeddings=family == "llama_tied")
+    model_dir = save_model_dir(fp, tmp_path / family)
     cfg = METHODS[method].config_class()
     if method == "ptq161":
         cfg = type(cfg)(epochs=1)
@@ -97,6 +100,11 @@ def test_onloaded_quantization_equals_the_in_memory_one(family, method, head, te
     if METHODS[method](cfg).packs:
         layers = read_meta(tmp_path / "lazy")["bits"]["layers"]
         assert file_bits_per_weight(tmp_path / "lazy", layers) == file_bits_per_weight(tmp_path / "whole", layers)
+    if family == "llama_tied" or head.endswith("-tied"):  # the head reads the embedding's tensors, stored once
+        for out in ("whole", "lazy"):
+            config = json.loads((tmp_path / out / "config.json").read_text())
+            assert config["quantization_config"]["tied_modules"] == {"lm_head": "model.embed_tokens"}
+            assert not any(k.startswith("lm_head.") for k in _stored_names(tmp_path / out))
     loaded, _ = ptq161.load(tmp_path / "lazy")  # sharded, packed or dense: transformers loads it whole too
     ids = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -108,7 +116,7 @@ def test_onloaded_quantization_equals_the_in_memory_one(family, method, head, te
 
 def test_onloading_refuses_what_needs_the_whole_model(model_dir, text_file, tmp_path):
     calib = CalibConfig(dataset=f"text:{text_file}", nsamples=2, seqlen=64)
-    with pytest.raises(PTQ161Error, match="end-to-end stage needs it whole"):
+    with pytest.raises(PTQ161Error, match=r"^the model does not fit the memory budget .* larger --max-memory"):
         quantize_with(
             str(model_dir), calib=calib, output=tmp_path / "o", max_memory=TINY_BUDGET, e2e=E2EConfig(steps=2)
         )
@@ -150,3 +158,14 @@ def test_whole_model_commands_refuse_a_model_over_the_ram_before_loading(model_d
     monkeypatch.setattr(loading, "available_memory", lambda: 1000)
     with pytest.raises(PTQ161Error, match="onload it block by block"):
         loading.load_model(str(model_dir))
+
+
+def _stored_names(path) -> set[str]:
+    """The tensor names in the safetensors files of directory ``path``."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for f in path.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            names |= set(st.keys())
+    return names

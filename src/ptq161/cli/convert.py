@@ -17,12 +17,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Copy a packed `ptq161 quantize --fp32-head` directory into a new one whose input embedding "
         "and lm_head are per-row int8 (4x smaller than fp32) or grouped int4 (7x smaller); the head dominates "
         "decoding time on models with a large vocabulary. The decoder blocks are copied unchanged, one module in "
-        "memory at a time.",
+        "memory at a time. A tied model's head is stored once; `--head int8-tied` / `int4-tied` make the lm_head's "
+        "table the embedding's too (one table instead of two, also from a result already in int8 / int4).",
     )
-    p.add_argument("dir", help="a packed output directory of `ptq161 quantize` with an fp32 head")
+    p.add_argument("dir", help="a packed output directory of `ptq161 quantize` (fp32 head, or int8 / int4 for -tied)")
     p.add_argument("--output", "-o", required=True, help="the new directory (must not exist or be empty)")
     head = p.add_mutually_exclusive_group(required=True)
-    head.add_argument("--head", choices=("int8", "int4"), help="the format of the embedding and lm_head")
+    head.add_argument(
+        "--head",
+        choices=("int8", "int4", "int8-tied", "int4-tied"),
+        help="the format of the embedding and lm_head (-tied: one table, the lm_head's, for both; a result already "
+        "in int8 / int4 converts to its -tied format, or stores once a tied head it stored twice)",
+    )
     head.add_argument("--int8-head", dest="head", action="store_const", const="int8", help="same as --head int8")
     add_load_options(p)
     p.set_defaults(func=run)

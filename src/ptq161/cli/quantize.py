@@ -49,7 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--head",
         choices=HEAD_FORMATS,
         help="format of a packed result's embedding and lm_head: int8 (per row), int4 (groups of 64, 4.5 bits) or "
-        "fp32 (default: int8 when the method packs, else fp32; cost in benchmarks/results/heads.md)",
+        "fp32 (default: int8 when the method packs, else fp32; cost in benchmarks/results/heads.md); a tied "
+        "model's head is stored once; int8-tied / int4-tied also make an untied model's lm_head table its "
+        "embedding (for two tables that were one, e.g. from a GGUF file; cost in benchmarks/results/tied_head.md)",
     )
     out.add_argument("--int8-head", dest="head", action="store_const", const="int8", help=argparse.SUPPRESS)
     out.add_argument("--fp32-head", dest="head", action="store_const", const="fp32", help=argparse.SUPPRESS)

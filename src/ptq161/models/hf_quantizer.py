@@ -21,7 +21,7 @@ from transformers.quantizers.auto import (
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import PTQ161Error
-from ..nn import PackedPTQ161Linear, empty_head_twin
+from ..nn import PackedPTQ161Linear, empty_head_twin, tie_head, tied_head_twin
 from ..nn.packed import validate_lowbit_modules
 
 QUANT_METHOD = "ptq161"
@@ -34,7 +34,9 @@ class PTQ161HfConfig(QuantizationConfigMixin):
     layers: {module path: {"n_salient": int}} for every packed linear; config: the method
     settings; format_version: the packed layout version this reader understands;
     int8_modules: the paths stored per-row int8; int4_modules: {path: group size} of the
-    paths stored in grouped 4-bit (the embedding and lm_head, see ``ptq161.nn.heads``).
+    paths stored in grouped 4-bit (the embedding and lm_head, see ``ptq161.nn.heads``);
+    tied_modules: {lm_head path: embedding path} when the head reads the embedding's tensors
+    (a tied model's head, stored once).
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         layers: dict[str, dict[str, int]] | None = None,
         int8_modules: list[str] | None = None,
         int4_modules: dict[str, int] | None = None,
+        tied_modules: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         self.quant_method = QUANT_METHOD
@@ -54,6 +57,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
         self.layers = layers or {}
         self.int8_modules = int8_modules or []
         self.int4_modules = int4_modules or {}
+        self.tied_modules = tied_modules or {}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +68,7 @@ class PTQ161HfConfig(QuantizationConfigMixin):
             "layers": self.layers,
             "int8_modules": self.int8_modules,
             "int4_modules": self.int4_modules,
+            "tied_modules": self.tied_modules,
         }
 
 
@@ -81,9 +86,10 @@ class PTQ161HfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
         q = self.quantization_config
-        replace_with_packed(model, q.layers, q.int8_modules, q.int4_modules)
+        replace_with_packed(model, q.layers, q.int8_modules, q.int4_modules, q.tied_modules)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        tie_heads(model, self.quantization_config.tied_modules)  # the loaded embedding's tensors
         validate_lowbit_modules(model)  # indices, zero points, finite factors: before any kernel runs
         return model
 
@@ -100,9 +106,11 @@ def replace_with_packed(
     layers: dict[str, dict[str, int]],
     int8_modules: list[str],
     int4_modules: dict[str, int] | None = None,
+    tied_modules: dict[str, str] | None = None,
 ) -> None:
     """Swap each listed linear for an empty ``PackedPTQ161Linear`` and each int8 / int4 module (embedding,
-    lm_head) for its empty twin (int4: ``{path: group size}``)."""
+    lm_head) for its empty twin (int4: ``{path: group size}``); a head in ``tied_modules`` ({head: embedding})
+    becomes a twin reading the embedding twin's tensors (``tie_heads`` again once they are loaded)."""
     for path, info in layers.items():
         lin = model.get_submodule(path)
         model.set_submodule(
@@ -110,10 +118,22 @@ def replace_with_packed(
         )
     heads = {path: ("int8", 0) for path in int8_modules}
     heads |= {path: ("int4", int(group)) for path, group in (int4_modules or {}).items()}
+    tied = tied_modules or {}
     for path, (fmt, group) in heads.items():
-        model.set_submodule(path, empty_head_twin(model.get_submodule(path), fmt, group))
+        if path not in tied:
+            model.set_submodule(path, empty_head_twin(model.get_submodule(path), fmt, group))
+    for path, source in tied.items():
+        if path not in heads or source not in heads or heads[path] != heads[source]:
+            raise PTQ161Error(f"tied module '{path}' and its source '{source}' are not stored in one compact format")
+        model.set_submodule(path, tied_head_twin(model.get_submodule(source), heads[path][0]))
     if heads:
         model.config.tie_word_embeddings = False
+
+
+def tie_heads(model: nn.Module, tied_modules: dict[str, str]) -> None:
+    """Point each head of ``tied_modules`` ({head path: embedding path}) at its embedding's current tensors."""
+    for path, source in tied_modules.items():
+        tie_head(model.get_submodule(path), model.get_submodule(source))
 
 
 def register(quantizer: type[PTQ161HfQuantizer] = PTQ161HfQuantizer) -> None:

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import PTQ161Error, check_finite
+from ..nn.heads import tie_head
 from ..nn.packed import validate_lowbit_modules
 from ..utils import current_rss_bytes
 from .adapters import Adapter, get_adapter
@@ -251,6 +252,9 @@ class LazyModel:
     computed: dict[str, torch.Tensor] = field(default_factory=dict)  # non-persistent buffers (computed_buffers)
 
     def _load(self, module: nn.Module, prefix: str) -> nn.Module:
+        source = self.tied_modules().get(prefix[:-1])
+        if source is not None:  # a compact head stored once, as the embedding
+            return self._load_tied(module, prefix, source)
         names = self.weights.keys_under(prefix)
         alias = {}
         tied = getattr(self.model.config, "tie_word_embeddings", False)
@@ -259,6 +263,25 @@ class LazyModel:
             names = [alias[prefix + "weight"]]
         _materialize(module, self.weights.load(names), prefix, self.device, alias, self.computed)
         validate_lowbit_modules(module, prefix)  # packed / int8 / int4 modules: before any kernel reads them
+        return module
+
+    def tied_modules(self) -> dict[str, str]:
+        """{head path: embedding path} of a packed directory whose compact head reads the embedding's tensors."""
+        q = getattr(self.model.config, "quantization_config", None)
+        q = q if isinstance(q, dict) or q is None else q.to_dict()
+        return (q or {}).get("tied_modules") or {}
+
+    def _load_tied(self, module: nn.Module, prefix: str, source: str) -> nn.Module:
+        """A tied compact head: the loaded embedding's own tensors, else its stored ones read once more."""
+        embedding = self.model.get_submodule(source)
+        if not any(t.is_meta for t in embedding.buffers()):
+            tie_head(module, embedding)
+        else:
+            tensors = self.weights.load([f"{source}.{name}" for name in module.STORED])
+            for name in module.STORED:
+                check_finite(tensors[f"{source}.{name}"], f"the model's weight '{source}.{name}'")
+                module.register_buffer(name, tensors[f"{source}.{name}"].to(self.device), persistent=False)
+        validate_lowbit_modules(module, prefix)
         return module
 
     def load_block(self, i: int) -> nn.Module:
@@ -398,7 +421,8 @@ def load_lazy(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if quant is not None:
         q = quant if isinstance(quant, dict) else quant.to_dict()
-        replace_with_packed(model, q["layers"], q.get("int8_modules") or [], q.get("int4_modules") or {})
+        tied = q.get("tied_modules") or {}
+        replace_with_packed(model, q["layers"], q.get("int8_modules") or [], q.get("int4_modules") or {}, tied)
         model.config.quantization_config = quant
     adapter = get_adapter(model)
     weights.rename(_checkpoint_renames(model, weights))

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import PTQ161Error
 from ..primitives.bits import pack_nibbles, unpack_nibbles
 from ..primitives.kernels import int4_matvec
-from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
+from .lowbit import apply_keeping_stored_dtypes, lowbit_forward, reshare_after_apply
 
 ROW_TILE = 4096
 GROUP_SIZES = (64, 32)  # the first that divides the row length is used
@@ -94,6 +94,7 @@ def dequantize_int4_groups(codes: torch.Tensor, scale: torch.Tensor, offset: tor
 class _Int4Groups(nn.Module):
     """What both int4 modules share: ``codes`` uint8 [m, n / 2], fp16 ``scale`` and ``offset`` [m, n / g]."""
 
+    STORED = ("codes", "scale", "offset")  # the stored tensors (a tied head shares them with the embedding)
     codes: torch.Tensor
     scale: torch.Tensor
     offset: torch.Tensor
@@ -124,7 +125,9 @@ class _Int4Groups(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         self._factors_f32 = None
         apply = lambda: super(_Int4Groups, self)._apply(fn, recurse)  # noqa: E731
-        return apply_keeping_stored_dtypes(self, apply, ("scale", "offset"))
+        out = apply_keeping_stored_dtypes(self, apply, ("scale", "offset"))
+        reshare_after_apply(self)
+        return out
 
 
 class Int4Linear(_Int4Groups):

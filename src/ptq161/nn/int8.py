@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import PTQ161Error
 from ..primitives.kernels import int8_matvec, kernel_threads
 from ..primitives.vnni import HEAD_VNNI, MAX_COLUMNS, int8_vnni_matvec, row_blocked_int8
-from .lowbit import apply_keeping_stored_dtypes, lowbit_forward
+from .lowbit import apply_keeping_stored_dtypes, lowbit_forward, reshare_after_apply
 
 ROW_TILE = 4096
 
@@ -54,6 +54,7 @@ def _version(t: torch.Tensor) -> int:
 class _Int8Rows(nn.Module):
     """What both int8 modules share: per-row fp16 ``scale`` [m] beside ``weight_int8`` [m, n]."""
 
+    STORED = ("weight_int8", "scale")  # the stored tensors (a tied head shares them with the embedding)
     scale: torch.Tensor
 
     def validate(self, name: str) -> None:
@@ -104,7 +105,9 @@ class Int8Linear(_Int8Rows):
 
     def _apply(self, fn, recurse: bool = True):
         self._scale_f32, self._blocked, self._key = None, None, None
-        return apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
+        out = apply_keeping_stored_dtypes(self, lambda: super(Int8Linear, self)._apply(fn, recurse), ("scale",))
+        reshare_after_apply(self)
+        return out
 
 
 class Int8Embedding(_Int8Rows):

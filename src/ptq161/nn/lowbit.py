@@ -1,4 +1,5 @@
-"""The forward shared by the low-bit linears: a CPU kernel for decode-sized calls, row tiles otherwise."""
+"""What the low-bit modules share: the forward (a CPU kernel for decode-sized calls, row tiles otherwise),
+dtype casts that keep the stored factors, and a tied head's tensors shared with the embedding."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from ..errors import PTQ161Error
 
 LUT_MAX_TOKENS = 8  # up to this many tokens per call: the CPU kernel (decode); above: row tiles + BLAS
 
@@ -25,6 +28,44 @@ def apply_keeping_stored_dtypes(module: nn.Module, apply: Callable[[], Any], nam
         if new is not None and old is not None and new.dtype != old.dtype:
             module._buffers[k] = old.to(new.device)
     return out
+
+
+def share_buffers(module: nn.Module, source: nn.Module, names: tuple[str, ...]) -> None:
+    """Make the buffers ``names`` of ``module`` the very tensors of ``source`` (a tied lm_head reading the
+    compact embedding's rows: one copy in memory; non-persistent, so a checkpoint stores them once, under
+    ``source``). Shapes and dtypes must agree (same format and group size), else a ``PTQ161Error``."""
+    for name in names:
+        mine, theirs = module._buffers[name], source._buffers[name]
+        if mine is None or theirs is None or mine.shape != theirs.shape or mine.dtype != theirs.dtype:
+            raise PTQ161Error(
+                f"cannot tie the head to the embedding: '{name}' differs "
+                f"({None if mine is None else tuple(mine.shape)} vs {None if theirs is None else tuple(theirs.shape)})"
+            )
+        module.register_buffer(name, theirs, persistent=False)
+    module.__dict__["_shares"] = (source, names)  # not a submodule: the embedding stays where it is
+
+
+def shared_source(module: nn.Module) -> nn.Module | None:
+    """The module whose tensors ``module`` reads (``share_buffers``), or None."""
+    shares = module.__dict__.get("_shares")
+    return shares[0] if shares else None
+
+
+def reshare_after_apply(module: nn.Module) -> None:
+    """After ``module._apply`` (``.to``, ``.half()``): point a tied module's buffers at its source's again
+    when both sit on one device with the same dtypes (the source converted first, as a model visits its
+    embedding before its lm_head); otherwise the converted copies stay (same values, two copies)."""
+    shares = module.__dict__.get("_shares")
+    if not shares:
+        return
+    source, names = shares
+    for name in names:
+        mine, theirs = module._buffers[name], source._buffers[name]
+        if theirs is None or mine is None or (mine.device, mine.dtype, mine.shape) != (theirs.device, theirs.dtype,
+                                                                                      theirs.shape):  # fmt: skip
+            return
+    for name in names:
+        module._buffers[name] = source._buffers[name]
 
 
 def lowbit_forward(

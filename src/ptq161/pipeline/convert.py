@@ -12,7 +12,8 @@ from torch import nn
 from ..methods import Method, Parts
 from ..models import PTQ161HfConfig, get_adapter
 from ..models.hf_quantizer import PACKED_FORMAT_VERSION
-from ..nn import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, PackedPTQ161Linear, head_twin
+from ..nn import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, PackedPTQ161Linear, head_twin, tied_head_twin
+from ..nn.heads import embedding_from_head, head_storage
 from ..nn.int4 import int4_group_size
 
 
@@ -21,7 +22,7 @@ def pack_model_in_place(model: nn.Module, method: Method, parts: dict[str, Parts
 
     Records the packed layout in ``model.config.quantization_config`` so that the saved
     directory loads back through transformers. ``head`` ("int8", "int4") also stores the
-    input embedding and the lm_head in that format (untied; ``ptq161.nn.heads``).
+    input embedding and the lm_head in that format (a tied head once; ``ptq161.nn.heads``).
     """
     record_packed_layout(model, method, pack_linears_in_place(model, method, parts))
     if head != "fp32":
@@ -46,29 +47,56 @@ def record_packed_layout(model: nn.Module, method: Method, layers: dict[str, dic
     )
 
 
-def add_compact_head(model: nn.Module, head: str) -> None:
-    """Store the input embedding and the lm_head of a packed model in format ``head`` (int8 / int4, untied)."""
+def config_ties_head(model: nn.Module) -> bool:
+    """Whether ``model``'s config ties its lm_head to its input embedding (one table)."""
+    return bool(getattr(model.config, "tie_word_embeddings", False))
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether ``model``'s lm_head is its input embedding: tied by its config and the same weight."""
     adapter = get_adapter(model)
-    for path in (adapter.lm_head, adapter.embed):
-        model.set_submodule(path, head_twin(model.get_submodule(path), head))
-    record_head_layout(model, head)
+    emb, lm = model.get_submodule(adapter.embed), model.get_submodule(adapter.lm_head)
+    w_e, w_h = getattr(emb, "weight", None), getattr(lm, "weight", None)
+    if not config_ties_head(model) or w_e is None or w_h is None or w_e.shape != w_h.shape:
+        return False
+    return w_e is w_h or (not w_e.is_meta and not w_h.is_meta and torch.equal(w_e, w_h))
 
 
-def record_head_layout(model: nn.Module, head: str) -> None:
-    """Record in the packed layout the format of the embedding and the lm_head (int8 / int4: untied).
+def add_compact_head(model: nn.Module, head: str) -> None:
+    """Store the input embedding and the lm_head of a packed model in format ``head`` (int8 / int4); a tied
+    lm_head reads the compact embedding's tensors (stored once). ``int8-tied`` / ``int4-tied`` make the
+    lm_head's table the embedding's as well (``ptq161.nn.heads``)."""
+    adapter = get_adapter(model)
+    fmt, force = head_storage(head)
+    tied = force or head_is_tied(model)
+    old_emb, lm = model.get_submodule(adapter.embed), model.get_submodule(adapter.lm_head)
+    if force and not head_is_tied(model):
+        emb = embedding_from_head(lm, fmt, old_emb.weight.dtype)
+    else:
+        emb = head_twin(old_emb, fmt)
+    model.set_submodule(adapter.embed, emb)
+    model.set_submodule(adapter.lm_head, tied_head_twin(emb, fmt) if tied else head_twin(lm, fmt))
+    record_head_layout(model, fmt, tied)
+
+
+def record_head_layout(model: nn.Module, head: str, tied: bool = False) -> None:
+    """Record in the packed layout the format of the embedding and the lm_head (int8 / int4), and with
+    ``tied`` that the lm_head reads the embedding's tensors (``tied_modules``; stored once).
 
     int4 records each module's group size (read from the module, so call it after the swap).
     """
+    head, _ = head_storage(head)
     if head == "fp32":
         return
     adapter = get_adapter(model)
-    model.config.tie_word_embeddings = False
+    model.config.tie_word_embeddings = False  # transformers' own tying knows only float weights
     paths = [adapter.lm_head, adapter.embed]
     q = model.config.quantization_config
     if head == "int8":
         q.int8_modules = paths
     else:
         q.int4_modules = {path: _group_size(model, path) for path in paths}
+    q.tied_modules = {adapter.lm_head: adapter.embed} if tied else {}
 
 
 def _group_size(model: nn.Module, path: str) -> int:
@@ -114,7 +142,9 @@ def dequantize_model_in_place(model: nn.Module) -> int:
 
 __all__ = [
     "add_compact_head",
+    "config_ties_head",
     "dequantize_model_in_place",
+    "head_is_tied",
     "pack_linears_in_place",
     "pack_model_in_place",
     "record_head_layout",

@@ -22,10 +22,17 @@ from ..errors import PTQ161Error
 from ..methods import Method, Parts
 from ..models.integrity import OUTPUT_META, manifest
 from ..models.lazy import DTYPE_BYTES, LazyModel, SafetensorsDir, tensor_info
-from ..nn import check_head_format, head_twin
+from ..nn import head_twin
+from ..nn.heads import embedding_from_head, head_storage
 from ..nn.packed import PACKED_BUFFERS, PTQ161Parts
 from ..utils import LOCK_NAME, atomic_save_file, atomic_write_json, os_errors, read_json
-from .convert import pack_linears_in_place, pack_model_in_place, record_head_layout, record_packed_layout
+from .convert import (
+    config_ties_head,
+    pack_linears_in_place,
+    pack_model_in_place,
+    record_head_layout,
+    record_packed_layout,
+)
 from .driver import flatten_parts, unflatten_parts
 from .state import STATE_DIR
 
@@ -125,10 +132,12 @@ def write_output_lazy(
                 lin = model.get_submodule(name)
                 lin.weight.data.copy_(method.dequantize(p).to(lin.weight.dtype))
 
-    write_modules_lazily(path, lazy, parts, prepare, head if method.packs else "fp32")
+    head = head if method.packs else "fp32"
+    tied = config_ties_head(model) or head_storage(head)[1]
+    write_modules_lazily(path, lazy, parts, prepare, head, config_ties_head(model))
     if method.packs:
         record_packed_layout(model, method, layers)
-        record_head_layout(model, head)
+        record_head_layout(model, head, tied)
     write_config(path, model)
     _finish(path, tokenizer, method.packs, parts, meta)
 
@@ -139,16 +148,18 @@ def write_modules_lazily(
     parts: dict[str, Parts],
     prepare: Callable[[dict[str, Parts]], None],
     head: str,
+    tied: bool,
 ) -> None:
     """Write ``lazy``'s weights into ``path`` one module at a time, one safetensors shard each, and their index.
 
     Each decoder block is loaded, given to ``prepare`` with its entries of ``parts`` (to swap
     or fill its linears in place), written and released; then the embedding, final norm and
-    lm_head, one at a time (the embedding and lm_head in format ``head``; a tied fp32 head is
-    stored once, as the embedding).
+    lm_head, one at a time (the embedding and lm_head in format ``head``; with ``tied`` the head is
+    not written: it is the embedding, which ``record_head_layout(..., tied)`` says; an ``-tied`` format
+    writes the lm_head's table as the embedding).
     """
     path.mkdir(parents=True, exist_ok=True)
-    model, adapter = lazy.model, lazy.adapter
+    adapter = lazy.adapter
     shard = 0
     for i in range(lazy.num_blocks):
         block = lazy.load_block(i)
@@ -157,13 +168,20 @@ def write_modules_lazily(
         _save_shard(path, shard, {prefix + k: v for k, v in block.state_dict().items()})
         lazy.release_block(i)
         shard += 1
-    tied = getattr(model.config, "tie_word_embeddings", False) and head == "fp32"
+    fmt, force = head_storage(head)
     for mod_path in lazy.outside_modules():
-        if tied and mod_path == adapter.lm_head:
+        if (tied or force) and mod_path == adapter.lm_head:
             continue  # stored once, as the embedding
+        if force and not tied and mod_path == adapter.embed:  # the lm_head's table serves as the embedding
+            lm = lazy.load_module(adapter.lm_head)
+            mod = embedding_from_head(lm, fmt, getattr(lazy.model, "dtype", torch.float32))
+            _save_shard(path, shard, {f"{mod_path}.{k}": v for k, v in mod.state_dict().items()})
+            lazy.release_module(adapter.lm_head)
+            shard += 1
+            continue
         mod = lazy.load_module(mod_path)
         if mod_path in (adapter.embed, adapter.lm_head):
-            mod = head_twin(mod, head)
+            mod = head_twin(mod, fmt)
         _save_shard(path, shard, {f"{mod_path}.{k}": v for k, v in mod.state_dict().items()})
         lazy.release_module(mod_path)
         shard += 1
@@ -286,6 +304,26 @@ def head_format(meta: dict[str, Any]) -> str:
     return meta.get("head") or ("int8" if meta.get("int8_head") else "fp32")
 
 
+def _quant_dict(model: Any) -> dict[str, Any]:
+    """The model's ``quantization_config`` as a dict (empty when it has none)."""
+    q = getattr(model.config, "quantization_config", None)
+    return {} if q is None else q if isinstance(q, dict) else q.to_dict()
+
+
+def _stores_a_tied_head_twice(lazy: LazyModel) -> bool:
+    """Whether a packed directory stores a compact lm_head apart (no ``tied_modules``) whose tensors equal
+    its compact embedding's bit for bit: a tied model's head written twice."""
+    q = _quant_dict(lazy.model)
+    adapter = lazy.adapter
+    head, emb = lazy.model.get_submodule(adapter.lm_head), lazy.model.get_submodule(adapter.embed)
+    names = getattr(head, "STORED", None)
+    if q.get("tied_modules") or names is None or getattr(emb, "STORED", None) != names:
+        return False
+    mine = lazy.weights.load([f"{adapter.lm_head}.{n}" for n in names])
+    theirs = lazy.weights.load([f"{adapter.embed}.{n}" for n in names])
+    return all(torch.equal(mine[f"{adapter.lm_head}.{n}"], theirs[f"{adapter.embed}.{n}"]) for n in names)
+
+
 def convert_output(
     src: str | Path,
     out: str | Path,
@@ -295,11 +333,14 @@ def convert_output(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write a packed output directory ``src`` (fp32 head) again as ``out`` with its embedding and lm_head
-    in format ``head`` ("int8" or "int4", ``ptq161.nn.heads``).
+    in format ``head`` ("int8", "int4", "int8-tied", "int4-tied": ``ptq161.nn.heads``).
 
     What ``quantize --head HEAD`` would have written, without quantizing again: the decoder
     blocks are copied as they are (one module in memory at a time, so it works on models
-    larger than RAM), the embedding and head are re-encoded. Returns the new ``ptq161.json``.
+    larger than RAM), the embedding and head are re-encoded. A source already in the format
+    converts too when only the storage changes: to ``-tied`` (the lm_head's table, as stored,
+    becomes the embedding's), or when its lm_head stores the embedding's very tensors (a tied model
+    written before tied heads were stored once: stored once now). Returns the new ``ptq161.json``.
     """
     from ..models import PTQ161HfConfig
     from ..models.loading import load_model_lazy
@@ -312,25 +353,31 @@ def convert_output(
     if meta.get("weights_format") != "packed":
         raise PTQ161Error(f"'{src}' holds dense (fake-quant) weights of method '{meta.get('method')}'; only a packed "
                           "result can be converted")  # fmt: skip
-    if check_head_format(head) == "fp32":
-        raise PTQ161Error("nothing to convert: choose --head int8 or --head int4")
-    if head_format(meta) != "fp32":
+    fmt, force = head_storage(head)
+    if fmt == "fp32":
+        raise PTQ161Error("nothing to convert: choose --head int8, int4, int8-tied or int4-tied")
+    lazy, tokenizer = load_model_lazy(str(src), verify=verify, trust_remote_code=trust_remote_code)
+    model = lazy.model
+    was = head_storage(head_format(meta))[0]
+    stored_once = bool(_quant_dict(model).get("tied_modules"))
+    restore = was == fmt and not stored_once and (force or _stores_a_tied_head_twice(lazy))
+    if was != "fp32" and not restore:
         raise PTQ161Error(
             f"'{src}' already stores its embedding and lm_head in {head_format(meta)}; convert a result with an "
             "fp32 head (quantize --fp32-head) so that the head is quantized once"
         )
     if out.resolve() == src.resolve():
         raise PTQ161Error("--output must be a new directory, not the source")
-    lazy, tokenizer = load_model_lazy(str(src), verify=verify, trust_remote_code=trust_remote_code)
-    model = lazy.model
+    tied = config_ties_head(model) or (restore and not force)  # the same table already
     with output_lock(out):
         check_output_dir(out, resume=False)
-        write_modules_lazily(out, lazy, {}, lambda _parts: None, head=head)
+        write_modules_lazily(out, lazy, {}, lambda _parts: None, head=head, tied=tied)
+        tied = tied or force
         q = model.config.quantization_config
         q = dict(q) if isinstance(q, dict) else q.to_dict()
         q.pop("quant_method", None)
         model.config.quantization_config = PTQ161HfConfig(**q)
-        record_head_layout(model, head)
+        record_head_layout(model, head, tied)
         write_config(out, model)
         new = {k: v for k, v in meta.items() if k not in ("files", "weights_format", "format_version", "int8_head")}
         new |= {"head": head, "converted_from": str(src)}

@@ -103,9 +103,10 @@ def quantize(
             chosen = placement_for(model_spec, device, dtype, max_memory, placement)
         if chosen != "whole":
             if e2e.steps:
+                why = "the model does not fit the memory budget" if placement == "auto" else f"--placement {placement}"
                 raise PTQ161Error(
-                    f"the model does not fit the memory budget ({PLACEMENT_NAMES[chosen]}), and the end-to-end stage "
-                    "needs it whole: pass --e2e-steps 0 or a larger --max-memory"
+                    f"{why} ({PLACEMENT_NAMES[chosen]}), and the end-to-end stage needs the model whole: pass "
+                    "--e2e-steps 0" + (" or a larger --max-memory" if placement == "auto" else " or --placement auto")
                 )
             if out is None:
                 raise PTQ161Error(
