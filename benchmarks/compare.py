@@ -89,6 +89,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # calibration on WikiText-2 valid and C4 train window by window (the data notes name c4_train for
     # calibration): the default and the two best baselines on the same mixed windows, since PTQ1.61's
     # C4 / WikiText-2 ratio (2.8 on 0.5B) suggested its WikiText-2-only training fits that domain
+    # issue 43's 2-bit competitor at the same distillation budget: GPTQ W2 g128 followed by the cpu preset's
+    # end-to-end stage (scales and zero points trained, codes fixed: EfficientQAT's E2E-QP), as a user runs it
+    "gptq_w2_g128_e2e": ("gptq", dict(cli=True, flags=("--method", "gptq", "--bits", "2", "--group-size", "128"))),
     "ptq161_mix": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--calib", MIX))),
     "arb_mix": ("arb", dict(calib=MIX)),
     "pbllm_mix": ("pbllm", dict(calib=MIX)),
