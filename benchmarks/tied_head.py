@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import OUTPUTS, bench_parser, stored, table_perplexities, write_results
+from benchmarks.common import OUTPUTS, bench_parser, command_line, stored, table_perplexities, write_results
 from ptq161.eval.report import markdown_table
 
 NAME = "tied_head"
@@ -90,12 +90,15 @@ def cost_row(model_spec: str, windows: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     old = stored(NAME) if (Path(__file__).parent / "results" / f"{NAME}.json").exists() else {}
-    r = {k: v for k, v in old.items() if k in ROWS}
+    r = {k: v for k, v in old.items() if k in (*ROWS, "made_by")}
+    made_by = dict(r.get("made_by", {}))  # row -> the command and date that measured it
     if "files" in args.rows:
         r["files"] = files_row(Path(args.packed), args.head)
+        made_by["files"] = command_line()
     if "cost" in args.rows:
         r["cost"] = {**r.get("cost", {}), args.model: cost_row(args.model, args.windows)}
-    return r
+        made_by[f"cost {args.model}"] = command_line()
+    return {**r, "made_by": made_by}
 
 
 def render(r: dict[str, Any]) -> str:
@@ -118,6 +121,7 @@ def render(r: dict[str, Any]) -> str:
             for m, c in r["cost"].items()
         ]  # fmt: skip
         out.append(markdown_table(head, body))
+    out += [f"- {row}: `{cmd}`" for row, cmd in r.get("made_by", {}).items()]
     return "\n\n".join(out)
 
 
