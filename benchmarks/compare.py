@@ -90,8 +90,12 @@ ROWS: dict[str, tuple[str, dict]] = {
     # calibration): the default and the two best baselines on the same mixed windows, since PTQ1.61's
     # C4 / WikiText-2 ratio (2.8 on 0.5B) suggested its WikiText-2-only training fits that domain
     # issue 43's 2-bit competitor at the same distillation budget: GPTQ W2 g128 followed by the cpu preset's
-    # end-to-end stage (scales and zero points trained, codes fixed: EfficientQAT's E2E-QP), as a user runs it
-    "gptq_w2_g128_e2e": ("gptq", dict(cli=True, flags=("--method", "gptq", "--bits", "2", "--group-size", "128"))),
+    # end-to-end stage (scales and zero points trained, codes fixed: EfficientQAT's E2E-QP), as a user runs it;
+    # --e2e-steps spelled out: a recipe's stage is dropped when --method changes the method (its 600 steps)
+    "gptq_w2_g128_e2e": (
+        "gptq",
+        dict(cli=True, flags=("--method", "gptq", "--bits", "2", "--group-size", "128", "--e2e-steps", "600")),
+    ),
     "ptq161_mix": ("ptq161", dict(cli=True, flags=(*INDEPENDENT, "--calib", MIX))),
     "arb_mix": ("arb", dict(calib=MIX)),
     "pbllm_mix": ("pbllm", dict(calib=MIX)),
