@@ -146,11 +146,15 @@ def run_row(name: str, nsamples: int, seqlen: int, windows: int, model: str = DE
     return {"name": name, "method": method, **row}
 
 
-def cli_row(out: Path, windows: int, model: str = DEFAULT_MODEL, flags: tuple[str, ...] = ()) -> dict:
+def cli_row(
+    out: Path, windows: int, model: str = DEFAULT_MODEL, flags: tuple[str, ...] = (), reuse: bool = False
+) -> dict:
     """``ptq161 quantize MODEL --output OUT [FLAGS]`` (defaults otherwise) in a subprocess, then OUT evaluated as saved.
 
     Time and peak RSS are the ones the command itself records in OUT/ptq161.json (quantization
     only); the wall time of the whole command (model loading and writing included) is kept beside.
+    ``reuse``: a finished OUT (its ``ptq161.json`` written) is evaluated as it is, not made again
+    (a run whose evaluation was cut off); its command's wall time is then not known.
     """
     import shutil
     import subprocess
@@ -162,13 +166,16 @@ def cli_row(out: Path, windows: int, model: str = DEFAULT_MODEL, flags: tuple[st
 
     args = ["quantize", model, "--output", str(out), *flags]
     earlier = interrupted_run(out)  # block seconds of an interrupted run of this row that this one resumes
-    if earlier is not None:
-        args.append("--resume")
-    elif out.exists():
-        shutil.rmtree(out)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    reused = reuse and earlier is None and out.exists() and read_meta(out) is not None
+    wall = None
+    if not reused:
+        if earlier is not None:
+            args.append("--resume")
+        elif out.exists():
+            shutil.rmtree(out)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ptq161", *args], check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
     meta = read_meta(out)
     return {
         **result_row(meta, table_perplexities(*load(str(out)), windows), windows, out),
@@ -176,6 +183,7 @@ def cli_row(out: Path, windows: int, model: str = DEFAULT_MODEL, flags: tuple[st
         "quantize_seconds": meta["seconds"] + (earlier or 0.0),
         "command_wall_seconds": wall,
         **resumed_note(earlier),
+        **({"reused_output": True} if reused else {}),
         "peak_rss_mb": meta["peak_rss_mb"],
         "file_bits_per_weight": file_bits_per_weight(out, meta["bits"]["layers"]),
     }

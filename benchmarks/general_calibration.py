@@ -33,11 +33,11 @@ ROWS: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_row(name: str, windows: int, model: str) -> dict[str, Any]:
+def run_row(name: str, windows: int, model: str, reuse: bool = False) -> dict[str, Any]:
     if name == "fp":
         return {"fp": fp_perplexities(windows, model)}
     out = OUTPUTS / "general_calibration" / model / name
-    return {"name": name, **cli_row(out, windows, model, ROWS[name])}
+    return {"name": name, **cli_row(out, windows, model, ROWS[name], reuse=reuse)}
 
 
 def render(store: dict[str, Any], args: argparse.Namespace) -> None:
@@ -72,8 +72,9 @@ def render(store: dict[str, Any], args: argparse.Namespace) -> None:
 def main() -> None:
     ap = rows_parser(__doc__, ["fp", *ROWS])
     ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--reuse-output", action="store_true", help="evaluate a finished output instead of making it again")
     args = ap.parse_args()
-    if serve_child(args, lambda name: run_row(name, args.windows, args.model)):
+    if serve_child(args, lambda name: run_row(name, args.windows, args.model, args.reuse_output)):
         return
     name = results_name("general_calibration", args.model, DEFAULT_MODEL)
     store = {"rows": stored(name).get("rows", {})}
@@ -85,8 +86,9 @@ def main() -> None:
         render(store, args)  # stored before the long rows start
     rows = [r for r in wanted if r in ROWS]
     run_ppl_rows(
-        "benchmarks.general_calibration", store, "rows", rows, args, render, ["--model", args.model], results=name
-    )
+        "benchmarks.general_calibration", store, "rows", rows, args, render,
+        ["--model", args.model, *(["--reuse-output"] if args.reuse_output else [])], results=name,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
