@@ -304,20 +304,13 @@ def head_format(meta: dict[str, Any]) -> str:
     return meta.get("head") or ("int8" if meta.get("int8_head") else "fp32")
 
 
-def _quant_dict(model: Any) -> dict[str, Any]:
-    """The model's ``quantization_config`` as a dict (empty when it has none)."""
-    q = getattr(model.config, "quantization_config", None)
-    return {} if q is None else q if isinstance(q, dict) else q.to_dict()
-
-
 def _stores_a_tied_head_twice(lazy: LazyModel) -> bool:
     """Whether a packed directory stores a compact lm_head apart (no ``tied_modules``) whose tensors equal
     its compact embedding's bit for bit: a tied model's head written twice."""
-    q = _quant_dict(lazy.model)
     adapter = lazy.adapter
     head, emb = lazy.model.get_submodule(adapter.lm_head), lazy.model.get_submodule(adapter.embed)
     names = getattr(head, "STORED", None)
-    if q.get("tied_modules") or names is None or getattr(emb, "STORED", None) != names:
+    if lazy.tied_modules() or names is None or getattr(emb, "STORED", None) != names:
         return False
     mine = lazy.weights.load([f"{adapter.lm_head}.{n}" for n in names])
     theirs = lazy.weights.load([f"{adapter.embed}.{n}" for n in names])
@@ -359,7 +352,7 @@ def convert_output(
     lazy, tokenizer = load_model_lazy(str(src), verify=verify, trust_remote_code=trust_remote_code)
     model = lazy.model
     was = head_storage(head_format(meta))[0]
-    stored_once = bool(_quant_dict(model).get("tied_modules"))
+    stored_once = bool(lazy.tied_modules())
     restore = was == fmt and not stored_once and (force or _stores_a_tied_head_twice(lazy))
     if was != "fp32" and not restore:
         raise PTQ161Error(
