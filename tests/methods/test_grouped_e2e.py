@@ -14,6 +14,7 @@ from ptq161.methods.layerwise import GroupedQuantLinear, grouped_weight
 from ptq161.methods.omniquant import OmniQuantConfig, lwc_codes
 from ptq161.pipeline.e2e import E2EConfig
 from ptq161.pipeline.output_dir import read_parts
+from ptq161.primitives.device import can_compile
 from ptq161.primitives.quant import grouped_dequantize
 
 
@@ -37,6 +38,29 @@ def test_omniquant_codes_dequantize_to_its_stored_weight_and_a_ragged_last_group
     for g, cols in enumerate((slice(0, 128), slice(128, 200))):
         want = (codes[:, cols].float() - zero[:, g : g + 1].float()) * scale[:, g : g + 1].float()
         assert torch.equal(w_hat[:, cols], want)
+
+
+@pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="no C++ compiler")
+@pytest.mark.parametrize("n", [192, 256])  # 192 = 128 + 64: a short last group, as smollm2's 576 = 4.5 x 128
+def test_grouped_dequantize_compiles_to_the_eager_values_and_gradients(n):
+    """torch 2.13's inductor got an indexed gather's backward (index out of bounds) and an expanded view sliced
+    to n columns (NaN) wrong on a short last group; the compiled function must equal eager, gradients too."""
+    gen = torch.Generator().manual_seed(0)
+    groups = -(-n // 128)
+    codes = torch.randint(0, 4, (8, n), dtype=torch.uint8, generator=gen)
+    scale0, zero0 = torch.rand(8, groups, generator=gen) + 0.5, torch.randint(0, 4, (8, groups), generator=gen)
+    x = torch.randn(5, n, generator=gen)
+
+    def loss(fn):
+        scale, zero = scale0.clone().requires_grad_(), zero0.float().requires_grad_()
+        out = (x @ fn(codes, scale, zero, 128).T).pow(2).sum()
+        out.backward()
+        return out.detach(), scale.grad, zero.grad
+
+    cols = torch.arange(n) // 128
+    assert torch.equal(grouped_dequantize(codes, scale0, zero0, 128), (codes - zero0[:, cols]) * scale0[:, cols])
+    for eager, compiled in zip(loss(grouped_dequantize), loss(torch.compile(grouped_dequantize)), strict=True):
+        assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-3)
 
 
 def test_grouped_trainable_layer_starts_at_the_stored_weight_and_learns_its_scales():

@@ -60,16 +60,23 @@ def rtn_grouped(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     return out
 
 
-def group_columns(n: int, group_size: int) -> torch.Tensor:
-    """Group index of each of n columns in groups of ``group_size`` (0: one group), int64 [n]."""
-    return torch.arange(n) // (group_size or max(n, 1))
-
-
 def grouped_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
     """(codes [m, n] - zero [m, G]) * scale [m, G], group g covering columns g * group_size ... (group_size 0:
-    G = 1) -> float32 [m, n]. ``zero`` may be integer (b-bit) or float (a trained zero point)."""
-    cols = group_columns(codes.shape[1], group_size).to(codes.device)
-    return (codes.float() - zero.float()[:, cols]) * scale.float()[:, cols]
+    G = 1; a short last group allowed) -> float32 [m, n]. ``zero`` may be integer (b-bit) or float (a trained
+    zero point).
+
+    The full groups broadcast over a [m, G_full, group_size] view and a short last group is its own [m, r]
+    piece, concatenated: no index tensor and no expand-then-slice. torch 2.13's inductor (the end-to-end
+    stage's ``--e2e-compile``) miscompiles both of those when the last group is short: an indexed gather's
+    backward (``index_put``) reads out of bounds, an expanded [m, G, g] view sliced to n columns gives NaN."""
+    m, n = codes.shape
+    g = group_size or max(n, 1)
+    full = n // g
+    c, z, s = codes.float(), zero.float(), scale.float()
+    w = ((c[:, : full * g].reshape(m, full, g) - z[:, :full, None]) * s[:, :full, None]).reshape(m, full * g)
+    if full * g == n:
+        return w
+    return torch.cat([w, (c[:, full * g :] - z[:, full:]) * s[:, full:]], dim=1)
 
 
 def rtn_stored_bits(m: int, n: int, bits: int, group_size: int, zero_bits: int | None = None) -> int:
