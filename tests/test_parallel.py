@@ -95,7 +95,7 @@ def e2e_model(tmp_path_factory):
 def test_two_ranks_train_the_end_to_end_stage_as_one_process_with_their_windows(e2e_model, tmp_path):
     """2 ranks x 1 window a step against 1 process x 2 windows a step (the same windows in the same order,
     one thread each): the same KL curve and parts within float tolerance (the gradients' sum is exact for two
-    ranks, so in practice bit for bit); rank 0 alone writes."""
+    ranks, so in practice bit for bit); rank 0 alone runs the block stage and writes."""
     from ptq161.pipeline.output_dir import read_meta, read_parts
     from tests.helpers import assert_parts_close
 
@@ -104,10 +104,11 @@ def test_two_ranks_train_the_end_to_end_stage_as_one_process_with_their_windows(
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "ptq161", *_quantize_args(model_dir, text, one, 8, 2)], env=env, check=True,
                    capture_output=True)  # fmt: skip
-    proc = _torchrun(_quantize_args(model_dir, text, two, 8, 1))
+    proc = _torchrun(["--verbose", *_quantize_args(model_dir, text, two, 8, 1)])
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
     assert stdout.count("saved ") == 1  # rank 0 alone prints
+    assert "rank 1 of 2: waiting for rank 0's block stage" in stderr  # the block stage ran once, on rank 0
     a, b = read_meta(one), read_meta(two)
     la, lb = a["e2e_log"], b["e2e_log"]
     assert lb["ranks"] == 2 and la["ranks"] == 1 and la["windows_per_step"] == lb["windows_per_step"] == 2
@@ -175,3 +176,30 @@ def test_a_killed_rank_fails_the_job_in_one_line_without_an_artifact_and_resume_
     assert resumed.returncode == 0, stderr[-2000:]
     assert read_meta(cut)["e2e_log"]["ranks"] == 2
     assert_parts_close(read_parts(cut), read_parts(whole), rel=1e-4)
+
+
+def test_a_rank_waiting_for_the_block_stage_fails_in_one_line_when_rank_0_dies(e2e_model, tmp_path):
+    """The other ranks wait for rank 0's block stage for as long as it takes (hours at 1.5B, beyond the
+    collectives' 30-minute timeout), but rank 0 killed during it ends their wait at once: exit 2, one line."""
+    import time
+
+    model_dir, text = e2e_model
+    out = tmp_path / "cut"
+    rank0, rank1 = _ranks([*_quantize_args(model_dir, text, out, 8, 1), "--epochs", "400"])
+    targets = out / ".ptq161-state" / "e2e-targets" / "progress.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and rank0.poll() is None:  # the targets are done: the block stage is next
+        if targets.is_file() and json.loads(targets.read_text())["progress"].get("windows") == 10:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the teacher targets were never saved")
+    time.sleep(1.0)
+    assert rank0.poll() is None, "the block stage ended before rank 0 could be killed"
+    rank0.kill()
+    rank0.communicate()
+    t0 = time.time()
+    _, stderr = rank1.communicate(timeout=120)
+    assert rank1.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+    assert "rank 1 of 2: another rank stopped answering" in stderr.strip().splitlines()[-1]
+    assert time.time() - t0 < 60

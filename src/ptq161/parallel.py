@@ -22,6 +22,7 @@ import torch.distributed as dist
 from .errors import PTQ161Error
 
 TIMEOUT_MINUTES = 30  # a rank that stops answering fails the others' collective calls after this
+WAIT_HOURS = 72  # how long the other ranks wait for a stage rank 0 runs alone (the block stage)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,23 @@ class World:
         if self.size > 1:
             with collective_errors(self):
                 dist.barrier()
+
+    def waiting_group(self, hours: float = WAIT_HOURS) -> Any:
+        """A gloo group of every rank whose calls wait up to ``hours`` (None in one process), for
+        ``wait_for_main``. Collective: every rank makes it at the same point, before rank 0 goes off alone
+        (making it later would itself wait under the default group's timeout)."""
+        if self.size == 1:
+            return None
+        with collective_errors(self):
+            return dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=hours))
+
+    def wait_for_main(self, group: Any) -> None:
+        """Every rank waits here until rank 0 arrives, for as long as ``group`` (``waiting_group``) allows: the
+        other ranks idle while rank 0 runs a stage alone, however long it takes. A rank that dies ends the
+        wait at once (its connections close) with ``collective_errors``' one-line error."""
+        if self.size > 1:
+            with collective_errors(self):
+                dist.barrier(group=group)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Rank ``src``'s ``obj`` on every rank (pickled; for things made once, e.g. a stage's start)."""

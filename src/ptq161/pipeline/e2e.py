@@ -382,7 +382,7 @@ def train_end_to_end(
     weights of the new parts.
     """
     world = World.current()
-    parts = world.broadcast(parts)  # one start for every rank, whatever its own block stage gave
+    parts = world.broadcast(parts)  # one start for every rank: rank 0's (the only rank that ran the block stage)
     device = next(model.parameters()).device
     modules = {
         path: method.trainable_module(p, model.get_submodule(path).bias, cfg.train_signs, device)

@@ -25,7 +25,7 @@ from ..models.placed import OFFLOAD_DIR, PLACEMENT_NAMES, PlacedModel, device_ma
 from ..parallel import World
 from ..utils import output_lock, peak_rss_mb
 from . import output_dir
-from .driver import quantize_blockwise, streams_bytes, streams_placement
+from .driver import DriverResult, quantize_blockwise, streams_bytes, streams_placement
 from .e2e import E2EConfig, e2e_targets, train_end_to_end
 from .recipe import Recipe
 from .state import RunState
@@ -95,6 +95,7 @@ def quantize(
         if out is not None and world.main:
             output_dir.check_output_dir(out, resume)
         world.barrier()  # the other ranks read the state only once rank 0 has checked the directory
+        waiting = world.waiting_group()  # made by every rank now: later, rank 0 runs the block stage alone
         lazy: LazyModel | PlacedModel | None = None
         chosen = "whole"
         if isinstance(model, nn.Module):
@@ -167,12 +168,19 @@ def quantize(
         if e2e.steps:  # from the FP model, before the block stage changes it
             targets_state = RunState(out, settings, stage="e2e-targets", writes=world.main) if out is not None else None
             e2e_windows, teacher = e2e_targets(model, e2e_windows, e2e, calib.seed, targets_state, progress)
-        world.barrier()  # every rank reads the block stage's saved state before rank 0 moves it on
         need = streams_bytes(calib.nsamples, calib.seqlen, model.config.hidden_size, dtype)
         streams = streams_placement(device, need)
-        res = quantize_blockwise(
-            model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy, streams_device=streams
-        )
+        if world.main:  # the block stage runs once, on rank 0; the other ranks wait for its parts
+            res = quantize_blockwise(
+                model, get_adapter(model), windows, impl, state=state, progress=progress, lazy=lazy,
+                streams_device=streams,
+            )  # fmt: skip
+        else:
+            log.info("rank %d of %d: waiting for rank 0's block stage", world.rank, world.size)
+            res = DriverResult()
+        world.wait_for_main(waiting)
+        if not e2e.steps:  # (the end-to-end stage starts every rank from rank 0's parts itself)
+            res.parts = world.broadcast(res.parts)
         e2e_log = None
         if e2e.steps:
             e2e_state = RunState(out, settings, stage="e2e", writes=world.main) if out is not None else None
