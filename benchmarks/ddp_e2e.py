@@ -19,6 +19,7 @@ steps; ``allreduce_seconds_per_step``: the part spent in the all-reduce).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -69,6 +70,8 @@ def quantize_row(row: str, steps: int) -> dict[str, Any]:
         "windows_per_step": log["windows_per_step"],
         "steps": log["steps"],
         "step_seconds": log["step_seconds"],
+        "first_step_seconds": log["first_step_seconds"],
+        "step_seconds_steady": log["step_seconds_after_first"] or log["step_seconds"],
         "allreduce_seconds_per_step": log["allreduce_seconds_per_step"],
         "allreduce_bytes": log["allreduce_bytes"],
         "kl_first": log["kl_first"],
@@ -78,8 +81,9 @@ def quantize_row(row: str, steps: int) -> dict[str, Any]:
     }
 
 
-def step_cost(model_spec: str = "qwen2.5-coder-1.5b", steps: int = 3) -> dict[str, Any]:
-    """One-window end-to-end steps on ``model_spec`` with random packed parts (speed only), in this process."""
+def step_cost(model_spec: str = "qwen2.5-coder-1.5b", steps: int = 3, recipe: Any = None) -> dict[str, Any]:
+    """One-window end-to-end steps on ``model_spec`` with random packed parts (speed only), in this process.
+    ``recipe`` (a ``Recipe``): its method settings and end-to-end settings (default: PTQ1.61's defaults, top-k 64)."""
     import torch
     from tests.helpers import random_parts
 
@@ -96,13 +100,17 @@ def step_cost(model_spec: str = "qwen2.5-coder-1.5b", steps: int = 3) -> dict[st
         for name, lin in adapter.block_linears(block).items():
             n = lin.in_features
             parts[f"{adapter.layers}.{i}.{name}"] = random_parts(lin.out_features, n, n // 5 + 1, seed=len(parts))
-    windows = torch.randint(100, 30000, (2, 256), generator=torch.Generator().manual_seed(0))
-    cfg = E2EConfig(steps=steps, heldout=1, topk=64)
+    seqlen = 256 if recipe is None else recipe.calib.seqlen
+    windows = torch.randint(100, 30000, (2, seqlen), generator=torch.Generator().manual_seed(0))
+    if recipe is None:
+        cfg, method = E2EConfig(steps=steps, heldout=1, topk=64), PTQ161(PTQ161Config())
+    else:
+        cfg, method = dataclasses.replace(recipe.e2e, steps=steps, heldout=1, batch=1), PTQ161(recipe.method_config)
     t0 = time.perf_counter()
     teacher = teacher_topk(model, windows, cfg.topk)
     teacher_seconds = (time.perf_counter() - t0) / windows.shape[0]
     contended = timing_note()
-    _, log = train_end_to_end(model, PTQ161(PTQ161Config()), parts, windows, teacher, cfg, progress=False)
+    _, log = train_end_to_end(model, method, parts, windows, teacher, cfg, progress=False)
     n_params = sum(p["scale"].numel() + p["a"].numel() + p["b"].numel() + p["r2"].numel() for p in parts.values())
     return {
         "row": "step_1.5b",
@@ -110,6 +118,8 @@ def step_cost(model_spec: str = "qwen2.5-coder-1.5b", steps: int = 3) -> dict[st
         "window_tokens": windows.shape[1],
         "steps": steps,
         "step_seconds": log["step_seconds"],
+        "first_step_seconds": log["first_step_seconds"],
+        "step_seconds_steady": log["step_seconds_after_first"] or log["step_seconds"],
         "teacher_seconds_per_window": teacher_seconds,
         "trainable_factors": n_params,
         "allreduce_bytes": 8 * (n_params + 1),
@@ -172,7 +182,7 @@ def render(data: dict[str, Any]) -> None:
             f"{e['one_machine_seconds'] / 3600:.1f} h on one machine ({e['speedup']:.1f}x); the teacher pass "
             f"{e['teacher_seconds'] / 60:.1f} min against {e['teacher_seconds_one_machine'] / 60:.0f} min. What "
             "limits it: the compute of one window per machine and step (the all-reduce is a small share), then "
-            "the block stage, which every rank runs whole (not distributed) before the stage.\n"
+            "the block stage, which rank 0 runs alone (not distributed) before the stage while the others wait.\n"
         )
     _write(NAME, "The end-to-end stage on torch.distributed", md, data, notes, keep_meta=data.get("keep_meta"))
 

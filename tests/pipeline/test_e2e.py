@@ -121,6 +121,8 @@ def test_e2e_lowers_the_kl_keeps_the_bits_and_resumes_identically(tiny_model_dir
     res = _run(tiny_model_dir, text_file, tmp_path / "full", cfg)
     log = res.meta["e2e_log"]
     assert log["train_kl_after"] < 0.7 * log["train_kl_before"]  # on its own training windows
+    mean_after = (log["step_seconds"] * E2E.steps - log["first_step_seconds"]) / (E2E.steps - 1)  # split in two
+    assert 0 < log["first_step_seconds"] and log["step_seconds_after_first"] == pytest.approx(mean_after, rel=1e-6)
     assert res.meta["bits"] == plain.meta["bits"]  # signs, codes, mask fixed: the same bits
     a, b = read_parts(tmp_path / "full"), read_parts(tmp_path / "plain")
     for layer in a:

@@ -436,7 +436,7 @@ def train_end_to_end(
             stage["heldout_kl_before"] = _kl_on(model, windows, teacher, held, cfg.kl)
             stage["train_kl_before"] = _kl_on(model, windows, teacher, range(min(n_train, 8)), cfg.kl)
         bar = tqdm(total=cfg.steps, initial=step, desc="end-to-end", unit="step", disable=not progress)
-        first_step, reduce_seconds, t_steps = step, 0.0, time.perf_counter()
+        first_step, reduce_seconds, t_steps, first_seconds = step, 0.0, time.perf_counter(), None
         with torch.enable_grad(), wrapped_layers(model, layers, call):
             while step < cfg.steps:
                 opt.zero_grad(set_to_none=True)
@@ -457,6 +457,8 @@ def train_end_to_end(
                 sched.step()
                 stage["losses"].append(round(loss.item(), 6))
                 step += 1
+                if first_seconds is None:  # this run's first step: it includes compiling the layer graph
+                    first_seconds = time.perf_counter() - t_steps
                 bar.update(1)
                 bar.set_postfix(kl=f"{loss.item():.4f}")
                 if state is not None and world.main and (step % cfg.save_every == 0 or step == cfg.steps):
@@ -495,6 +497,8 @@ def train_end_to_end(
         "windows_per_step": per_step,
         # this run's steps (a resumed run: those after the resume): wall time and the all-reduce's share
         "step_seconds": t_steps / steps_run if steps_run else None,
+        "first_step_seconds": first_seconds,  # compiling included (the steps after it: step_seconds_after_first)
+        "step_seconds_after_first": (t_steps - first_seconds) / (steps_run - 1) if steps_run > 1 else None,
         "allreduce_seconds_per_step": reduce_seconds / steps_run if steps_run else None,
         "allreduce_bytes": 8 * (sum(p.numel() for p in params) + 1) if world.size > 1 else 0,
         "signs_flipped": flipped,
