@@ -312,7 +312,19 @@ def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifa
         "git_commit": git_commit(),
         **({"machine": meta["machine"]} if "machine" in meta else {}),  # CPU, features, code paths of the run
         **({"artifact": str(artifact.relative_to(RESULTS.parents[1]))} if artifact is not None else {}),
+        **({"file_mib": packed_file_mib(artifact)} if artifact is not None and packed_file_mib(artifact) else {}),
     }
+
+
+def packed_file_mib(artifact: Path) -> float | None:
+    """The whole packed output directory in MiB (weights, embedding and head, config, tokenizer: its manifest
+    in ``ptq161.json``), or None for a dense result (fake-quant weights: no compressed file to measure)."""
+    from ptq161.pipeline.output_dir import read_meta
+
+    meta = read_meta(artifact)
+    if meta is None or meta.get("weights_format") != "packed":
+        return None
+    return sum(f["bytes"] for f in meta["files"].values()) / 2**20
 
 
 def cpu_busy_share(seconds: float = 2.0) -> float:

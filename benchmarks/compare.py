@@ -237,7 +237,7 @@ def main_commit(rows: dict) -> str | None:
 
 def table_rows(rows: dict, fp: dict, commit: str | None, fp_label: str = "dequantized Q4_1") -> list[tuple]:
     """One row per method (FP first) from the stored rows; a row not from ``commit`` is marked with a dagger."""
-    out = [(f"FP ({fp_label})", "16", 16.0, round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
+    out = [(f"FP ({fp_label})", "16", 16.0, "-", round(fp["wikitext2"], 2), round(fp["c4"], 2), "-", "-")]
     for name in ROWS:
         if name not in rows:
             continue
@@ -252,6 +252,7 @@ def table_rows(rows: dict, fp: dict, commit: str | None, fp_label: str = "dequan
                 name + (f" (g{g})" if g else "") + ROW_NOTE.get(name, "") + mark,
                 label,
                 round(r["stored_bits_per_weight"], 3),
+                f"{r['file_mib']:.1f}" if r.get("file_mib") else "-",
                 round(r["wikitext2_ppl"], 2),
                 round(r["c4_ppl"], 2),
                 f"{seconds}*" if r.get("timing_contended") else seconds,
@@ -277,6 +278,7 @@ HEAD = [
     "method",
     "weight bits (+extra), papers' count",
     "true bits/weight (stored)",
+    "whole file MiB (packed)",
     "WikiText-2 ppl",
     "C4 ppl",
     "quantize s",
