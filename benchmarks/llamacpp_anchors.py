@@ -149,8 +149,29 @@ def render(r: dict[str, Any], args: Any) -> str:
         label = "llama.cpp F32 (harness check)" if name == "F32" else f"llama.cpp {name} + imatrix"
         table_rows.append((label, f"{row['decoder_linear_bits']:.2f}", f"{row['file_mib']:.0f}",
                            f"{row['ppl']['wikitext2']:.2f}", f"{row['ppl']['c4']:.2f}", f"{worse:.2f}x"))  # fmt: skip
+    for label, bits, mib, ppl in ptq161_rows(args.model):
+        worse = max(ppl["wikitext2"] / fp["wikitext2"], ppl["c4"] / fp["c4"])
+        table_rows.append((label, f"{bits:.2f}", f"{mib:.0f}", f"{ppl['wikitext2']:.2f}", f"{ppl['c4']:.2f}",
+                           f"{worse:.2f}x"))  # fmt: skip
     head = ["model file", "decoder-linear bits", "whole file MiB", "WikiText-2", "C4", "x FP (worse)"]
     return markdown_table(head, table_rows)
+
+
+def ptq161_rows(model: str) -> list[tuple[str, float, float, dict[str, float]]]:
+    """ptq161's stored results of ``model`` on the same windows, as (label, decoder-linear bits, whole file MiB,
+    perplexities): the int8-head row of ``results/large_model.json`` (another run, labelled with its date)."""
+    from benchmarks.common import RESULTS
+
+    f = RESULTS / "large_model.json"
+    if not f.is_file():
+        return []
+    r = json.loads(f.read_text())
+    steps = r["steps"]
+    if r["settings"].get("model") != model or not {"ptq161", "int8_convert", "int8_ppl"} <= set(steps):
+        return []
+    ppl = {k: steps["int8_ppl"][f"{k}_ppl"] for k in ("wikitext2", "c4")}
+    label = f"ptq161 {r['settings'].get('preset', '')} preset, int8 head (large_model.json, {r['date'][:10]})"
+    return [(label, steps["ptq161"]["stored_bits_per_weight"], steps["int8_convert"]["bytes"] / 2**20, ppl)]
 
 
 def main() -> None:
