@@ -16,8 +16,10 @@ mean over windows (ptq161's protocol, ``ptq161.eval.perplexity``).
 
 import ctypes
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -81,8 +83,16 @@ def main() -> None:
     if sys.argv[1] == "quantize":
         quantize(sys.argv[2], sys.argv[3])
         return
-    if sys.argv[1] == "ppl":
-        print(json.dumps(perplexities(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    if sys.argv[1] == "ppl":  # kept beside the GGUF: the same file and windows are evaluated once
+        model_path, windows_file = sys.argv[2], sys.argv[3]
+        kept = Path(f"{model_path}.ppl-{Path(windows_file).stem}.json")
+        key = {"bytes": os.path.getsize(model_path), "windows": Path(windows_file).name}
+        if kept.is_file() and json.loads(kept.read_text())["key"] == key:
+            print(json.dumps(json.loads(kept.read_text())["ppl"]))
+            return
+        result = perplexities(model_path, windows_file, int(sys.argv[4]))
+        kept.write_text(json.dumps({"key": key, "threads": int(sys.argv[4]), "ppl": result}))
+        print(json.dumps(result))
         return
     if sys.argv[1] == "bits":
         print(json.dumps(bits(sys.argv[2])))
