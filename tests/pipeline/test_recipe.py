@@ -27,7 +27,10 @@ TINY = {
     "e2e_compile": "off",
 }
 # what ptq161.json records of the run rather than of the result: how long and how much memory it took
-RUN_RECORD = {"seconds", "peak_rss_mb", "time_s", "step_seconds", "allreduce_seconds_per_step"}
+RUN_RECORD = {
+    "seconds", "peak_rss_mb", "time_s", "step_seconds", "first_step_seconds", "step_seconds_after_first",
+    "allreduce_seconds_per_step",
+}  # fmt: skip
 
 
 def _flags(settings: dict) -> list[str]:

@@ -66,7 +66,7 @@ def grouped_dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     zero point).
 
     The full groups broadcast over a [m, G_full, group_size] view and a short last group is its own [m, r]
-    piece, concatenated: no index tensor and no expand-then-slice. torch 2.13's inductor (the end-to-end
+    piece, concatenated: no index tensor and no expand-then-slice. The pinned torch's inductor (the end-to-end
     stage's ``--e2e-compile``) miscompiles both of those when the last group is short: an indexed gather's
     backward (``index_put``) reads out of bounds, an expanded [m, G, g] view sliced to n columns gives NaN."""
     m, n = codes.shape
