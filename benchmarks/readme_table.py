@@ -32,6 +32,7 @@ COMPARE_ROWS = [
     ("omniquant_w2_g128", "OmniQuant W2 g128"),
     ("gptq_w3_g128", "GPTQ W3 g128"),
 ]
+README_ANCHORS = ("IQ1_M", "IQ2_XXS")  # llama.cpp's types at <= 2.1 bits that beat ptq161 at 1.5B: the bar
 DEFAULT_LABEL = "**PTQ1.61, `ptq161 quantize MODEL`**"  # the default command: general calibration
 # model, its method comparison, its general-calibration results (the default command's row "cpu_mix")
 TABLES = [
@@ -84,6 +85,14 @@ def table() -> str:
     lines.append(_row("qwen2.5-coder-1.5b", "FP (dequantized GGUF)", "16", fp["wikitext2"], fp["c4"], fp, src))
     label = "PTQ1.61, `--recipe large --max-memory 3GB`"
     lines.append(_row("qwen2.5-coder-1.5b", label, bits, q["wikitext2_ppl"], q["c4_ppl"], fp, src))
+    anchors = "llamacpp_anchors_qwen2.5-coder-1.5b"
+    if (RESULTS / f"{anchors}.json").is_file():  # the bar: llama.cpp's 1-2-bit types on the same windows
+        a = _load(anchors)
+        asrc = f"[{anchors}.md](benchmarks/results/{anchors}.md): {_machine(a)}"
+        for name, r in a["rows"].items():
+            if name in README_ANCHORS:
+                label, bits = f"llama.cpp {name} + imatrix", f"{r['decoder_linear_bits']:.2f}"
+                lines.append(_row("qwen2.5-coder-1.5b", label, bits, r["ppl"]["wikitext2"], r["ppl"]["c4"], fp, asrc))
     return "\n".join(lines)
 
 
