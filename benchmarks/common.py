@@ -297,6 +297,7 @@ def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifa
     """The fields every quantized row records, from a run's ``ptq161.json`` metadata and its perplexities."""
     import torch
 
+    mib = packed_file_mib(artifact) if artifact is not None else None
     return {
         "config": meta["config"],
         "calibration": meta["calibration"],
@@ -312,7 +313,7 @@ def result_row(meta: dict[str, Any], ppl: dict[str, float], windows: int, artifa
         "git_commit": git_commit(),
         **({"machine": meta["machine"]} if "machine" in meta else {}),  # CPU, features, code paths of the run
         **({"artifact": str(artifact.relative_to(RESULTS.parents[1]))} if artifact is not None else {}),
-        **({"file_mib": packed_file_mib(artifact)} if artifact is not None and packed_file_mib(artifact) else {}),
+        **({"file_mib": mib} if mib else {}),
     }
 
 

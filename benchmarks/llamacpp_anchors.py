@@ -132,16 +132,11 @@ def measure(model: str, args: Any) -> dict[str, Any]:
     runner = str(RUNNERS / "run_llamacpp.py")
     rows: dict[str, Any] = {}
     for name, f in files.items():
-        done = f.with_name(f"eval-{f.stem}-{args.windows}.json")  # kept: a rerun evaluates only what is missing
-        key = {"file": f.name, "bytes": f.stat().st_size, "windows": windows.name}
-        if done.is_file() and json.loads(done.read_text())["key"] == key:
-            rows[name] = json.loads(done.read_text())["row"]
-            continue
         print(f"  evaluating {name} ...", file=sys.stderr, flush=True)
         info = json.loads(run([py, runner, "bits", str(f)], f"bits of {name}"))
+        # the runner keeps each result beside its GGUF: a rerun evaluates only what is missing
         ppl = json.loads(run([py, runner, "ppl", str(f), str(windows), str(args.threads)], f"perplexity of {name}"))
         rows[name] = {**info, "ppl": {k: v["ppl"] for k, v in ppl.items()}, "window_nll": ppl}
-        done.write_text(json.dumps({"key": key, "row": rows[name]}))
     return {"rows": rows, "fp": fp_perplexities(args.windows, model), "imatrix": str(files["F32"].parent)}
 
 
